@@ -1,0 +1,23 @@
+# Two entry points for a newcomer: `make demo` (main job on the embedded default) and `make test`.
+# Each creates its own virtualenv in .venv (Python 3.11 preferred: the pinned CPU torch wheel is for 3.11).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir/tiny
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+demo: $(VENV)/.installed
+	$(PY) -m vkd_jax.main --config configs/tiny.py --workdir $(WORKDIR)
+
+clean:
+	rm -rf $(VENV) workdir

@@ -1,0 +1,1 @@
+"""Data: MLLMU-Bench TFDS builder, the embedded benchmark, tokenizers, prompts, input pipeline."""
