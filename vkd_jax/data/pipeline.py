@@ -1,0 +1,279 @@
+"""Input pipeline: grain over `tfds.data_source("mllmu_bench/...")` -> padded numpy batches with static shapes.
+
+Profiles are flattened into examples by task (`ft`, `classification`, `generation`, `cloze`) and type
+(`Image_Textual` = VQA with the image, `Pure_Text` = QA without); prompts come from `prompts` (the same code the
+evaluator uses) and are tokenized once up front. Grain then shuffles example indices (seeded, reshuffled every
+epoch), groups them into GLOBAL batches, and each process materialises only its contiguous slice of every global
+batch (process_index / process_count), so the processes' slices are disjoint, cover the global batch, and the padded
+length (the smallest length bucket that fits the whole global batch) is the same on every host. Images are decoded
+and preprocessed (`vkd_jax.preprocess`) inside the grain map, run by grain's prefetch threads.
+
+Batch (local, B = global_batch_size // process_count, T = padded length):
+    input_ids [B,T] int32, attention_mask [B,T] int32, positions [B,T] int32 (0-based over real tokens),
+    labels [B,T] int32 (HF convention, NOT shifted: logits[:, t] predicts labels[:, t+1]; = input_ids on answer
+    tokens + EOS, pad_id elsewhere), loss_mask [B,T] float32 (1 where labels count),
+    pixel_values [B,3,H,W] float32 (only when the selection has VQA examples; zeros for text rows), has_image [B] bool,
+    valid [B] bool (False for the padding rows of a final partial batch),
+    metadata: id, task, type, question, answer, correct_letter, ground_truth ([B] numpy str), row, item [B] int32.
+Deterministic for a seed; `get_state()` / `set_state()` resume at exactly the next batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from vkd_jax.data import prompts
+from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
+
+TASKS = ("ft", "classification", "generation", "cloze")
+TYPES = ("Image_Textual", "Pure_Text")
+_META_STR = ("id", "task", "type", "question", "answer", "correct_letter", "ground_truth")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    tasks: tuple[str, ...] = ("classification",)
+    types: tuple[str, ...] = TYPES
+    train: bool = True                    # append answer + EOS and answer-only labels; False: prompts only
+    global_batch_size: int = 8
+    max_len: int | None = None            # fixed padded length (one bucket); else the smallest of length_buckets
+    length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024)
+    padding_side: str = "right"           # "left" for generation prompts
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int | None = 1            # None: repeat forever
+    drop_remainder: bool = True           # False: the last partial global batch is padded with valid=False rows
+    image_seq_length: int = 576
+    image: ImageProcessorConfig = ImageProcessorConfig()
+    num_threads: int = 2
+    prefetch: int = 4
+    process_index: int = 0
+    process_count: int = 1
+    ids: tuple[str, ...] | None = None    # restrict to these profile IDs (e.g. Test_Set forget IDs)
+
+    def __post_init__(self):
+        bad = set(self.tasks) - set(TASKS) or set(self.types) - set(TYPES)
+        if bad:
+            raise ValueError(f"PipelineConfig: unknown tasks/types {sorted(bad)}; tasks {TASKS}, types {TYPES}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"PipelineConfig.padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.global_batch_size % self.process_count:
+            raise ValueError(f"PipelineConfig.global_batch_size={self.global_batch_size} is not divisible by "
+                             f"process_count={self.process_count}")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"PipelineConfig.process_index={self.process_index} not in [0, {self.process_count})")
+
+
+def _s(v) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _profile_examples(rec: dict, tasks, types) -> list[dict]:
+    """One stored profile -> its examples (prompt text, answer, metadata) for the selected tasks and types."""
+    pid = _s(rec["ID"])
+    out = []
+
+    def add(task, typ, item, question, prompt, answer, letter="", gt=""):
+        if typ in types:
+            out.append({"id": pid, "task": task, "type": typ, "item": item, "question": question,
+                        "prompt": prompt, "answer": answer, "correct_letter": letter, "ground_truth": gt})
+    if "ft" in tasks:
+        for i, qa in enumerate(json.loads(_s(rec["metadata"])) or []):
+            typ = qa.get("Type", "Image_Textual")
+            add("ft", typ, i, qa["Question"], prompts.plain_prompt(qa["Question"], typ == "Image_Textual"),
+                qa["Answer"], gt=qa["Answer"])
+    if "classification" in tasks:
+        ct = json.loads(_s(rec["Classification_Task"])) or {}
+        for key, typ in (("Image_Textual_Questions", "Image_Textual"), ("Pure_Text_Questions", "Pure_Text")):
+            for i, q in enumerate(ct.get(key) or []):
+                add("classification", typ, i, q["Question"],
+                    prompts.classification_prompt(q["Question"], q["Options"], typ == "Image_Textual"),
+                    q["Correct_Answer"], letter=q["Correct_Answer"], gt=q["Options"][q["Correct_Answer"]])
+    for task, col, make in (("generation", "Generation_Task", prompts.generation_prompt),
+                            ("cloze", "Mask_Task", prompts.cloze_prompt)):
+        if task in tasks:
+            for i, q in enumerate(json.loads(_s(rec[col])) or []):
+                add(task, q["Type"], i, q["Question"], make(q["Question"], q["Type"] == "Image_Textual"),
+                    q["Ground_Truth"], gt=q["Ground_Truth"])
+    return out
+
+
+class InputPipeline:
+    """Iterable of batches for one process. `state = p.get_state()`; later `p.set_state(state)` continues with
+    exactly the batch that would have come next (call before or after starting iteration)."""
+
+    def __init__(self, source, tokenizer, cfg: PipelineConfig):
+        self.source, self.tok, self.cfg = source, tokenizer, cfg
+        if tokenizer.image_token_id is None:
+            raise ValueError("tokenizer has no image token")
+        ids = set(cfg.ids) if cfg.ids is not None else None
+        self.examples: list[dict] = []
+        for row in range(len(source)):
+            rec = source[row]
+            if ids is not None and _s(rec["ID"]) not in ids:
+                continue
+            for ex in _profile_examples(rec, cfg.tasks, cfg.types):
+                t = prompts.tokenize(tokenizer, ex["prompt"], ex["answer"] if cfg.train else None,
+                                     cfg.image_seq_length)
+                ex.update(row=row, input_ids=t.input_ids, loss_mask=t.loss_mask)
+                self.examples.append(ex)
+        if not self.examples:
+            raise ValueError(f"no examples for tasks={cfg.tasks} types={cfg.types} ids={cfg.ids} "
+                             f"in a source of {len(source)} profiles")
+        self.lengths = np.asarray([len(e["input_ids"]) for e in self.examples])
+        self.with_images = any(e["type"] == "Image_Textual" for e in self.examples)
+        self.local_batch_size = cfg.global_batch_size // cfg.process_count
+        self._ds = self._build()
+        self._it = None
+        self._pending_state = None
+
+    # ------------------------------------------------------------------ structure
+    def _build(self):
+        cfg, n, gb = self.cfg, len(self.examples), self.cfg.global_batch_size
+        idx = grain.MapDataset.range(n)
+        if cfg.shuffle:
+            idx = idx.shuffle(seed=cfg.seed)  # reshuffled per epoch after repeat
+        if cfg.num_epochs != 1:
+            idx = idx.repeat(cfg.num_epochs)
+        total = len(idx)
+        if total < sys.maxsize:  # finite: whole global batches, last one padded with -1 (invalid) rows
+            if cfg.drop_remainder:
+                total = total // gb * gb
+            else:
+                total_pad, base = math.ceil(total / gb) * gb, idx
+                idx = grain.MapDataset.range(total_pad).map(lambda i: base[i] if i < total else -1)
+            idx = idx[:total] if cfg.drop_remainder else idx
+        self.num_batches = total // gb if cfg.drop_remainder else math.ceil(total / gb)
+        lo = cfg.process_index * self.local_batch_size
+        return idx.batch(gb, drop_remainder=True).map(
+            lambda g: self._load_batch(np.asarray(g), np.asarray(g)[lo:lo + self.local_batch_size]))
+
+    def _pad_len(self, global_idx: np.ndarray) -> int:
+        real = global_idx[global_idx >= 0]
+        need = int(self.lengths[real].max()) if len(real) else 1
+        if self.cfg.max_len is not None:
+            buckets = (self.cfg.max_len,)
+        else:
+            buckets = self.cfg.length_buckets
+        for b in sorted(buckets):
+            if need <= b:
+                return b
+        worst = int(real[np.argmax(self.lengths[real])])
+        raise ValueError(f"example {self.examples[worst]['id']} ({self.examples[worst]['task']}, item "
+                         f"{self.examples[worst]['item']}) has {need} tokens, longer than the largest length "
+                         f"bucket {max(buckets)}; raise PipelineConfig.max_len / length_buckets")
+
+    def _image(self, ex) -> np.ndarray:
+        rec = self.source[ex["row"]]
+        imgs = rec.get("images")
+        if imgs is not None and len(imgs["bytes"]):  # Test_Set: one pose per profile, fixed by the seed
+            k = np.random.default_rng([self.cfg.seed, ex["row"]]).integers(len(imgs["bytes"]))
+            data = imgs["bytes"][k]
+        else:
+            data = rec["image"]["bytes"]
+        try:
+            return preprocess_one(bytes(data), self.cfg.image)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"profile {ex['id']} (source row {ex['row']}): cannot decode its image "
+                             f"({type(e).__name__}: {e})") from None
+
+    def _load_batch(self, global_idx: np.ndarray, local_idx: np.ndarray) -> dict[str, np.ndarray]:
+        cfg, B = self.cfg, len(local_idx)
+        T = self._pad_len(global_idx)
+        pad = self.tok.pad_id
+        out = {"input_ids": np.full((B, T), pad, np.int32), "attention_mask": np.zeros((B, T), np.int32),
+               "labels": np.full((B, T), pad, np.int32), "loss_mask": np.zeros((B, T), np.float32),
+               "positions": np.zeros((B, T), np.int32), "valid": local_idx >= 0,
+               "has_image": np.zeros(B, bool), "row": np.full(B, -1, np.int32), "item": np.full(B, -1, np.int32)}
+        meta = {k: [""] * B for k in _META_STR}
+        if self.with_images:
+            h, w = cfg.image.crop_hw
+            out["pixel_values"] = np.zeros((B, 3, h, w), np.float32)
+        for b, i in enumerate(local_idx):
+            if i < 0:
+                continue
+            ex = self.examples[i]
+            ids, lm = ex["input_ids"], ex["loss_mask"]
+            n = len(ids)
+            sl = slice(T - n, T) if cfg.padding_side == "left" else slice(0, n)
+            out["input_ids"][b, sl] = ids
+            out["attention_mask"][b, sl] = 1
+            out["labels"][b, sl] = np.where(lm, ids, pad)
+            out["loss_mask"][b, sl] = lm
+            out["positions"][b, sl] = np.arange(n)
+            out["row"][b], out["item"][b] = ex["row"], ex["item"]
+            for k in _META_STR:
+                meta[k][b] = ex[k]
+            if ex["type"] == "Image_Textual":
+                out["has_image"][b] = True
+                out["pixel_values"][b] = self._image(ex)
+        out.update({k: np.asarray(v, dtype=str) for k, v in meta.items()})
+        return out
+
+    # ------------------------------------------------------------------ iteration and state
+    def _iter_ds(self):
+        return self._ds.to_iter_dataset(grain.ReadOptions(num_threads=self.cfg.num_threads,
+                                                          prefetch_buffer_size=self.cfg.prefetch))
+
+    def __iter__(self):
+        self._it = iter(self._iter_ds())
+        if self._pending_state is not None:
+            self._it.set_state(self._pending_state)
+            self._pending_state = None
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            iter(self)
+        return next(self._it)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable; includes the config fields that must match on restore."""
+        st = dict(self._it.get_state()) if self._it is not None else {"next_index": 0}
+        if self._pending_state is not None:
+            st = dict(self._pending_state)
+        return {"grain": st, "seed": self.cfg.seed, "global_batch_size": self.cfg.global_batch_size,
+                "num_examples": len(self.examples)}
+
+    def set_state(self, state: dict[str, Any]):
+        for k in ("seed", "global_batch_size", "num_examples"):
+            mine = self.cfg.seed if k == "seed" else (
+                self.cfg.global_batch_size if k == "global_batch_size" else len(self.examples))
+            if state.get(k) != mine:
+                raise ValueError(f"pipeline state has {k}={state.get(k)}, this pipeline {mine}: not the same run")
+        if self._it is not None:
+            self._it.set_state(state["grain"])
+        else:
+            self._pending_state = dict(state["grain"])
+
+
+def make_pipeline(config_name: str, data_dir: str | os.PathLike, tokenizer, cfg: PipelineConfig,
+                  manual_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False) -> InputPipeline:
+    """The usual entry point: `mllmu_bench/<config_name>` from TFDS (prepared from manual_dir on first use)."""
+    from vkd_jax.data import mllmu_bench
+    return InputPipeline(mllmu_bench.load(config_name, data_dir, manual_dir, skip_bad_rows), tokenizer, cfg)
+
+
+def forget_ids(source) -> tuple[str, ...]:
+    """Profile IDs of a source (e.g. forget_5), to restrict Test_Set with `PipelineConfig(ids=...)`."""
+    return tuple(_s(source[i]["ID"]) for i in range(len(source)))
+
+
+def image_config(image_size: int) -> ImageProcessorConfig:
+    """CLIP preprocessing at `image_size` px (the embedded world uses 32)."""
+    return ImageProcessorConfig(shortest_edge=image_size, crop_hw=(image_size, image_size))
+
+
+__all__: Sequence[str] = ("PipelineConfig", "InputPipeline", "make_pipeline", "forget_ids", "image_config",
+                          "TASKS", "TYPES")
