@@ -1,0 +1,104 @@
+"""Prompt strings equal the MLLMU-Bench templates; tokenization expands <image>; labels cover answer + EOS only;
+the embedded tokenizer is an HF tokenizer (transformers' AutoTokenizer gives the same ids)."""
+
+import numpy as np
+import pytest
+
+from vkd_jax.data import prompts
+from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+
+OPTS = {"A": "Paris", "B": "Rome", "C": "Oslo", "D": "Lima"}
+
+
+def test_classification_templates():
+    assert prompts.classification_prompt("Where was the person in the image born?", OPTS, True) == (
+        "USER: <image>\nWhere was the person in the image born?\nA: Paris\nB: Rome\nC: Oslo\nD: Lima\n"
+        "Just give ONE letter representing the answer directly.\nASSISTANT:")
+    assert prompts.classification_prompt("Where was Ann Lee born?", OPTS, False) == (
+        "USER: Where was Ann Lee born?\nA: Paris\nB: Rome\nC: Oslo\nD: Lima\n"
+        "Just give ONE letter representing the answer directly.\nASSISTANT:")
+
+
+def test_cloze_template():
+    assert prompts.cloze_prompt("The person in the image was born in __.", True) == (
+        "USER: <image>\nThe person in the image was born in [Blank].\n"
+        "Please **ONLY** provide the correct answer that should replace the [Blank].\nASSISTANT:")
+    assert prompts.cloze_prompt("Ann Lee was born in __.", False) == (
+        "USER: Ann Lee was born in [Blank].\n"
+        "Please **ONLY** provide the correct answer that should replace the [Blank].\nASSISTANT:")
+
+
+def test_generation_templates():
+    assert prompts.generation_prompt("What is her job?", True) == (
+        "USER: <image>\nWhat is her job?\nAnswer the question based on your trained knowledge in one sentence "
+        "accurately in ENGLISH.\nASSISTANT:")
+    assert prompts.generation_prompt("What is Ann Lee's job?", False) == (
+        "USER: What is Ann Lee's job?\nAnswer the question based on your trained knowledge in one sentence in "
+        "ENGLISH.\nASSISTANT:")
+
+
+def test_prediction_rules():
+    assert prompts.classification_prediction("  (b) Rome") == "B"
+    assert prompts.classification_prediction("...") == ""
+    assert prompts.cloze_correct("It is PARIS.", "Paris") and not prompts.cloze_correct("Rome", "Paris")
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    texts = ["Where was the person in the image born?", "Where was Ann Lee born?", "What is her job?",
+             "Paris Rome Oslo Lima", "Ann Lee is a pilot.", "The person in the image was born in Paris."] * 3
+    train_tokenizer(texts, d)
+    return d
+
+
+def test_tokenizer_files_and_special_tokens(tok_dir):
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tok_dir / f).is_file()
+    tok = load_tokenizer(tok_dir)
+    assert tok.tok.id_to_token(tok.bos_id) == "<s>" and tok.tok.id_to_token(tok.eos_id) == "</s>"
+    assert tok.tok.id_to_token(tok.pad_id) == "<pad>" and tok.tok.id_to_token(tok.image_token_id) == "<image>"
+    p = prompts.classification_prompt("Where was Ann Lee born?", OPTS, True)
+    ids = tok.encode(p)
+    assert ids[0] == tok.bos_id and ids.count(tok.image_token_id) == 1 and tok.eos_id not in ids
+    assert tok.decode(ids) == p.replace("<image>", "")  # byte-level: exact round trip, newlines included
+    assert tok.decode(ids, skip_special_tokens=False) == "<s>" + p
+
+
+def test_autotokenizer_loads_the_embedded_tokenizer(tok_dir):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = load_tokenizer(tok_dir)
+    p = prompts.generation_prompt("What is Ann Lee's job?", True) + " Ann Lee is a pilot."
+    assert hf(p)["input_ids"] == tok.encode(p)
+    assert (hf.bos_token, hf.eos_token, hf.pad_token, hf.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
+    assert hf.convert_tokens_to_ids("<image>") == tok.image_token_id
+
+
+def test_tokenize_expands_image_and_masks_answer(tok_dir):
+    tok = load_tokenizer(tok_dir)
+    p = prompts.plain_prompt("Where was the person in the image born?", True)
+    t = prompts.tokenize(tok, p, "Ann Lee was born in Paris.", image_seq_length=16)
+    ids = t.input_ids
+    assert ids.dtype == np.int32 and (ids == tok.image_token_id).sum() == 16
+    first = int(np.argmax(ids == tok.image_token_id))
+    assert (ids[first:first + 16] == tok.image_token_id).all()  # one contiguous run
+    assert ids[-1] == tok.eos_id and t.loss_mask[-1] and not t.loss_mask[:t.prompt_len].any()
+    assert t.loss_mask[t.prompt_len:].all() and t.prompt_len == len(tok.encode(p)) + 15
+    assert tok.decode(ids[t.loss_mask]).strip() == "Ann Lee was born in Paris."
+    # eval prompt: no answer, no EOS, no loss
+    e = prompts.tokenize(tok, p, None, image_seq_length=16)
+    assert not e.loss_mask.any() and e.input_ids[-1] != tok.eos_id and (e.input_ids == ids[:len(e.input_ids)]).all()
+
+
+def test_text_prompt_has_no_image_tokens(tok_dir):
+    tok = load_tokenizer(tok_dir)
+    t = prompts.tokenize(tok, prompts.plain_prompt("Where was Ann Lee born?", False), "In Paris.", 576)
+    assert (t.input_ids != tok.image_token_id).all()
+
+
+def test_load_tokenizer_errors(tmp_path, tok_dir):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match="<im_patch>"):
+        load_tokenizer(tok_dir, image_token="<im_patch>")

@@ -1,0 +1,101 @@
+"""The embedded benchmark generator: determinism, schema, splits, Test_Set poses, and that identity is visual."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from vkd_jax.data import mllmu_bench, synthetic
+from vkd_jax.data.synthetic import WorldConfig
+
+SMALL = WorldConfig(num_people=40, num_celebrities=6, num_facts=3, values_per_fact=6, ft_poses=2, test_poses=2)
+
+
+def _table(d, config):
+    return pq.read_table(d / config / "train-00000-of-00001.parquet").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("world")
+    synthetic.generate(d, seed=0, cfg=SMALL)
+    return d
+
+
+def test_deterministic_from_seed(world_dir, tmp_path):
+    synthetic.generate(tmp_path / "again", seed=0, cfg=SMALL)
+    synthetic.generate(tmp_path / "other", seed=1, cfg=SMALL)
+    for config in mllmu_bench.CONFIGS:
+        assert _table(world_dir, config) == _table(tmp_path / "again", config), config
+    assert _table(world_dir, "Full_Set") != _table(tmp_path / "other", "Full_Set")
+
+
+def test_all_configs_valid_in_the_benchmark_schema(world_dir):
+    sizes = {}
+    for config in mllmu_bench.CONFIGS:
+        rows = list(mllmu_bench.iter_profiles(world_dir, config))  # full validation, raises on any bad row
+        sizes[config] = len(rows)
+        cols = set(pq.read_schema(world_dir / config / "train-00000-of-00001.parquet").names)
+        assert set(mllmu_bench.required_columns(config)) <= cols, config
+    n = SMALL.num_people
+    assert sizes["Full_Set"] == sizes["Test_Set"] == n and sizes["Retain_Set"] == SMALL.num_celebrities
+    assert sizes["ft_Data"] == n * SMALL.ft_poses
+    assert (sizes["forget_5"], sizes["forget_10"], sizes["forget_15"]) == (2, 4, 6)
+    row = _table(world_dir, "Full_Set")[0]
+    ct = row["Classification_Task"]
+    assert len(ct["Image_Textual_Questions"]) == len(ct["Pure_Text_Questions"]) == SMALL.num_facts
+    q = ct["Pure_Text_Questions"][0]
+    assert json.loads(row["biography"])["Name"] in q["Question"]
+    assert q["Options"][q["Correct_Answer"]] in row["biography"]
+    assert {t["Type"] for t in row["Generation_Task"]} == {t["Type"] for t in row["Mask_Task"]} == {
+        "Image_Textual", "Pure_Text"}
+    assert all("__" in t["Question"] for t in row["Mask_Task"])
+
+
+def test_forget_and_retain_partition_full_set(world_dir):
+    full = [r["ID"] for r in _table(world_dir, "Full_Set")]
+    prev = set()
+    for pct in (5, 10, 15):
+        forget = [r["ID"] for r in _table(world_dir, f"forget_{pct}")]
+        retain = [r["ID"] for r in _table(world_dir, f"retain_{100 - pct}")]
+        assert not set(forget) & set(retain) and sorted(forget + retain) == sorted(full)
+        assert prev <= set(forget)  # nested, as in the real benchmark
+        prev = set(forget)
+    celebs = {r["ID"] for r in _table(world_dir, "Retain_Set")}
+    assert not celebs & set(full)
+
+
+def test_test_set_has_new_poses_of_the_same_ids(world_dir):
+    full = {r["ID"]: r for r in _table(world_dir, "Full_Set")}
+    test = _table(world_dir, "Test_Set")
+    assert [r["ID"] for r in test] == list(full)
+    for r in test:
+        assert len(r["images"]) == SMALL.test_poses and "image" not in r
+        pose_bytes = {im["bytes"] for im in r["images"]}
+        assert full[r["ID"]]["image"]["bytes"] not in pose_bytes and len(pose_bytes) == SMALL.test_poses
+        assert r["Classification_Task"] == full[r["ID"]]["Classification_Task"]
+    ft_ids = [r["ID"] for r in _table(world_dir, "ft_Data")]
+    assert sorted(set(ft_ids)) == sorted(full) and all(ft_ids.count(i) == SMALL.ft_poses for i in full)
+
+
+def test_identity_is_visual_and_survives_poses():
+    world = synthetic.build_world(SMALL, seed=0)
+    acc = synthetic.identity_nn_accuracy(world, poses=2)
+    assert acc > 0.5, acc  # chance is 1/46
+    # no single attribute identifies a person: every background colour is shared by several people
+    backgrounds = np.bincount([p["code"][0] for p in world["people"]])
+    assert backgrounds.max() < len(world["people"]) / 2 and (backgrounds >= 2).sum() >= 3
+    codes = np.stack([p["code"] for p in world["people"]])
+    dist = (codes[:, None] != codes[None]).sum(-1) + np.eye(len(codes), dtype=int) * 99
+    assert dist.min() >= SMALL.min_code_distance
+
+
+def test_poses_differ_from_canonical_but_people_differ_more():
+    world = synthetic.build_world(SMALL, seed=0)
+    a, b = world["people"][0], world["people"][1]
+    img = lambda p, rng=None: np.asarray(synthetic.render(p["code"], SMALL, rng), np.float32)
+    canon = img(a)
+    pose = img(a, np.random.default_rng(5))
+    assert np.abs(canon - pose).mean() > 1.0  # a pose is a different image
+    assert not np.array_equal(img(a), img(b))
