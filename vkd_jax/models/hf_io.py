@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 from typing import Callable
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vkd_jax.io_utils import atomic_dir
 from vkd_jax.models.config import (LlavaConfig, canonical_dtype, config_to_hf_dict, read_hf_config,
                                    to_jnp_dtype)
 from vkd_jax.models.llava import Llava
@@ -220,26 +220,6 @@ def flat_params(model: Llava) -> dict:
     return {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def _atomic_dir(out_dir: str, overwrite: bool):
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    return out_dir, tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-
-
-def _commit_dir(tmp: str, out_dir: str) -> None:
-    old = None
-    if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".old-", dir=os.path.dirname(out_dir))
-        os.rmdir(old)
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_hf_weights(params: dict, config: LlavaConfig, folder: str,
                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None) -> None:
     """Write {path: array} as HF safetensors (sharded with an index when larger than max_shard_bytes)."""
@@ -279,8 +259,7 @@ def write_hf_weights(params: dict, config: LlavaConfig, folder: str,
 def save_hf_params(params: dict, config: LlavaConfig, out_dir: str | os.PathLike, *,
                    template_hf_dir: str | os.PathLike | None = None, overwrite: bool = False,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None) -> str:
-    out_dir, tmp = _atomic_dir(os.fspath(out_dir), overwrite)
-    try:
+    with atomic_dir(out_dir, overwrite) as tmp:
         hf_cfg = config_to_hf_dict(config.replace(param_dtype=canonical_dtype(dtype or config.param_dtype)))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_cfg, f, indent=2, sort_keys=True)
@@ -290,11 +269,7 @@ def save_hf_params(params: dict, config: LlavaConfig, out_dir: str | os.PathLike
                 src = os.path.join(os.fspath(template_hf_dir), name)
                 if os.path.isfile(src):
                     shutil.copy2(src, os.path.join(tmp, name))
-        _commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return os.path.abspath(os.fspath(out_dir))
 
 
 def save_hf(model: Llava, out_dir: str | os.PathLike, *, template_hf_dir=None, overwrite: bool = False,

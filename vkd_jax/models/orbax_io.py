@@ -1,0 +1,69 @@
+"""Params-only orbax checkpoints of the model, with the HF-style model config the training code reads.
+
+Layout of a checkpoint folder C:
+  C/model_config.json  HF config.json contents plus {"vkd_jax": {"dtype", "param_dtype"}}
+  C/params/            orbax StandardCheckpointer pytree: {"vision_tower/layers/0/mlp/fc1/kernel": array, ...}
+The folder appears atomically (built under a temp name, then renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from vkd_jax.models.config import LlavaConfig, config_from_hf_dict, config_to_hf_dict
+from vkd_jax.io_utils import atomic_dir
+from vkd_jax.models.hf_io import abstract_model, flat_params, model_from_flat_params
+from vkd_jax.models.llava import Llava
+
+CONFIG_FILE = "model_config.json"
+
+
+def path_key(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def save_model_orbax(model: Llava, ckpt_dir: str | os.PathLike, *, overwrite: bool = False) -> str:
+    return save_params_orbax(flat_params(model), model.config, ckpt_dir, overwrite=overwrite)
+
+
+def save_params_orbax(params: dict, config: LlavaConfig, ckpt_dir, *, overwrite: bool = False) -> str:
+    with atomic_dir(ckpt_dir, overwrite) as tmp:
+        cfg = config_to_hf_dict(config)
+        cfg["vkd_jax"] = {"dtype": config.dtype, "param_dtype": config.param_dtype}
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, "params"), {path_key(p): v for p, v in params.items()})
+            ckptr.wait_until_finished()
+    return os.path.abspath(os.fspath(ckpt_dir))
+
+
+def read_orbax_config(ckpt_dir, dtype: str | None = None, param_dtype: str | None = None) -> LlavaConfig:
+    path = os.path.join(os.fspath(ckpt_dir), CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not a vkd_jax params checkpoint (no {CONFIG_FILE})")
+    with open(path) as f:
+        cfg = json.load(f)
+    ours = cfg.pop("vkd_jax", {})
+    return config_from_hf_dict(cfg, dtype=dtype or ours.get("dtype", "float32"),
+                               param_dtype=param_dtype or ours.get("param_dtype"), source=path)
+
+
+def load_model_orbax(ckpt_dir, *, dtype: str | None = None, param_dtype: str | None = None,
+                     sharding_fn=None) -> Llava:
+    """Restore a params checkpoint straight into (optionally sharded) arrays of the requested dtype."""
+    config = read_orbax_config(ckpt_dir, dtype, param_dtype)
+    graphdef, abstract = abstract_model(config)
+    target = {}
+    for p, sds in abstract.items():
+        sharding = sharding_fn(p, sds.shape) if sharding_fn else None
+        target[path_key(p)] = jax.ShapeDtypeStruct(sds.shape, sds.dtype,
+                                                   sharding=sharding or jax.sharding.SingleDeviceSharding(
+                                                       jax.devices()[0]))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(os.path.abspath(os.fspath(ckpt_dir)), "params"), target)
+    return model_from_flat_params(graphdef, {p: restored[path_key(p)] for p in abstract})
