@@ -285,3 +285,11 @@ def read_hf_config(hf_dir: str | os.PathLike, *, dtype: str = "float32",
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     return config_from_hf_dict(cfg, dtype=dtype, param_dtype=param_dtype, source=path)
+
+
+def config_from_model_dict(model: dict, *, dtype: str = "float32", param_dtype: str | None = None,
+                           source: str = "config.model") -> LlavaConfig:
+    """Build a LlavaConfig from the `model` section of an ml_collections config (HF config.json fields)."""
+    if hasattr(model, "to_dict"):
+        model = model.to_dict()
+    return config_from_hf_dict(dict(model), dtype=dtype, param_dtype=param_dtype, source=source)

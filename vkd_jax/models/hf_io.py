@@ -94,7 +94,7 @@ def to_hf(x: np.ndarray, tag: str) -> np.ndarray:
     return x
 
 
-def _hf_shape(shape: tuple, tag: str) -> tuple:
+def hf_shape(shape: tuple, tag: str) -> tuple:
     if tag == "linear":
         return tuple(reversed(shape))
     if tag == "conv":
@@ -170,7 +170,7 @@ def load_params_from_safetensors(files: list[str], config: LlavaConfig,
                     unexpected.append(f"{raw} (in {os.path.basename(h.path)})")
                     continue
                 path, tag, sds = wanted[key]
-                expect = _hf_shape(sds.shape, tag)
+                expect = hf_shape(sds.shape, tag)
                 if h.shape(raw) != expect:
                     bad_shape.append(f"{raw}: file has {list(h.shape(raw))}, model expects {list(expect)}")
                 found[key] = (h, raw)
@@ -227,7 +227,7 @@ def write_hf_weights(params: dict, config: LlavaConfig, folder: str,
     entries = []
     for path in sorted(params, key=lambda p: hf_key(p)[0]):
         key, tag = hf_key(path)
-        entries.append((key, _hf_shape(tuple(params[path].shape), tag), np_dtype, path, tag))
+        entries.append((key, hf_shape(tuple(params[path].shape), tag), np_dtype, path, tag))
     shards, cur, cur_bytes = [], [], 0
     for e in entries:
         nbytes = int(np.prod(e[1], dtype=np.int64)) * np_dtype.itemsize

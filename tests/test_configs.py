@@ -1,0 +1,43 @@
+"""Configs build the model they describe: the 7B abstractly, checked key by key against transformers."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from vkd_jax.models.config import config_from_model_dict
+from vkd_jax.models.hf_io import abstract_model, hf_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+@pytest.mark.parametrize("name", ["llava7b", "tiny"])
+def test_abstract_model_matches_transformers_param_count_and_shapes(name):
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    cfg = load_config(name)
+    ours = config_from_model_dict(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    _, abstract = abstract_model(ours)  # jax.eval_shape: nothing allocated
+    with torch.device("meta"):
+        hf = LlavaForConditionalGeneration(LlavaConfig(**cfg.model.to_dict()))
+    hf_params = {k: tuple(v.shape) for k, v in hf.state_dict().items()}
+    n_ours = sum(int(np.prod(s.shape)) for s in abstract.values())
+    assert n_ours == sum(p.numel() for p in hf.parameters())
+    if name == "llava7b":
+        assert 7_000_000_000 < n_ours < 7_200_000_000  # LLaVA-1.5-7B: 7.06B
+    from vkd_jax.models.hf_io import hf_shape, normalize_hf_key
+
+    hf_norm = {normalize_hf_key(k): s for k, s in hf_params.items()}
+    for path, sds in abstract.items():
+        key, tag = hf_key(path)
+        assert hf_norm[key] == hf_shape(sds.shape, tag), key
+    assert len(abstract) == len(hf_norm)
