@@ -102,3 +102,28 @@ def test_load_tokenizer_errors(tmp_path, tok_dir):
         load_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="<im_patch>"):
         load_tokenizer(tok_dir, image_token="<im_patch>")
+
+
+def test_llava_style_folder_is_read_with_tokenizers_only(tmp_path):
+    """A Llama/LLaVA-like tokenizer.json (Metaspace BPE, `<image>` added, special tokens given as AddedToken dicts
+    in tokenizer_config.json, pad token `<pad>`) is read without transformers."""
+    import json
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tk.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tk.train_from_iterator(["USER: Where was Ann Lee born?\nASSISTANT: In Paris."] * 5,
+                           trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"],
+                                               show_progress=False))
+    tk.add_special_tokens(["<image>", "<pad>"])
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tk.save(str(tmp_path / "tokenizer.json"))
+    tok_cfg = {k: {"content": v, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+               for k, v in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "pad_token": "<pad>"}))
+    tok = load_tokenizer(tmp_path)
+    assert (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0) and tok.pad_id == tk.token_to_id("<pad>")
+    p = prompts.plain_prompt("Where was Ann Lee born?", True)
+    t = prompts.tokenize(tok, p, "In Paris.", image_seq_length=576)
+    assert (t.input_ids == tok.image_token_id).sum() == 576 and t.input_ids[0] == 1 and t.input_ids[-1] == 2
+    assert tok.decode(t.input_ids[t.loss_mask]).strip() == "In Paris."

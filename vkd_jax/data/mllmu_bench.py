@@ -266,3 +266,4 @@ def load(config: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike
             "download_config": tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))}
     return tfds.data_source(f"mllmu_bench/{config}", data_dir=os.fspath(data_dir), split="train",
                             builder_kwargs={"skip_bad_rows": skip_bad_rows}, **kw)
+
