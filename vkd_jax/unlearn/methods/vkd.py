@@ -1,0 +1,86 @@
+"""VKD: visual knowledge distillation against a stop-gradient teacher (the vanilla params), LLM frozen by the
+partition (preset projector / visual_last_k / visual).
+
+    L = a_f * L_out_forget + a_r * NLL(retain VQA) + b_r * sum_taps d(h_S(x_r), sg h_T(x_r)) + b_f * L_kd_forget
+    L_out_forget: none | ga (bounded: -mean(min(CE, ga_bound))) | npo (reference = vanilla teacher)
+    L_kd_forget:  none | push: -min(d(h_S(x_f), sg h_T(x_f)), push_margin)
+                       | target: d(h_S(x_f), sg h_T(x~_f)), x~_f = mean | blur | retain image (identity-free)
+Efficiency by construction: the teacher computes only the taps (vision/projector taps: no LLM forward; `llm:j`:
+layers <= j); the student runs the LLM only when an output term (a_f, a_r) is on, and then jax.grad w.r.t. the
+trainable (visual) params alone gives activation gradients through the frozen LLM, never its weight gradients.
+Default (spec quick study): bounded GA on forget VQA + retain projector MSE.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from vkd_jax.unlearn.methods.common import Method, feature_distance, get, nll, seq_logp
+from vkd_jax.unlearn.methods.npo import npo_loss
+
+
+def identity_free(pixel_values, kind: str, retain_pixels=None):
+    if kind == "mean":  # each image replaced by its per-channel mean colour
+        return jnp.broadcast_to(pixel_values.mean(axis=(2, 3), keepdims=True), pixel_values.shape)
+    if kind == "blur":  # heavy box blur (k = H/4) with edge padding
+        k = max(pixel_values.shape[-1] // 4, 1)
+        x = jnp.pad(pixel_values, ((0, 0), (0, 0), (k // 2, k - 1 - k // 2), (k // 2, k - 1 - k // 2)), mode="edge")
+        return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1, k, k), (1, 1, 1, 1), "VALID") / (k * k)
+    if kind == "retain":
+        if retain_pixels is None or retain_pixels.shape != pixel_values.shape:
+            raise ValueError("vkd.target_image='retain' needs retain images of the forget batch's shape")
+        return jnp.roll(retain_pixels, 1, axis=0)
+    raise ValueError(f"vkd.target_image {kind!r}: use mean, blur or retain")
+
+
+def make(cfg, tokenizer=None) -> Method:
+    taps = tuple(get(cfg, "taps", ("projector",)))
+    dist = get(cfg, "distance", "mse")
+    a_f, a_r, b_r, b_f = (float(get(cfg, k, d)) for k, d in (("a_f", 1.0), ("a_r", 0.0), ("b_r", 10.0),
+                                                              ("b_f", 0.0)))
+    forget_loss = get(cfg, "forget_loss", "ga")
+    forget_kd = get(cfg, "forget_kd", "none")
+    bound, margin = float(get(cfg, "ga_bound", 5.0)), float(get(cfg, "push_margin", 1.0))
+    target_image, beta = get(cfg, "target_image", "mean"), float(get(cfg, "beta", 0.4))
+    if forget_loss not in ("none", "ga", "npo"):
+        raise ValueError(f"vkd.forget_loss {forget_loss!r}: use none, ga or npo")
+    if forget_kd not in ("none", "push", "target"):
+        raise ValueError(f"vkd.forget_kd {forget_kd!r}: use none, push or target")
+    out_f = a_f > 0 and forget_loss != "none"
+    kd_f = b_f > 0 and forget_kd != "none"
+
+    def tap_loss(hs, ht):
+        return sum(feature_distance(hs[t], ht[t], dist) for t in taps)
+
+    def loss(ctx, trainable, frozen, aux, batch, rng, step):
+        student = ctx.student(trainable, frozen, rng)
+        teacher = ctx.teacher(frozen, aux["teacher"])
+        f, r = batch["forget"], batch["retain"]
+        total, m = 0.0, {}
+        if out_f or kd_f:
+            so = ctx.apply(student, f, taps if kd_f else (), logits=out_f)
+            if out_f and forget_loss == "ga":
+                lf = nll(so.logits, f, bound)
+                total, m["nll_forget"] = total - a_f * lf, lf
+            elif out_f:
+                lp = seq_logp(so.logits, f)
+                lp_ref = seq_logp(ctx.apply(teacher, f).logits, f)
+                lnpo = npo_loss(lp, lp_ref, beta)
+                total, m["npo_forget"] = total + a_f * lnpo, lnpo
+            if kd_f:
+                if forget_kd == "push":
+                    d = tap_loss(so.features, ctx.apply(teacher, f, taps, logits=False).features)
+                    kd = -jnp.minimum(d, margin)
+                else:
+                    tb = dict(f, pixel_values=identity_free(f["pixel_values"], target_image, r.get("pixel_values")))
+                    kd = tap_loss(so.features, ctx.apply(teacher, tb, taps, logits=False).features)
+                total, m["kd_forget"] = total + b_f * kd, kd
+        if a_r > 0 or b_r > 0:
+            so = ctx.apply(student, r, taps if b_r > 0 else (), logits=a_r > 0)
+            if a_r > 0:
+                lr = nll(so.logits, r)
+                total, m["nll_retain"] = total + a_r * lr, lr
+            if b_r > 0:
+                kd = tap_loss(so.features, ctx.apply(teacher, r, taps, logits=False).features)
+                total, m["kd_retain"] = total + b_r * kd, kd
+        return jnp.asarray(total, jnp.float32), m
+    return Method("vkd", ("forget", "retain"), loss, needs_teacher=True)

@@ -1,0 +1,270 @@
+"""One param partition, declared in the config: trainable / frozen / LoRA, and sharding.
+
+Params travel as flat dicts keyed by "/"-joined paths ("language_model/layers/0/mlp/up_proj/kernel"), which jit,
+optax and orbax all treat as ordinary pytrees. Rules are ordered `(regex, rule)` lists; the first `re.search` match
+wins and a param no rule matches is an error that names it (no silent default).
+
+Trainable rules: "train" (gets gradients and optimizer state), "frozen" (no gradient computation, no optimizer
+state, optionally stored in `frozen_dtype`), "lora" (the 2-D kernel is frozen; adapters `<path>/lora_a` [din, r] and
+`<path>/lora_b` [r, dout] train and are merged functionally, W + (alpha / r) A @ B, inside the loss and on export).
+Sharding rules map a param to logical axes; `mesh.axis_rules` maps logical axes to the mesh axes data/fsdp/tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vkd_jax.models.config import to_jnp_dtype
+
+LORA_A, LORA_B = "lora_a", "lora_b"
+RULES = ("train", "frozen", "lora")
+
+
+class PartitionError(ValueError):
+    """A param no rule covers, an unknown rule or preset, or a LoRA rule on a non-matrix."""
+
+
+def path_str(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def first_match(rules: Sequence[tuple[str, Any]], name: str, what: str):
+    for pattern, rule in rules:
+        if re.search(pattern, name):
+            return rule
+    raise PartitionError(f"param {name!r} is not covered by any {what} rule; add a pattern for it "
+                         f"(rules: {[r[0] for r in rules]})")
+
+
+# ---- presets: the trainable-side switch of the config --------------------------------------------------------
+
+def preset_rules(name: str, *, vit_last_k: int = 0, num_vit_layers: int = 0) -> list[tuple[str, str]]:
+    """Named trainable sets. VKD: "projector", "visual_last_k" (projector + last k ViT blocks + post norm),
+    "visual" (whole vision tower + projector); baselines: "full", "lora_llm" (LoRA on the LLM's linear layers,
+    everything else frozen, as the public MLLMU-Bench baselines), "llm"."""
+    llm_linear = r"^language_model/layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel$"
+    if name == "projector":
+        return [(r"^projector/", "train"), (r".*", "frozen")]
+    if name == "visual_last_k":
+        first = max(num_vit_layers - vit_last_k, 0)
+        layers = "|".join(str(i) for i in range(first, num_vit_layers)) or "none"
+        return [(r"^projector/", "train"), (rf"^vision_tower/layers/({layers})/", "train"),
+                (r"^vision_tower/post_layernorm/", "train" if vit_last_k > 0 else "frozen"), (r".*", "frozen")]
+    if name == "visual":
+        return [(r"^(projector|vision_tower)/", "train"), (r".*", "frozen")]
+    if name == "full":
+        return [(r".*", "train")]
+    if name == "llm":
+        return [(r"^(language_model|lm_head)/", "train"), (r".*", "frozen")]
+    if name == "lora_llm":
+        return [(llm_linear, "lora"), (r".*", "frozen")]
+    raise PartitionError(f"unknown partition preset {name!r}: projector, visual_last_k, visual, full, llm, lora_llm")
+
+
+DEFAULT_SHARDING_RULES = (
+    (r"embed_tokens/embedding$", ("vocab", "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+    (r"(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+    (r"(o_proj|out_proj)/kernel$", ("heads", "embed")),
+    (r"(gate_proj|up_proj|fc1|linear_1)/kernel$", ("embed", "mlp")),
+    (r"(down_proj|fc2)/kernel$", ("mlp", "embed")),
+    (r"linear_2/kernel$", ("mlp", "embed")),
+    (r"/lora_a$", ("embed", None)),
+    (r"/lora_b$", (None, "embed")),
+    (r".*", ()),  # norms, biases, conv/patch embeddings: replicated
+)
+DEFAULT_AXIS_RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+                      ("vocab", "tensor"))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclasses.dataclass
+class Partition:
+    """What the config decided for each param of one model."""
+    rules: dict[str, str]                      # base param -> train | frozen | lora
+    shapes: dict[str, jax.ShapeDtypeStruct]    # every leaf (base params and LoRA adapters)
+    logical: dict[str, tuple]                  # leaf -> logical axes
+    lora: LoraConfig
+    frozen_dtype: Any = None
+
+    @property
+    def trainable_keys(self) -> list[str]:
+        out = [k for k, r in self.rules.items() if r == "train"]
+        for k, r in self.rules.items():
+            if r == "lora":
+                out += [f"{k}/{LORA_A}", f"{k}/{LORA_B}"]
+        return out
+
+    @property
+    def frozen_keys(self) -> list[str]:
+        return [k for k, r in self.rules.items() if r in ("frozen", "lora")]
+
+    @property
+    def lora_keys(self) -> list[str]:
+        return [k for k, r in self.rules.items() if r == "lora"]
+
+
+def make_partition(abstract: dict, pcfg) -> Partition:
+    """abstract: {path (tuple or str): ShapeDtypeStruct}; pcfg: the config's `partition` section."""
+    abstract = {k if isinstance(k, str) else path_str(k): v for k, v in abstract.items()}
+    rules = list(pcfg.get("extra_rules", ()) or ()) + preset_rules(
+        pcfg.preset, vit_last_k=int(pcfg.get("vit_last_k", 0)), num_vit_layers=int(pcfg.get("num_vit_layers", 0)))
+    shard_rules = tuple(pcfg.get("sharding_rules", None) or DEFAULT_SHARDING_RULES)
+    lora = LoraConfig(**dict(pcfg.get("lora", {}) or {}))
+    decided, shapes, logical = {}, {}, {}
+    for k, sds in abstract.items():
+        rule = first_match(rules, k, "trainable")
+        if rule not in RULES:
+            raise PartitionError(f"param {k!r}: rule {rule!r} is not one of {RULES}")
+        if rule == "lora" and len(sds.shape) != 2:
+            raise PartitionError(f"param {k!r} of shape {sds.shape}: LoRA needs a 2-D kernel")
+        decided[k] = rule
+        shapes[k], logical[k] = sds, tuple(first_match(shard_rules, k, "sharding"))
+        if rule == "lora":
+            din, dout = sds.shape
+            for name, shp in ((LORA_A, (din, lora.rank)), (LORA_B, (lora.rank, dout))):
+                key = f"{k}/{name}"
+                shapes[key] = jax.ShapeDtypeStruct(shp, sds.dtype)
+                logical[key] = tuple(first_match(shard_rules, key, "sharding"))
+    fd = pcfg.get("frozen_dtype", "") or None
+    return Partition(decided, shapes, logical, lora, to_jnp_dtype(fd) if fd else None)
+
+
+def split_params(params: dict, part: Partition, rng=None) -> tuple[dict, dict]:
+    """Full flat params -> (trainable, frozen). LoRA adapters are created here (A ~ N(0, 1/r), B = 0: the merged
+    model starts exactly at the base weights)."""
+    params = {k if isinstance(k, str) else path_str(k): v for k, v in params.items()}
+    missing = set(part.rules) - set(params)
+    if missing:
+        raise PartitionError(f"params lack {len(missing)} partitioned keys, e.g. {sorted(missing)[:3]}")
+    trainable, frozen = {}, {}
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    for i, (k, rule) in enumerate(sorted(part.rules.items())):
+        v = params[k]
+        if rule == "train":
+            trainable[k] = v
+            continue
+        frozen[k] = v.astype(part.frozen_dtype) if part.frozen_dtype is not None else v
+        if rule == "lora":
+            din, dout = v.shape
+            r = part.lora.rank
+            trainable[f"{k}/{LORA_A}"] = (jax.random.normal(jax.random.fold_in(rng, i), (din, r), jnp.float32)
+                                          / np.sqrt(r)).astype(v.dtype)
+            trainable[f"{k}/{LORA_B}"] = jnp.zeros((r, dout), v.dtype)
+    return trainable, frozen
+
+
+def merge_params(trainable: dict, frozen: dict, part: Partition, dtype_like: dict | None = None,
+                 lora_dropout_rng=None) -> dict:
+    """(trainable, frozen) -> the full base-param dict the model reads; LoRA merged (differentiable in the
+    adapters). `dtype_like` restores the storage dtype of frozen params held in a lower precision.
+    LoRA dropout (when an rng is given) drops input features of A for the whole batch: with merged weights
+    there is no per-token dropout, which is the documented difference to peft."""
+    out = {}
+    for k, rule in part.rules.items():
+        if rule == "train":
+            out[k] = trainable[k]
+            continue
+        w = frozen[k]
+        want = part.shapes[k].dtype
+        if w.dtype != want:
+            w = w.astype(want)
+        if rule == "lora":
+            a, b = trainable[f"{k}/{LORA_A}"], trainable[f"{k}/{LORA_B}"]
+            if lora_dropout_rng is not None and part.lora.dropout > 0:
+                keep = 1.0 - part.lora.dropout
+                m = jax.random.bernoulli(jax.random.fold_in(lora_dropout_rng, hash(k) % (2 ** 31)), keep,
+                                         (a.shape[0], 1))
+                a = jnp.where(m, a / keep, 0).astype(a.dtype)
+            w = (w.astype(jnp.float32) + part.lora.scale * (a.astype(jnp.float32) @ b.astype(jnp.float32))
+                 ).astype(want)
+        out[k] = w
+    return out
+
+
+def merge_lora(trainable: dict, frozen: dict, part: Partition) -> dict:
+    """Export: the plain model params with LoRA folded into the weights (no adapters left)."""
+    return jax.jit(lambda t, f: merge_params(t, f, part))(trainable, frozen)
+
+
+# ---- sharding ---------------------------------------------------------------------------------------------
+
+def make_mesh(mcfg=None, devices=None) -> Mesh:
+    """mesh config {data, fsdp, tensor} sizes (one may be -1: the rest of the devices)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = {"data": -1, "fsdp": 1, "tensor": 1}
+    if mcfg is not None:
+        shape.update({k: int(mcfg.get(k, shape[k])) for k in shape})
+    fixed = int(np.prod([v for v in shape.values() if v != -1]))
+    for k, v in shape.items():
+        if v == -1:
+            shape[k] = len(devices) // fixed
+    if int(np.prod(list(shape.values()))) != len(devices):
+        raise ValueError(f"mesh {shape} does not use the {len(devices)} devices")
+    arr = np.asarray(devices).reshape(tuple(shape.values()))
+    return Mesh(arr, tuple(shape))
+
+
+def logical_to_spec(logical: tuple, shape: tuple, mesh: Mesh, axis_rules=DEFAULT_AXIS_RULES) -> P:
+    """Logical axes -> PartitionSpec; a dim not divisible by its mesh axes (or a mesh axis already used) stays
+    replicated, so tiny test models shard as far as they can."""
+    table = dict(axis_rules)
+    used, spec = set(), []
+    for i, dim in enumerate(shape):
+        name = logical[i] if i < len(logical) else None
+        axes = table.get(name) if name else None
+        if axes is None:
+            spec.append(None)
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
+        size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if not axes or dim % size:
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else axes)
+    return P(*spec)
+
+
+def param_shardings(part: Partition, keys, mesh: Mesh, axis_rules=DEFAULT_AXIS_RULES) -> dict:
+    return {k: NamedSharding(mesh, logical_to_spec(part.logical[k], part.shapes[k].shape, mesh, axis_rules))
+            for k in keys}
+
+
+def batch_sharding(mesh: Mesh, ndim: int, axis_rules=DEFAULT_AXIS_RULES) -> NamedSharding:
+    axes = dict(axis_rules)["batch"]
+    axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in mesh.shape)
+    return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
+
+
+def tree_shardings_like(tree, by_key: dict, shapes: dict, mesh: Mesh):
+    """Shardings for an optimizer-state-like tree: a leaf under a dict key that names a param, with that param's
+    shape, takes the param's sharding; everything else (counts, scalars) is replicated."""
+    rep = NamedSharding(mesh, P())
+
+    def pick(path, leaf):
+        for entry in reversed(path):
+            key = getattr(entry, "key", None)
+            if isinstance(key, str) and key in by_key:
+                same = tuple(getattr(leaf, "shape", ())) == tuple(shapes[key].shape)
+                return by_key[key] if same else rep
+        return rep
+    return jax.tree_util.tree_map_with_path(pick, tree)
