@@ -207,6 +207,12 @@ class _Runner:
             mask = np.zeros((B, T), np.int32)
             for b, i in enumerate(rows):
                 ids[b, T - len(toks[i]):], mask[b, T - len(toks[i]):] = toks[i], 1
+            n_img = (1 + len(demos.images)) if with_image else 0
+            bad = np.nonzero((ids == self.image_token).sum(1) != n_img * self.image_seq_length)[0]
+            if len(bad):  # under jit the model cannot check this itself
+                raise ValueError(f"profile {items[rows[bad[0]]]['id']}: prompt holds "
+                                 f"{int((ids[bad[0]] == self.image_token).sum())} image tokens (id "
+                                 f"{self.image_token}), expected {n_img} x {self.image_seq_length}")
             px = None
             if with_image:
                 px = np.stack([self._pixel(s, r) for i in rows
