@@ -174,6 +174,9 @@ class _Runner:
         self.image_seq_length, self.image_token = c.image_seq_length, c.image_token_index
         self.image_cfg = cfg.image or image_config(c.vision.image_size)
         self._pixels: dict = {}
+        # pad slots are masked, but the model finds images by id: never pad with the image token (the tiny config's
+        # image_token_index 3 is the embedded tokenizer's <pad>)
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id != self.image_token else tokenizer.eos_id
 
     def _ids(self, prompt: str) -> np.ndarray:
         ids = prompts.tokenize(self.tok, prompt, None, self.image_seq_length).input_ids
@@ -203,7 +206,7 @@ class _Runner:
             rows = list(idx) + [idx[0]] * (B - len(idx))  # fill with copies of the first row (static batch)
             T = _bucket(max(len(toks[i]) for i in idx), cfg.length_buckets,
                         f"{items[idx[0]]['task']} question of profile {items[idx[-1]]['id']}")
-            ids = np.full((B, T), self.tok.pad_id, np.int32)
+            ids = np.full((B, T), self.pad_id, np.int32)
             mask = np.zeros((B, T), np.int32)
             for b, i in enumerate(rows):
                 ids[b, T - len(toks[i]):], mask[b, T - len(toks[i]):] = toks[i], 1
@@ -218,7 +221,7 @@ class _Runner:
                 px = np.stack([self._pixel(s, r) for i in rows
                                for s, r in demos.images + [(source, items[i]["row"])]])
             out = greedy_decode(self.model, ids, mask, px, max_new_tokens=cfg.max_new_tokens,
-                                eos_id=self.tok.eos_id, pad_id=self.tok.pad_id, split=self.split)
+                                eos_id=self.tok.eos_id, pad_id=self.pad_id, split=self.split)
             for b, seq in enumerate(strip_after_eos(out[:len(idx)], self.tok.eos_id)):
                 texts[idx[b]] = self.tok.decode(seq, skip_special_tokens=True).strip()
         return texts
