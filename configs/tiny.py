@@ -27,4 +27,44 @@ def get_config(arg: str | None = None):
         vision_feature_select_strategy="default", projector_hidden_act="gelu", multimodal_projector_bias=True,
         tie_word_embeddings=False,
     ))
+
+    # ---- unlearning engine (issue 4): partition, optimizer, methods, masks, stages, mesh, checkpoints ----
+    c.partition = ml_collections.ConfigDict(dict(
+        preset="visual",          # per stage below; presets: projector | visual_last_k | visual | full | llm | lora_llm
+        vit_last_k=1,             # visual_last_k: projector + the last k ViT blocks train
+        extra_rules=(),           # (regex, train|frozen|lora) checked before the preset's rules; first match wins
+        frozen_dtype="",          # frozen params stored in this dtype ("" = as loaded)
+        lora=dict(rank=16, alpha=16.0, dropout=0.05),
+        sharding_rules=None,      # None: partition.DEFAULT_SHARDING_RULES (param regex -> logical axes)
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(
+        data=-1, fsdp=1, tensor=1,
+        axis_rules=(("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
+                    ("vocab", "tensor")),
+    ))
+    c.optim = ml_collections.ConfigDict(dict(lr=1e-3, schedule="linear", warmup_steps=0, end_lr_factor=0.0, b1=0.9,
+                                             b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0, grad_accum=1,
+                                             max_skipped_steps=10))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, keep=2, async_save=True, log_every=10))
+    c.mask = ml_collections.ConfigDict(dict(tau=1.0, top_p=0.0, num_batches=8, modules="unlearn"))
+    # VKD (spec quick study default): bounded GA on forget VQA + retain projector distillation, LLM frozen.
+    c.vkd = ml_collections.ConfigDict(dict(taps=("projector",), distance="mse", a_f=1.0, forget_loss="ga",
+                                           ga_bound=5.0, a_r=0.0, b_r=10.0, b_f=0.0, forget_kd="none",
+                                           push_margin=1.0, target_image="mean", beta=0.4))
+    c.ga = ml_collections.ConfigDict(dict(ga_bound=0.0))
+    c.gd = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0))
+    c.kl = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0, kl_weight=1.0))
+    c.npo = ml_collections.ConfigDict(dict(beta=0.4, retain_weight=0.0, mean_token=False, reference="retain"))
+    c.idk = ml_collections.ConfigDict(dict(retain_weight=1.0, refusal="I don't know."))
+    c.mmunlearner = ml_collections.ConfigDict(dict(retain_steps=1, ga_bound=0.0))
+    c.stages = ml_collections.ConfigDict(dict(
+        vanilla=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=800,
+                     optim=dict(lr=1e-3)),
+        reference=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=800,
+                       optim=dict(lr=1e-3)),
+        unlearn=dict(method="vkd", partition="visual", num_steps=100, use_masks=False,
+                     optim=dict(lr=1e-3, schedule="constant")),
+        relearn=dict(method="ft", streams=("forget",), partition="full", num_steps=50,
+                     fractions=(0.1, 0.25, 0.5), optim=dict(lr=1e-3, schedule="constant")),
+    ))
     return c

@@ -50,6 +50,8 @@ def preset_rules(name: str, *, vit_last_k: int = 0, num_vit_layers: int = 0) -> 
     "visual" (whole vision tower + projector); baselines: "full", "lora_llm" (LoRA on the LLM's linear layers,
     everything else frozen, as the public MLLMU-Bench baselines), "llm"."""
     llm_linear = r"^language_model/layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel$"
+    if name == "none":  # extra_rules alone decide
+        return []
     if name == "projector":
         return [(r"^projector/", "train"), (r".*", "frozen")]
     if name == "visual_last_k":

@@ -116,7 +116,7 @@ def make_step(ctx: Ctx, method: Method, tx, sched, accum: int = 1):
         def loss_fn(trainable, b, r):
             return method.loss(ctx, trainable, frozen, aux, b, r, state["step"])
         (loss, m), grads = _accumulate(loss_fn, state["trainable"], batch, sub, accum)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         extra = {} if method.mask_when is None else {"apply_mask": method.mask_when(state["step"])}
         updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"], **extra)
         new_tr = optax.apply_updates(state["trainable"], updates)
@@ -124,8 +124,8 @@ def make_step(ctx: Ctx, method: Method, tx, sched, accum: int = 1):
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         new_state = {"step": state["step"] + 1, "rng": rng, "skipped": state["skipped"] + (~ok).astype(jnp.int32),
                      "trainable": keep(new_tr, state["trainable"]), "opt_state": keep(opt_state, state["opt_state"])}
-        metrics = {"loss": loss, "grad_norm": gnorm, "update_norm": optax.global_norm(updates),
-                   "param_norm": optax.global_norm(new_state["trainable"]), "lr": sched(state["step"]),
+        metrics = {"loss": loss, "grad_norm": gnorm, "update_norm": optax.tree.norm(updates),
+                   "param_norm": optax.tree.norm(new_state["trainable"]), "lr": sched(state["step"]),
                    "skipped": new_state["skipped"], **m}
         return new_state, metrics
     return step

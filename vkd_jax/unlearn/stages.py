@@ -1,0 +1,153 @@
+"""Stages: vanilla (fine-tune on all profiles), reference (retain only, NPO's π_ref), masks (saliency),
+unlearn (the configured method), relearn (the attack: fine-tune the unlearned model on part of the forget data).
+
+    result = run_stage(name, cfg, workdir, params, streams, model_config=..., reference=..., masks=...,
+                       tokenizer=...)
+    result.params  # {path tuple: array}, LoRA merged; result.masks for the masks stage
+
+Each training stage resumes from <workdir>/<name>/ckpt after a kill; a finished stage writes
+<workdir>/<name>/params (orbax params checkpoint, model_config.json) and is not re-run: run_stage loads it.
+Streams are iterables of pipeline batches with get_state()/set_state() that do not run out (num_epochs=None):
+  vanilla / reference: {"vqa", "qa"} (cfg.stages.<name>.streams); masks / unlearn: {"forget", "retain"};
+  relearn: {"forget"}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from vkd_jax.io_utils import atomic_dir, atomic_write_text
+from vkd_jax.models.config import config_from_model_dict
+from vkd_jax.models.hf_io import abstract_model
+from vkd_jax.models.orbax_io import load_model_orbax, save_params_orbax
+from vkd_jax.models.hf_io import flat_params
+from vkd_jax.unlearn import masks as masks_lib
+from vkd_jax.unlearn import partition as pt
+from vkd_jax.unlearn.methods import Ctx, make_method
+from vkd_jax.unlearn.metrics_log import MetricsLogger
+from vkd_jax.unlearn.train import Trainer, prepare_batch
+
+STAGES = ("vanilla", "reference", "masks", "unlearn", "relearn")
+
+
+@dataclasses.dataclass
+class StageResult:
+    params: dict | None
+    masks: dict | None = None
+    metrics: dict | None = None
+
+
+def model_config_of(cfg):
+    return config_from_model_dict(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+
+def partition_cfg(cfg, preset: str, model_config):
+    p = ml_collections.ConfigDict(cfg.partition.to_dict())
+    p.preset = preset
+    p.num_vit_layers = model_config.vision.num_hidden_layers
+    return p
+
+
+def optim_cfg(cfg, stage_cfg):
+    o = ml_collections.ConfigDict(cfg.optim.to_dict())
+    for k, v in (stage_cfg.get("optim", None) or {}).items():
+        o[k] = v
+    return o
+
+
+def _str_keys(params):
+    return {k if isinstance(k, str) else pt.path_str(k): v for k, v in params.items()}
+
+
+def save_masks(masks: dict, folder: str):
+    with atomic_dir(folder, overwrite=True) as tmp:
+        with ocp.StandardCheckpointer() as ck:
+            ck.save(os.path.join(tmp, "masks"), {k: np.asarray(v) for k, v in masks.items()})
+            ck.wait_until_finished()
+        with open(os.path.join(tmp, "kept_fraction.json"), "w") as f:
+            json.dump(masks_lib.kept_fraction(masks), f, indent=2)
+
+
+def load_masks(folder: str) -> dict:
+    with ocp.StandardCheckpointer() as ck:
+        return dict(ck.restore(os.path.join(os.path.abspath(folder), "masks")))
+
+
+def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str | None = None) -> dict:
+    """One jit pass (per batch) over forget and retain batches -> boolean masks of the trainable params."""
+    _, abstract = abstract_model(model_config)
+    graphdef = abstract_model(model_config)[0]
+    part = pt.make_partition(abstract, partition_cfg(cfg, preset, model_config))
+    ctx = Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part)
+    trainable, frozen = pt.split_params(_str_keys(params), part)
+    n = int(cfg.mask.num_batches)
+    fisher = {s: masks_lib.fisher(ctx, trainable, frozen,
+                                  (prepare_batch(b, None, s) for b in itertools.islice(streams[s], n)))
+              for s in ("forget", "retain")}
+    m = masks_lib.ratio_masks(fisher["forget"], fisher["retain"], tau=float(cfg.mask.tau),
+                              top_p=float(cfg.mask.top_p) or None)
+    m = jax.device_get(m)
+    if workdir:
+        save_masks(m, workdir)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps({"mask_kept_fraction": masks_lib.kept_fraction(m)}) + "\n")
+    return m
+
+
+def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, model_config=None,
+              reference: dict | None = None, masks: dict | None = None, tokenizer=None, mesh=None,
+              num_steps: int | None = None, stop_after: int | None = None, progress: bool = True) -> StageResult:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
+    model_config = model_config or model_config_of(cfg)
+    sdir = os.path.join(workdir, name)
+    os.makedirs(sdir, exist_ok=True)
+    scfg = cfg.stages[name]
+    if name == "masks":
+        if os.path.isdir(os.path.join(sdir, "final")):
+            return StageResult(None, load_masks(os.path.join(sdir, "final")))
+        preset = cfg.stages.unlearn.partition if cfg.mask.modules == "unlearn" else cfg.mask.modules
+        m = compute_masks(cfg, params, streams, model_config, preset, os.path.join(sdir, "final"))
+        return StageResult(None, m)
+    final = os.path.join(sdir, "params")
+    if os.path.isdir(final):  # finished before: never re-run
+        return StageResult(flat_params(load_model_orbax(final)))
+    method_name = scfg.method
+    mcfg = ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {}))
+    if "streams" in scfg:
+        mcfg.streams = tuple(scfg.streams)
+    method = make_method(method_name, mcfg, tokenizer)
+    use_masks = masks if (method.needs_masks or scfg.get("use_masks", False)) else None
+    if method.needs_reference and reference is None and cfg.npo.get("reference", "retain") == "vanilla":
+        reference = params
+    steps = int(num_steps or scfg.num_steps)
+    if mesh is None:
+        mesh = pt.make_mesh(cfg.mesh)
+    axis_rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.mesh.axis_rules)
+    trainer = Trainer(model_config, params, method, partition_cfg=partition_cfg(cfg, scfg.partition, model_config),
+                      optim_cfg=optim_cfg(cfg, scfg), num_steps=steps, mesh=mesh, axis_rules=axis_rules,
+                      masks=use_masks, reference=reference, seed=int(cfg.seed))
+    logger = MetricsLogger(sdir, steps, desc=name, progress=progress)
+    if use_masks is not None:
+        logger.event({"mask_kept_fraction": masks_lib.kept_fraction(use_masks)})
+    try:
+        last = trainer.fit({s: streams[s] for s in method.streams}, workdir=sdir, ckpt_cfg=cfg.checkpoint,
+                           log_every=int(cfg.checkpoint.get("log_every", 10)), logger=logger, stop_after=stop_after)
+    finally:
+        logger.close()
+    if stop_after is not None and int(trainer.state["step"]) < steps:
+        return StageResult(trainer.params(), None, last)
+    out = trainer.params()
+    save_params_orbax(out, model_config, final, overwrite=True)
+    atomic_write_text(os.path.join(sdir, "done.json"), json.dumps({"steps": steps, "last": {
+        k: float(np.asarray(v)) for k, v in (last or {}).items()}}))
+    return StageResult(out, None, last)
