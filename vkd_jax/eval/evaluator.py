@@ -283,6 +283,7 @@ def evaluate(model, tokenizer, sets: Mapping[str, Any], cfg: EvalConfig = EvalCo
     results = {}
     for name, s in sets.items():
         es = _as_set(s)
+        runner._pixels.clear()  # preprocessed images are reused across one set's tasks only (host memory)
         out: dict[str, float] = {}
         rec = records.setdefault(name, []) if records is not None else None
         for task in cfg.tasks:
