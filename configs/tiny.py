@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
                          rope_theta=10000.0, max_position_embeddings=512, hidden_act="silu",
                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0),
         # LLaVA's feature layer -2 would leave a 2-layer ViT with one layer; the tiny tower uses its last layer.
-        image_token_index=3, image_seq_length=16, vision_feature_layer=-1,
+        image_token_index=4, image_seq_length=16, vision_feature_layer=-1,
         vision_feature_select_strategy="default", projector_hidden_act="gelu", multimodal_projector_bias=True,
         tie_word_embeddings=False,
     ))

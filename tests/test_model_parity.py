@@ -128,6 +128,10 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path):
     res = model.forward(ids[:, :prompt], px, kv_mask, cache=cache)
     valid = mask[:, :prompt] == 1  # padded slots compute nothing meaningful
     np.testing.assert_allclose(np.asarray(res.logits)[valid], full[:, :prompt][valid], atol=1e-5)
+    last = model.forward(ids[:, :prompt], px, kv_mask, cache=model.init_cache(batch=2, max_len=t + 2),
+                         last_logits_only=True)
+    assert last.logits.shape == (2, 1, full.shape[-1])
+    np.testing.assert_allclose(np.asarray(last.logits[:, 0]), full[:, prompt - 1], atol=1e-5)
     cache = res.cache
     for s in range(prompt, t):
         res = model.forward(ids[:, s:s + 1], None, kv_mask, cache=cache)

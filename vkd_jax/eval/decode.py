@@ -25,7 +25,7 @@ def _greedy(graphdef, state, input_ids, attention_mask, pixel_values, *, max_new
     b, t = input_ids.shape
     mask = jnp.concatenate([attention_mask.astype(bool), jnp.ones((b, max_new_tokens), bool)], axis=1)
     cache = model.init_cache(b, t + max_new_tokens)
-    out = model.forward(input_ids, pixel_values, mask, cache=cache)
+    out = model.forward(input_ids, pixel_values, mask, cache=cache, last_logits_only=True)
     tok = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
     done = tok == eos_id
     tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)

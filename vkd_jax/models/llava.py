@@ -96,11 +96,13 @@ class Llava(nnx.Module):
         return self.forward(input_ids, pixel_values, attention_mask, position_ids=position_ids).logits
 
     def forward(self, input_ids, pixel_values=None, attention_mask=None, *, position_ids=None, taps=(),
-                compute_logits: bool = True, cache: KVCache | None = None,
+                compute_logits: bool = True, last_logits_only: bool = False, cache: KVCache | None = None,
                 image_features=None) -> LlavaOutput:
         """input_ids [B, T] with `image_seq_length` image tokens per image; pixel_values [N, C, H, W] or None;
         attention_mask [B, T] (or [B, cache_len] when decoding with a cache; default all ones).
-        `image_features` [N, F, D] may replace pixel_values (precomputed projector output)."""
+        `image_features` [N, F, D] may replace pixel_values (precomputed projector output).
+        `last_logits_only`: logits [B, 1, V] at the last slot only (a decoding prefill with left padding needs no
+        more; saves the [B, T, V] head matmul)."""
         c = self.config
         input_ids = jnp.asarray(input_ids)
         vision_taps, want_proj, llm_taps = parse_taps(taps)
@@ -142,6 +144,8 @@ class Llava(nnx.Module):
         for j, hs in coll.items():
             shape = image_features.shape[:2] + (hs.shape[-1],)
             features[f"llm:{j}"] = hs.reshape(-1, hs.shape[-1])[image_pos].reshape(shape)
+        if compute_logits and last_logits_only:
+            h = h[:, -1:]
         logits = self.logits_from_hidden(h) if compute_logits else None
         return LlavaOutput(logits, features, cache)
 
