@@ -77,7 +77,8 @@ def torch_steps(hf, batch, kind, compiled, repeats):
     import torch.nn.functional as F
 
     hf = copy.deepcopy(hf).train()
-    tb = {k: {n: torch.tensor(v) for n, v in s.items()} for k, s in batch.items()}
+    tb = {k: {n: torch.tensor(v.astype(np.int64) if v.dtype == np.int32 else v) for n, v in s.items()}
+          for k, s in batch.items()}
     for s in tb.values():
         s["tlabels"] = torch.where(s["loss_mask"] > 0, s["input_ids"], torch.tensor(-100))
 
