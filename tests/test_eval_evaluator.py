@@ -32,6 +32,7 @@ def env(tmp_path_factory):
     spec.loader.exec_module(mod)
     c = mod.get_config()
     c.model.text_config.vocab_size = tok.vocab_size
+    c.model.image_token_index = tok.vocab_size + 3  # outside the vocabulary, and not the tokenizer's <image> id
     model = Llava(config_from_model_dict(c.model, dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(0))
     assert model.config.image_token_index != tok.image_token_id  # exercises the <image> id remapping
     return model, tok, benchmark_sets(root / "data", root / "manual", forget_pct=10)

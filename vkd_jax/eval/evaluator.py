@@ -174,8 +174,7 @@ class _Runner:
         self.image_seq_length, self.image_token = c.image_seq_length, c.image_token_index
         self.image_cfg = cfg.image or image_config(c.vision.image_size)
         self._pixels: dict = {}
-        # pad slots are masked, but the model finds images by id: never pad with the image token (the tiny config's
-        # image_token_index 3 is the embedded tokenizer's <pad>)
+        # pad slots are masked, but the model finds images by id: never pad with the image token
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id != self.image_token else tokenizer.eos_id
 
     def _ids(self, prompt: str) -> np.ndarray:
