@@ -10,7 +10,21 @@ import ml_collections
 def get_config(arg: str | None = None):
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.method = "vkd"          # vkd | ga | gd | kl | npo | idk | mmunlearner
+    c.forget_ratio = 10       # percent: forget_5 / forget_10 / forget_15 (retain_95 / 90 / 85)
+    c.unlearn = ml_collections.ConfigDict(dict(steps=100))
+    c.export_hf = False       # write <workdir>/hf_export, the unlearned model as an HF folder
     c.hf_dir = ""  # empty: the tiny model is created (and later trained) in the work directory
+    # Embedded benchmark (vkd_jax.data.synthetic): generated into <workdir>/benchmark, deterministic from its seed.
+    c.data = ml_collections.ConfigDict(dict(
+        source="embedded",    # embedded | mllmu (a local MLLMU-Bench download in manual_dir)
+        manual_dir="", tfds_dir="", world_seed=0,
+        world=dict(num_people=160, num_celebrities=40, num_facts=5, values_per_fact=12, image_size=32,
+                   ft_poses=4, test_poses=2),
+        batch_size=32, max_len=128, num_threads=2,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(max_new_tokens=24, batch_size=32, max_questions=0, few_shot=False,
+                                            retain_max_profiles=40))
     c.dtype = "float32"
     c.param_dtype = "float32"
     c.model = ml_collections.ConfigDict(dict(
@@ -57,7 +71,13 @@ def get_config(arg: str | None = None):
     c.npo = ml_collections.ConfigDict(dict(beta=0.4, retain_weight=0.0, mean_token=False, reference="retain"))
     c.idk = ml_collections.ConfigDict(dict(retain_weight=1.0, refusal="I don't know."))
     c.mmunlearner = ml_collections.ConfigDict(dict(retain_steps=1, ga_bound=0.0))
+    # Which params each method trains (spec: VKD trains the visual side with the LLM frozen; the baselines are
+    # full-model fine-tuning here, where text knowledge breaks; use "lora_llm" for the public baselines' LoRA).
+    c.method_partition = ml_collections.ConfigDict(dict(vkd="visual", ga="full", gd="full", kl="full", npo="full",
+                                                        idk="full", mmunlearner="full"))
     c.stages = ml_collections.ConfigDict(dict(
+        pretrain=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=300,
+                      optim=dict(lr=1e-3)),
         vanilla=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=800,
                      optim=dict(lr=1e-3)),
         reference=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=800,

@@ -58,6 +58,7 @@ class PipelineConfig:
     process_index: int = 0
     process_count: int = 1
     ids: tuple[str, ...] | None = None    # restrict to these profile IDs (e.g. Test_Set forget IDs)
+    keys: tuple[tuple[str, int], ...] | None = None  # restrict to these (ID, item) questions (relearning subsets)
 
     def __post_init__(self):
         bad = set(self.tasks) - set(TASKS) or set(self.types) - set(TYPES)
@@ -85,7 +86,7 @@ def _profile_examples(rec: dict, tasks, types) -> list[dict]:
         if typ in types:
             out.append({"id": pid, "task": task, "type": typ, "item": item, "question": question,
                         "prompt": prompt, "answer": answer, "correct_letter": letter, "ground_truth": gt})
-    if "ft" in tasks:
+    if "ft" in tasks and rec.get("metadata") is not None:  # rows without Q/A pairs (e.g. profiles) have no ft
         for i, qa in enumerate(json.loads(_s(rec["metadata"])) or []):
             typ = qa.get("Type", "Image_Textual")
             add("ft", typ, i, qa["Question"], prompts.plain_prompt(qa["Question"], typ == "Image_Textual"),
@@ -115,12 +116,15 @@ class InputPipeline:
         if tokenizer.image_token_id is None:
             raise ValueError("tokenizer has no image token")
         ids = set(cfg.ids) if cfg.ids is not None else None
+        keys = {(str(i), int(k)) for i, k in cfg.keys} if cfg.keys is not None else None
         self.examples: list[dict] = []
         for row in range(len(source)):
             rec = source[row]
             if ids is not None and _s(rec["ID"]) not in ids:
                 continue
             for ex in _profile_examples(rec, cfg.tasks, cfg.types):
+                if keys is not None and (ex["id"], ex["item"]) not in keys:
+                    continue
                 t = prompts.tokenize(tokenizer, ex["prompt"], ex["answer"] if cfg.train else None,
                                      cfg.image_seq_length)
                 ex.update(row=row, input_ids=t.input_ids, loss_mask=t.loss_mask)

@@ -1,4 +1,4 @@
-"""Stages: vanilla (fine-tune on all profiles), reference (retain only, NPO's π_ref), masks (saliency),
+"""Stages: pretrain (the embedded world: celebrities before the profiles), vanilla (fine-tune on all profiles), reference (retain only, NPO's π_ref), masks (saliency),
 unlearn (the configured method), relearn (the attack: fine-tune the unlearned model on part of the forget data).
 
     result = run_stage(name, cfg, workdir, params, streams, model_config=..., reference=..., masks=...,
@@ -35,7 +35,7 @@ from vkd_jax.unlearn.methods import Ctx, make_method
 from vkd_jax.unlearn.metrics_log import MetricsLogger
 from vkd_jax.unlearn.train import Trainer, prepare_batch
 
-STAGES = ("vanilla", "reference", "masks", "unlearn", "relearn")
+STAGES = ("pretrain", "vanilla", "reference", "masks", "unlearn", "relearn")
 
 
 @dataclasses.dataclass

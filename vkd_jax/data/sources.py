@@ -1,0 +1,54 @@
+"""Views over TFDS data sources (anything with `len()` and `[i]` returning a profile dict), for training mixes.
+
+- `ConcatSource([a, b, ...])`: rows of a, then b, ...; the pipeline flattens each row by the columns it has.
+- `PoseJoinedSource(ft_data, profiles)`: one row per ft_Data row (one per pose of a person), carrying that pose's
+  image and Q/A pairs *and* the person's benchmark tasks from `profiles` (joined by ID). Training on it shows every
+  question form with every training pose, so identity -> facts is learnt pose-invariantly; rows of people absent
+  from `profiles` are dropped, which is also how a split (forget_X / retain_Y) selects its people's poses.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+
+def _s(v) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+class ConcatSource:
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self.starts = [0]
+        for s in self.sources:
+            self.starts.append(self.starts[-1] + len(s))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.sources[k][i - self.starts[k]]
+
+
+class PoseJoinedSource:
+    def __init__(self, ft_data, profiles):
+        self.ft, self.profiles = ft_data, profiles
+        by_id = {_s(profiles[i]["ID"]): i for i in range(len(profiles))}
+        self.rows = [(j, by_id[_s(ft_data[j]["ID"])]) for j in range(len(ft_data)) if _s(ft_data[j]["ID"]) in by_id]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        j, k = self.rows[i]
+        rec = dict(self.profiles[k])
+        ft = self.ft[j]
+        rec["image"], rec["metadata"] = ft["image"], ft["metadata"]
+        rec.pop("images", None)
+        return rec
+
+    def ids(self) -> tuple[str, ...]:
+        return tuple(sorted({_s(self.profiles[k]["ID"]) for _, k in self.rows}))
