@@ -28,6 +28,7 @@ from vkd_jax.models.hf_io import abstract_model
 from vkd_jax.unlearn import masks as masks_lib
 from vkd_jax.unlearn import partition as pt
 from vkd_jax.unlearn.methods import Ctx, Method
+from vkd_jax.unlearn.methods.common import answer_slots
 
 BATCH_KEYS = ("input_ids", "attention_mask", "positions", "labels", "loss_mask", "pixel_values", "valid")
 
@@ -81,7 +82,7 @@ def prepare_batch(b: dict, method: Method | None = None, stream: str = "") -> di
         elif not has.all():
             raise ValueError(f"stream {stream!r}: a batch mixes image and text-only rows; use separate VQA and QA "
                              f"pipelines (PipelineConfig.types) so every row of a VQA batch has its image")
-    return out
+    return answer_slots(out) if "labels" in out and "loss_mask" in out else out
 
 
 def _accumulate(loss_fn, trainable, batch, rng, accum: int):
@@ -214,8 +215,16 @@ class Trainer:
     def step(self, raw: dict[str, dict]) -> dict:
         batch = self.prepare(raw)
         fn = self.compiled_step(batch)
-        self.state, metrics = fn(self.state, batch, self.frozen, self.aux)
+        self.state, metrics = fn(self.state, self.to_global(batch), self.frozen, self.aux)
         return metrics
+
+    def to_global(self, batch):
+        """Multi-process: each process holds only its rows (the pipeline's process slice); assemble the global
+        batch arrays from them. One process: the numpy batch as is."""
+        if jax.process_count() == 1:
+            return batch
+        return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch,
+                            self.batch_shardings(batch))
 
     def check_skipped(self):
         skipped = int(self.state["skipped"])

@@ -1,0 +1,98 @@
+"""One process of the multi-process test (tests/test_multiprocess.py); run as a script, never imported by pytest.
+
+    python tests/_mp_worker.py OUT_DIR MODE [PORT PROCESS_ID NUM_PROCESSES]
+
+MODE "multi": joins `jax.distributed` on 127.0.0.1:PORT; each process feeds only its rows of every global batch.
+MODE "single": one process, all rows. Both build the tiny LLaVA from the same seed, put a (data=2, fsdp=2) mesh on
+the 4 global devices and run VKD (visual tower trains, LLM frozen) for NUM_STEPS steps through `Trainer.fit`. The
+multi run is killed after KILL_AT steps (checkpoint at step CKPT_EVERY written by all processes together), then `fit`
+restores that checkpoint (replacing the step-3 state in memory) and finishes. Process 0 writes the gathered final params to OUT_DIR.
+The XLA_FLAGS device count is set by the parent before this file imports jax.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+from vkd_jax import distributed  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+GLOBAL_BATCH, NUM_STEPS, CKPT_EVERY, KILL_AT = 8, 4, 2, 3
+
+
+class LocalSlice:
+    """This process's rows of a deterministic global stream (what the data pipeline's process slicing gives)."""
+
+    def __init__(self, seed, index, count):
+        from _unlearn_fixtures import Stream
+        self.inner, self.index, self.count = Stream(seed, b=GLOBAL_BATCH), index, count
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = next(self.inner)
+        n = GLOBAL_BATCH // self.count
+        return {k: v[self.index * n:(self.index + 1) * n] for k, v in b.items()}
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, st):
+        self.inner.set_state(st)
+
+
+def main(out_dir, mode, port=None, pid=0, nproc=1):
+    if mode == "multi":
+        distributed.initialize(distributed.detect(f"127.0.0.1:{port}", int(nproc), int(pid)))
+    from _unlearn_fixtures import ocfg, pcfg, tiny_params
+    from vkd_jax.unlearn import partition as pt
+    from vkd_jax.unlearn.methods import make_method
+    from vkd_jax.unlearn.train import Trainer
+
+    assert jax.device_count() == 4 and jax.process_count() == (2 if mode == "multi" else 1), (
+        jax.device_count(), jax.process_count())
+    cfg, params = tiny_params(seed=0)
+    params = {k: np.asarray(v) for k, v in params.items()}  # host values, identical on every process
+    mesh = pt.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=1)))
+    method = make_method("vkd", ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, a_r=0.5, b_r=10.0)))
+
+    def trainer():
+        return Trainer(cfg, params, method, partition_cfg=pcfg("visual"), optim_cfg=ocfg(lr=1e-2),
+                       num_steps=NUM_STEPS, mesh=mesh)
+
+    def streams():
+        idx, cnt = jax.process_index(), jax.process_count()
+        return {"forget": LocalSlice(1, idx, cnt), "retain": LocalSlice(2, idx, cnt)}
+
+    ckpt_cfg = ml_collections.ConfigDict(dict(every_steps=CKPT_EVERY, keep=2, async_save=True))
+    tr = trainer()
+    if mode == "multi":
+        workdir = os.path.join(out_dir, "work")
+        tr.fit(streams(), workdir=workdir, ckpt_cfg=ckpt_cfg, log_every=1, stop_after=KILL_AT)  # "killed"
+        # resume as a restarted run would: the step-3 state in memory is replaced by the step-2 checkpoint both
+        # processes wrote (the same Trainer object only to reuse its compiled step on 2 slow cores)
+        last = tr.fit(streams(), workdir=workdir, ckpt_cfg=ckpt_cfg, log_every=1)
+        restored = sorted(int(s) for s in os.listdir(os.path.join(workdir, "ckpt")) if s.isdigit())
+    else:
+        last = tr.fit(streams(), log_every=1)
+        restored = []
+    full = multihost_utils.process_allgather(tr.params(tuple_keys=False), tiled=True)
+    if jax.process_index() == 0:
+        np.savez(os.path.join(out_dir, f"{mode}.npz"), **{"param/" + k: np.asarray(v) for k, v in full.items()},
+                 loss=np.asarray(last["loss"]), step=np.asarray(int(tr.state["step"])),
+                 ckpt_steps=np.asarray(restored, np.int64), processes=np.asarray(jax.process_count()))
+    if mode == "multi":
+        multihost_utils.sync_global_devices("done")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
