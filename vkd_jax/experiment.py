@@ -1,0 +1,332 @@
+"""The whole pipeline behind `python -m vkd_jax.main`: data -> vanilla model -> unlearning -> evaluation -> report.
+
+Work directory layout (every stage is cached; a rerun reuses what finished, a killed stage resumes):
+  <shared>/benchmark/{raw,tfds,tokenizer}   embedded benchmark (parquet), its TFDS ArrayRecords, the tokenizer
+  <shared>/init, pretrain/, vanilla/, reference/   the model before unlearning (shared by every method and seed)
+  <run>/masks/, unlearn/, relearn/p<frac>/          this method's stages
+  <run>/eval/<model>.json                           evaluation results per model
+  <run>/results.json, report.md, plots/*.png, hf_export/
+`shared` is the work directory itself for `main`; `reproduce` shares one across methods and seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from vkd_jax.io_utils import atomic_write_text
+
+RESULT_METRICS = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
+SETS = ("forget", "test", "retain", "celebrity")
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Data:
+    manual_dir: str
+    tfds_dir: str
+    tokenizer: object
+    forget_pct: int
+
+    def load(self, config: str):
+        from vkd_jax.data import mllmu_bench
+
+        return mllmu_bench.load(config, self.tfds_dir, self.manual_dir)
+
+
+def prepare_data(cfg, shared: str) -> Data:
+    from vkd_jax.data import synthetic
+    from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+
+    forget_pct = int(cfg.forget_ratio)
+    if forget_pct not in (5, 10, 15):
+        raise ValueError(f"config.forget_ratio={cfg.forget_ratio}: MLLMU-Bench has forget_5, forget_10, forget_15")
+    bench = os.path.join(shared, "benchmark")
+    if cfg.data.source == "embedded":
+        manual = os.path.join(bench, "raw")
+        if not os.path.isfile(os.path.join(manual, "world.json")):
+            logging.info("generating the embedded benchmark in %s", manual)
+            synthetic.generate(manual, seed=int(cfg.data.world_seed),
+                               cfg=synthetic.WorldConfig(**cfg.data.world.to_dict()))
+        tok_dir = os.path.join(bench, "tokenizer")
+        if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+            train_tokenizer(synthetic.benchmark_texts(manual), tok_dir)
+        tok = load_tokenizer(tok_dir)
+    elif cfg.data.source == "mllmu":
+        manual = cfg.data.manual_dir
+        if not manual or not os.path.isdir(manual):
+            raise FileNotFoundError(f"config.data.manual_dir={manual!r}: the downloaded MLLMU-Bench folder is needed "
+                                    "(nothing is downloaded at run time)")
+        if not cfg.hf_dir:
+            raise ValueError("config.hf_dir: the HF LLaVA folder (weights + tokenizer) is needed for mllmu runs")
+        tok = load_tokenizer(cfg.hf_dir)
+    else:
+        raise ValueError(f"config.data.source={cfg.data.source!r}: use 'embedded' or 'mllmu'")
+    tfds_dir = cfg.data.tfds_dir or os.path.join(bench, "tfds")
+    return Data(manual, tfds_dir, tok, forget_pct)
+
+
+def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=None, model_config=None):
+    from vkd_jax.data.pipeline import InputPipeline, PipelineConfig, image_config
+
+    mc = model_config
+    pcfg = PipelineConfig(tasks=tuple(tasks), types=tuple(types), train=True,
+                          global_batch_size=int(cfg.data.batch_size), max_len=int(cfg.data.max_len) or None,
+                          padding_side="right", shuffle=True, seed=int(cfg.seed) * 1000 + seed_offset,
+                          num_epochs=None, image_seq_length=mc.image_seq_length,
+                          image=image_config(mc.vision.image_size), num_threads=int(cfg.data.num_threads),
+                          process_index=jax.process_index(), process_count=jax.process_count(),
+                          keys=None if keys is None else tuple(keys))
+    return InputPipeline(source, data.tokenizer, pcfg)
+
+
+def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
+    """The training streams each stage reads (infinite, resumable); VQA and QA never share a batch."""
+    from vkd_jax.data.sources import ConcatSource, PoseJoinedSource
+
+    all_tasks = ("ft", "classification", "generation", "cloze")
+    vqa, qa = ("Image_Textual",), ("Pure_Text",)
+    mk = lambda src, tasks, types, off: _pipeline(data, cfg, src, tasks=tasks, types=types, seed_offset=off,
+                                                  model_config=model_config)
+    retain_name = f"retain_{100 - data.forget_pct}"
+    if name == "pretrain":  # the celebrities, before any profile (stands in for LLaVA's own pretraining)
+        src = data.load("Retain_Set")
+        return {"vqa": mk(src, all_tasks, vqa, 1), "qa": mk(src, all_tasks, qa, 2)}
+    if name in ("vanilla", "reference"):  # every training pose with every question form, plus the celebrities
+        profiles = data.load("Full_Set" if name == "vanilla" else retain_name)
+        src = ConcatSource([PoseJoinedSource(data.load("ft_Data"), profiles), data.load("Retain_Set")])
+        off = 10 if name == "vanilla" else 20
+        return {"vqa": mk(src, all_tasks, vqa, off + 1), "qa": mk(src, all_tasks, qa, off + 2)}
+    if name in ("masks", "unlearn"):  # the forget/retain people's fine-tuning pairs with their images
+        ft = data.load("ft_Data")
+        forget = PoseJoinedSource(ft, data.load(f"forget_{data.forget_pct}"))
+        retain = PoseJoinedSource(ft, data.load(retain_name))
+        return {"forget": mk(forget, ("ft",), vqa, 31), "retain": mk(retain, ("ft",), vqa, 32)}
+    raise ValueError(name)
+
+
+# ---- models and stages -------------------------------------------------------------------------------------
+
+def _model_config(cfg, data: Data):
+    from vkd_jax.models.config import config_from_model_dict, read_hf_config
+
+    if cfg.hf_dir:
+        return read_hf_config(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    model = cfg.model.to_dict()
+    tok = data.tokenizer
+    model["text_config"].update(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id,
+                                bos_token_id=tok.bos_id)
+    model["image_token_index"] = tok.image_token_id
+    return config_from_model_dict(model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+
+def initial_params(cfg, data: Data, shared: str, model_config) -> dict:
+    from flax import nnx
+
+    from vkd_jax.models.hf_io import flat_params, load_hf
+    from vkd_jax.models.llava import Llava
+    from vkd_jax.models.orbax_io import load_model_orbax, save_model_orbax
+
+    ckpt = os.path.join(shared, "init")
+    if os.path.isdir(ckpt):
+        return flat_params(load_model_orbax(ckpt))
+    model = load_hf(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype) if cfg.hf_dir else \
+        Llava(model_config, rngs=nnx.Rngs(int(cfg.seed)))
+    save_model_orbax(model, ckpt)
+    return flat_params(model)
+
+
+def _stage(name, cfg, workdir, params, streams, model_config, tokenizer, **kw):
+    from vkd_jax.unlearn.stages import run_stage
+
+    return run_stage(name, cfg, workdir, params, streams, model_config=model_config, tokenizer=tokenizer, **kw)
+
+
+def unlearn_config(cfg):
+    """The stage config the engine reads, with the pipeline's top-level switches applied."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.stages.unlearn.method = cfg.method
+    c.stages.unlearn.num_steps = int(cfg.unlearn.steps)
+    c.stages.unlearn.partition = cfg.method_partition[cfg.method]
+    c.stages.masks = ml_collections.ConfigDict(dict(method=cfg.method))
+    return c
+
+
+def count_params(params: dict, part_preset: str, cfg, model_config) -> tuple[int, int]:
+    from vkd_jax.models.hf_io import abstract_model
+    from vkd_jax.unlearn import partition as pt
+    from vkd_jax.unlearn.stages import partition_cfg
+
+    _, abstract = abstract_model(model_config)
+    part = pt.make_partition(abstract, partition_cfg(cfg, part_preset, model_config))
+    train = set(part.trainable_keys) | set(part.lora_keys)
+    total = sum(int(np.prod(s.shape)) for s in abstract.values())
+    n_train = sum(int(np.prod(abstract[p].shape)) for p in abstract if pt.path_str(p) in train)
+    return n_train, total
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------
+
+def eval_config(cfg):
+    from vkd_jax.eval import EvalConfig
+
+    return EvalConfig(max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size),
+                      seed=int(cfg.seed), few_shot=bool(cfg.eval.few_shot),
+                      max_questions=int(cfg.eval.max_questions) or None)
+
+
+def eval_sets(data: Data, cfg):
+    from vkd_jax.eval import benchmark_sets
+    from vkd_jax.eval.evaluator import EvalSet
+
+    sets = benchmark_sets(data.tfds_dir, data.manual_dir, forget_pct=data.forget_pct)
+    n = int(cfg.eval.get("retain_max_profiles", 0) or 0)
+    if n:  # the retain split is large; a fixed, seeded subset of its profiles keeps evaluation fast
+        src = sets["retain"].source
+        ids = sorted(str(src[i]["ID"], "utf-8") if isinstance(src[i]["ID"], bytes) else str(src[i]["ID"])
+                     for i in range(len(src)))
+        pick = np.random.default_rng(int(cfg.seed) + 99).permutation(len(ids))[:n]
+        sets["retain"] = EvalSet(src, tuple(sorted(ids[i] for i in pick)))
+    return sets
+
+
+def evaluate_cached(name: str, params: dict, cfg, data: Data, model_config, out_dir: str) -> dict:
+    from vkd_jax.eval import evaluate
+    from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
+
+    path = os.path.join(out_dir, "eval", f"{name}.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    graphdef, _ = abstract_model(model_config)
+    model = model_from_flat_params(graphdef, params)
+    t = time.time()
+    res = evaluate(model, data.tokenizer, eval_sets(data, cfg), eval_config(cfg))
+    logging.info("evaluated %s in %.1f s", name, time.time() - t)
+    res = {s: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
+           for s, m in res.items()}
+    atomic_write_text(path, json.dumps(res, indent=2, sort_keys=True))
+    return res
+
+
+# ---- relearning attack ---------------------------------------------------------------------------------------
+
+def relearn_attack(cfg, data: Data, params: dict, model_config, run_dir: str) -> dict:
+    """Fine-tune the unlearned model on a fraction p of the forget VQA classification questions (all params, as an
+    attacker would), then score forget VQA on the questions NOT used; AG = after - before (points)."""
+    from vkd_jax.eval.evaluator import evaluate_questions, question_keys
+    from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
+
+    forget = data.load(f"forget_{data.forget_pct}")
+    keys = sorted(question_keys(forget, "classification", "Image_Textual"))
+    order = np.random.default_rng(int(cfg.seed) + 7).permutation(len(keys))
+    graphdef, _ = abstract_model(model_config)
+    ecfg = eval_config(cfg)
+    fractions = [float(f) for f in cfg.stages.relearn.fractions]
+    out = {"fractions": fractions, "forget_vqa_cls_acc": [], "before": [], "ag": [], "steps":
+           int(cfg.stages.relearn.num_steps)}
+    for frac in fractions:
+        n = max(1, int(round(frac * len(keys))))
+        used = [keys[i] for i in order[:n]]
+        rdir = os.path.join(run_dir, "relearn", f"p{frac:g}")
+        os.makedirs(rdir, exist_ok=True)
+        cache = os.path.join(rdir, "result.json")
+        if os.path.isfile(cache):
+            with open(cache) as f:
+                r = json.load(f)
+        else:
+            before = evaluate_questions(model_from_flat_params(graphdef, params), data.tokenizer, forget, ecfg,
+                                        exclude=used)["vqa_cls_acc"]
+            stream = _pipeline(data, cfg, forget, tasks=("classification",), types=("Image_Textual",),
+                               seed_offset=40 + int(frac * 100), keys=used, model_config=model_config)
+            res = _stage("relearn", cfg, rdir, params, {"forget": stream}, model_config, data.tokenizer)
+            after = evaluate_questions(model_from_flat_params(graphdef, res.params), data.tokenizer, forget, ecfg,
+                                       exclude=used)["vqa_cls_acc"]
+            r = {"fraction": frac, "n_used": n, "n_eval": len(keys) - n, "before": before, "after": after}
+            atomic_write_text(cache, json.dumps(r, indent=2))
+        out["forget_vqa_cls_acc"].append(r["after"])
+        out["before"].append(r["before"])
+        out["ag"].append(r["after"] - r["before"])
+    return out
+
+
+# ---- the pipeline ------------------------------------------------------------------------------------------
+
+def vanilla_params(cfg, data: Data, shared: str, model_config) -> dict:
+    """init -> pretrain (embedded world only) -> vanilla fine-tune on all profiles; cached in `shared`."""
+    params = initial_params(cfg, data, shared, model_config)
+    names = (["pretrain"] if cfg.data.source == "embedded" else []) + ["vanilla"]
+    for name in names:
+        if int(cfg.stages[name].num_steps) > 0:
+            params = _stage(name, cfg, shared, params, stage_streams(name, data, cfg, model_config), model_config,
+                            data.tokenizer).params
+    return params
+
+
+def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True) -> dict:
+    from vkd_jax.unlearn.methods import make_method
+
+    shared = shared or workdir
+    os.makedirs(workdir, exist_ok=True)
+    t_start = time.time()
+    data = prepare_data(cfg, shared)
+    model_config = _model_config(cfg, data)
+    vanilla = vanilla_params(cfg, data, shared, model_config)
+    ucfg = unlearn_config(cfg)
+    method = make_method(cfg.method, ucfg.get(cfg.method, {}), data.tokenizer)
+    reference = None
+    if method.needs_reference and cfg.npo.get("reference", "retain") == "retain":
+        reference = _stage("reference", ucfg, shared, initial_params(cfg, data, shared, model_config),
+                           stage_streams("reference", data, cfg, model_config), model_config, data.tokenizer).params
+    masks = None
+    if method.needs_masks or ucfg.stages.unlearn.get("use_masks", False):
+        masks = _stage("masks", ucfg, workdir, vanilla, stage_streams("masks", data, cfg, model_config),
+                       model_config, data.tokenizer).masks
+    timing_path = os.path.join(workdir, "unlearn", "timing.json")
+    t = time.time()
+    unlearned = _stage("unlearn", ucfg, workdir, vanilla, stage_streams("unlearn", data, cfg, model_config),
+                       model_config, data.tokenizer, reference=reference, masks=masks).params
+    if not os.path.isfile(timing_path):  # first (uninterrupted or resumed) completion: record its wall time
+        atomic_write_text(timing_path, json.dumps({"unlearn_seconds": time.time() - t}))
+    with open(timing_path) as f:
+        unlearn_seconds = json.load(f)["unlearn_seconds"]
+    results = {
+        "method": cfg.method,
+        "config": json.loads(cfg.to_json_best_effort()),
+        "vanilla": evaluate_cached("vanilla", vanilla, cfg, data, model_config, shared),
+        "unlearned": evaluate_cached("unlearned", unlearned, cfg, data, model_config, workdir),
+    }
+    n_train, n_total = count_params(unlearned, ucfg.stages.unlearn.partition, ucfg, model_config)
+    results["efficiency"] = {"unlearn_seconds": unlearn_seconds, "steps": int(cfg.unlearn.steps),
+                             "trainable_params": n_train, "total_params": n_total}
+    if masks is not None:
+        from vkd_jax.unlearn.masks import kept_fraction
+
+        results["masks"] = {"kept_fraction": kept_fraction(masks)}
+    if relearn and cfg.stages.relearn.fractions:
+        results["relearn"] = relearn_attack(cfg, data, unlearned, model_config, workdir)
+    results["floors"] = {"chance_cls_acc": 25.0}
+    results["seconds_total"] = time.time() - t_start
+    if jax.process_index() == 0:
+        from vkd_jax import report
+
+        atomic_write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2, sort_keys=True))
+        report.write_report(results, workdir, curves_dirs={"unlearn": os.path.join(workdir, "unlearn"),
+                                                            "vanilla": os.path.join(shared, "vanilla")})
+        if cfg.export_hf:
+            from vkd_jax.models.hf_io import save_hf_params
+
+            template = cfg.hf_dir or os.path.join(shared, "benchmark", "tokenizer")
+            save_hf_params(unlearned, model_config, os.path.join(workdir, "hf_export"), template_hf_dir=template,
+                           overwrite=True)
+    return results

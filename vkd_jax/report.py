@@ -1,0 +1,181 @@
+"""results.json -> report.md (tables as in the paper) and plots/*.png (forget vs retain per set, training curves,
+relearning curve). Also the multi-run comparison table used by `vkd_jax.reproduce`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from vkd_jax.io_utils import atomic_write_text
+
+HEADLINE = [  # (set, metric, label, direction)
+    ("forget", "vqa_cls_acc", "Forget VQA", "down"),
+    ("forget", "qa_cls_acc", "Forget QA", "keep"),
+    ("test", "vqa_cls_acc", "Test VQA", "down"),
+    ("retain", "vqa_cls_acc", "Retain VQA", "up"),
+    ("retain", "qa_cls_acc", "Retain QA", "up"),
+    ("celebrity", "vqa_cls_acc", "Celeb VQA", "up"),
+    ("celebrity", "qa_cls_acc", "Celeb QA", "up"),
+]
+ALL_METRICS = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
+SETS = ("forget", "test", "retain", "celebrity")
+
+
+def fmt(v, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def _get(res: dict, s: str, m: str):
+    return (res.get(s) or {}).get(m)
+
+
+def read_curve(stage_dir: str, key: str = "loss") -> tuple[list, list]:
+    steps, vals = [], []
+    path = os.path.join(stage_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return steps, vals
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "step" in rec and key in rec:
+                steps.append(rec["step"])
+                vals.append(rec[key])
+    return steps, vals
+
+
+def single_run_markdown(r: dict) -> str:
+    van, unl = r["vanilla"], r["unlearned"]
+    lines = [f"# Unlearning report: {r['method']}", ""]
+    cfg = r.get("config", {})
+    lines.append(f"Method `{r['method']}`, forget {cfg.get('forget_ratio', '?')}%, seed {cfg.get('seed', '?')}, "
+                 f"{r['efficiency']['steps']} unlearning steps. Classification accuracies in % (chance 25); "
+                 "forget/test VQA should fall, forget QA stay at vanilla (text knowledge kept), "
+                 "retain and celebrity stay high.")
+    lines += ["", "## Headline", "",
+              "| model | " + " | ".join(h[2] for h in HEADLINE) + " |",
+              "|---|" + "---|" * len(HEADLINE)]
+    for name, res in (("vanilla", van), ("unlearned", unl)):
+        lines.append(f"| {name} | " + " | ".join(fmt(_get(res, s, m)) for s, m, _, _ in HEADLINE) + " |")
+    lines.append("| change | " + " | ".join(
+        fmt(None if _get(unl, s, m) is None or _get(van, s, m) is None else _get(unl, s, m) - _get(van, s, m))
+        for s, m, _, _ in HEADLINE) + " |")
+    flags = []
+    for s in ("forget", "test"):
+        v = _get(unl, s, "vqa_cls_acc")
+        if v is not None and v < 15:
+            flags.append(f"{s} VQA accuracy {v:.1f}% is far below chance (25%): the answers are systematically "
+                         "avoided, which still leaks them.")
+    if flags:
+        lines += ["", "**Warning:** " + " ".join(flags)]
+    lines += ["", "## All metrics", "",
+              "| set | model | " + " | ".join(ALL_METRICS) + " |", "|---|---|" + "---|" * len(ALL_METRICS)]
+    for s in SETS:
+        for name, res in (("vanilla", van), ("unlearned", unl)):
+            digits = lambda m: 3 if "rouge" in m else 1
+            lines.append(f"| {s} | {name} | " + " | ".join(fmt(_get(res, s, m), digits(m)) for m in ALL_METRICS)
+                         + " |")
+    e = r["efficiency"]
+    lines += ["", "## Cost", "", "| unlearning wall time (s) | steps | trainable params | total params | trainable % |",
+              "|---|---|---|---|---|",
+              f"| {e['unlearn_seconds']:.1f} | {e['steps']} | {e['trainable_params']:,} | {e['total_params']:,} | "
+              f"{100 * e['trainable_params'] / max(e['total_params'], 1):.1f} |"]
+    if r.get("masks"):
+        kf = r["masks"]["kept_fraction"]
+        lines += ["", "## Saliency mask (fraction of weights kept)", "", "| module | kept |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in sorted(kf.items())]
+    rl = r.get("relearn")
+    if rl:
+        lines += ["", "## Relearning attack", "",
+                  f"Fine-tune all params on a fraction of the forget VQA questions for {rl.get('steps', '?')} steps; "
+                  "score forget VQA on the questions not used. AG = after - before (points).", "",
+                  "| fraction | before | after | AG | recovery vs vanilla |", "|---|---|---|---|---|"]
+        v0 = _get(van, "forget", "vqa_cls_acc")
+        for f, b, a, g in zip(rl["fractions"], rl["before"], rl["forget_vqa_cls_acc"], rl["ag"]):
+            rec = None if v0 is None or v0 == b else 100 * (a - b) / (v0 - b)
+            lines.append(f"| {f:g} | {fmt(b)} | {fmt(a)} | {fmt(g)} | {fmt(rec)}% |")
+    lines += ["", "Plots: `plots/forget_vs_retain.png`, `plots/training_curves.png`, `plots/relearn.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sets(r: dict, path: str):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, metric, title in ((axes[0], "vqa_cls_acc", "VQA (image)"), (axes[1], "qa_cls_acc", "QA (text)")):
+        xs = range(len(SETS))
+        v = [(_get(r["vanilla"], s, metric) or 0) for s in SETS]
+        u = [(_get(r["unlearned"], s, metric) or 0) for s in SETS]
+        ax.bar([x - 0.2 for x in xs], v, 0.4, label="vanilla", color="#7a9cc6")
+        ax.bar([x + 0.2 for x in xs], u, 0.4, label=f"unlearned ({r['method']})", color="#d9534f")
+        ax.axhline(25, color="grey", ls="--", lw=1, label="chance")
+        ax.set_xticks(list(xs), SETS)
+        ax.set_title(f"classification accuracy, {title}")
+        ax.set_ylim(0, 105)
+    axes[0].set_ylabel("%")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(curves_dirs: dict, path: str):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    any_curve = False
+    for name, d in curves_dirs.items():
+        steps, vals = read_curve(d)
+        if steps:
+            ax.plot(steps, vals, label=name)
+            any_curve = True
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("training curves")
+    if any_curve:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_relearn(r: dict, path: str):
+    plt = _plt()
+    rl = r.get("relearn") or {}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if rl:
+        ax.plot(rl["fractions"], rl["forget_vqa_cls_acc"], "o-", label="after relearning", color="#d9534f")
+        ax.plot(rl["fractions"], rl["before"], "s--", label="after unlearning", color="#7a9cc6")
+        v0 = _get(r["vanilla"], "forget", "vqa_cls_acc")
+        if v0 is not None:
+            ax.axhline(v0, color="green", ls=":", label="vanilla")
+        ax.axhline(25, color="grey", ls="--", lw=1, label="chance")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("fraction of forget questions relearnt")
+    ax.set_ylabel("forget VQA accuracy on held-out questions (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"relearning attack ({r['method']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict, workdir: str, curves_dirs: dict | None = None) -> None:
+    plots = os.path.join(workdir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    plot_sets(results, os.path.join(plots, "forget_vs_retain.png"))
+    plot_curves(curves_dirs or {}, os.path.join(plots, "training_curves.png"))
+    plot_relearn(results, os.path.join(plots, "relearn.png"))
+    atomic_write_text(os.path.join(workdir, "report.md"), single_run_markdown(results))

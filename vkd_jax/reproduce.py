@@ -1,0 +1,217 @@
+"""Every method (and VKD's ablations) from the same vanilla model, over several seeds, in one comparison table.
+
+  python -m vkd_jax.reproduce --config configs/tiny.py --methods all --seeds 0,1,2 --workdir W [--ablations]
+
+W/shared holds the benchmark and the vanilla model (trained once, with the first seed, and reused by every run);
+W/runs/<name>_s<seed>/ holds each run's masks, unlearning, evaluation, relearning and report. Finished runs are
+reused on a rerun. Writes W/comparison.md, W/comparison.json and W/plots/{methods,relearn_methods}.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vkd_jax.io_utils import atomic_write_text
+from vkd_jax.report import HEADLINE, fmt
+
+METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
+
+# name -> (method, config overrides): what each ablation switches off or changes, everything else as VKD's default
+ABLATIONS = {
+    "vkd-no-distill": ("vkd", {"vkd.b_r": 0.0}),
+    "vkd-no-mask": ("vkd", {"stages.unlearn.use_masks": False}),
+    "vkd-projector-only": ("vkd", {"method_partition.vkd": "projector"}),
+    "vkd-last-vit-block": ("vkd", {"method_partition.vkd": "visual_last_k"}),
+    "vkd-tap-vision": ("vkd", {"vkd.taps": ("vision:-1",)}),
+    "vkd-tap-llm": ("vkd", {"vkd.taps": ("llm:1",)}),
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "work directory")
+_METHODS = flags.DEFINE_string("methods", "all", "comma-separated methods, or 'all'")
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
+_ABL = flags.DEFINE_bool("ablations", True, "also run VKD's ablations")
+_RELEARN = flags.DEFINE_bool("relearn", True, "run the relearning attack for every run")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def apply_overrides(cfg, overrides: dict):
+    import ml_collections
+
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    for dotted, value in overrides.items():
+        node = c
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _mean_std(xs):
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """{name: [results per seed]} -> {name: {label: (mean, std)}} for the headline columns, cost and AG."""
+    out = {}
+    for name, rs in runs.items():
+        row = {}
+        for s, m, label, _ in HEADLINE:
+            row[label] = _mean_std([(r["unlearned"].get(s) or {}).get(m) for r in rs])
+        row["seconds"] = _mean_std([r["efficiency"]["unlearn_seconds"] for r in rs])
+        row["trainable"] = (rs[0]["efficiency"]["trainable_params"], 0.0)
+        ags = [r["relearn"]["ag"] for r in rs if r.get("relearn")]
+        if ags:
+            for i, f in enumerate(rs[0]["relearn"]["fractions"]):
+                row[f"AG@{f:g}"] = _mean_std([a[i] for a in ags])
+        out[name] = row
+    return out
+
+
+def _cell(ms):
+    m, sd = ms
+    return "-" if m is None else f"{fmt(m)} ± {fmt(sd)}"
+
+
+def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations) -> str:
+    labels = [h[2] for h in HEADLINE]
+    lines = ["# Method comparison", "",
+             f"Mean ± std over seeds {', '.join(map(str, seeds))}; classification accuracy in % (chance 25). "
+             "Forget/Test VQA: lower is better; Forget QA should equal vanilla; Retain/Celeb: higher is better.",
+             "", "## Main table", "", "| method | " + " | ".join(labels) + " | unlearn s | trainable params |",
+             "|---|" + "---|" * (len(labels) + 2)]
+    lines.append("| vanilla | " + " | ".join(fmt((vanilla.get(s) or {}).get(m)) for s, m, _, _ in HEADLINE)
+                 + " | - | - |")
+
+    def row(name):
+        r = summary[name]
+        return (f"| {name} | " + " | ".join(_cell(r[l]) for l in labels) + f" | {_cell(r['seconds'])} | "
+                f"{r['trainable'][0]:,} |")
+
+    lines += [row(m) for m in methods if m in summary]
+    if ablations:
+        lines += ["", "## VKD ablations", "", "| variant | " + " | ".join(labels) + " | unlearn s | trainable params |",
+                  "|---|" + "---|" * (len(labels) + 2)]
+        lines += [row(a) for a in ablations if a in summary]
+    ag_cols = sorted({k for r in summary.values() for k in r if k.startswith("AG@")},
+                     key=lambda k: float(k[3:]))
+    if ag_cols:
+        lines += ["", "## Relearning attack (AG, points: forget VQA after relearning - after unlearning)", "",
+                  "| run | " + " | ".join(ag_cols) + " |", "|---|" + "---|" * len(ag_cols)]
+        for name in list(methods) + list(ablations):
+            if name in summary:
+                lines.append(f"| {name} | " + " | ".join(_cell(summary[name].get(c, (None, None)))
+                                                         for c in ag_cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_methods(summary: dict, vanilla: dict, path: str):
+    from vkd_jax.report import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, r in summary.items():
+        x, y = r["Forget VQA"][0], r["Retain VQA"][0]
+        if x is None or y is None:
+            continue
+        ax.errorbar(x, y, xerr=r["Forget VQA"][1], yerr=r["Retain VQA"][1], fmt="o", capsize=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    v = (vanilla.get("forget") or {}).get("vqa_cls_acc"), (vanilla.get("retain") or {}).get("vqa_cls_acc")
+    if None not in v:
+        ax.plot(*v, "k*", ms=12, label="vanilla")
+    ax.axvline(25, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel("forget VQA accuracy (%)  (lower is better)")
+    ax.set_ylabel("retain VQA accuracy (%)  (higher is better)")
+    ax.set_title("forgetting vs keeping")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_relearn(runs: dict[str, list[dict]], path: str):
+    from vkd_jax.report import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, rs in runs.items():
+        rr = [r["relearn"] for r in rs if r.get("relearn")]
+        if not rr:
+            continue
+        fr = rr[0]["fractions"]
+        ys = [_mean_std([x["forget_vqa_cls_acc"][i] for x in rr])[0] for i in range(len(fr))]
+        ax.plot(fr, ys, "o-", label=name)
+    ax.axhline(25, color="grey", ls="--", lw=1)
+    ax.set_xlabel("fraction of forget questions relearnt")
+    ax.set_ylabel("held-out forget VQA accuracy after relearning (%)")
+    ax.set_title("relearning attack")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True) -> dict:
+    import jax
+
+    from vkd_jax import experiment
+
+    shared = os.path.join(workdir, "shared")
+    plan = [(m, m, {}) for m in methods] + [(a, *ABLATIONS[a]) for a in ablations]
+    runs: dict[str, list[dict]] = {}
+    vanilla = None
+    for seed in seeds:
+        for name, method, overrides in plan:
+            run_dir = os.path.join(workdir, "runs", f"{name}_s{seed}")
+            c = apply_overrides(cfg, {"seed": seed, "method": method, **overrides})
+            cached = os.path.join(run_dir, "results.json")
+            if os.path.isfile(cached):
+                with open(cached) as f:
+                    res = json.load(f)
+            else:
+                logging.warning("run %s seed %d", name, seed)
+                res = experiment.run(c, run_dir, shared=shared, relearn=relearn)
+            runs.setdefault(name, []).append(res)
+            vanilla = vanilla or res["vanilla"]
+    summary = summarise(runs)
+    if jax.process_index() == 0:
+        os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+        atomic_write_text(os.path.join(workdir, "comparison.json"),
+                          json.dumps({"seeds": list(seeds), "vanilla": vanilla, "summary": summary}, indent=2))
+        atomic_write_text(os.path.join(workdir, "comparison.md"),
+                          comparison_markdown(vanilla, summary, seeds, methods, ablations))
+        plot_methods(summary, vanilla, os.path.join(workdir, "plots", "methods.png"))
+        plot_relearn(runs, os.path.join(workdir, "plots", "relearn_methods.png"))
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    methods = METHODS if _METHODS.value == "all" else tuple(m.strip() for m in _METHODS.value.split(","))
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise app.UsageError(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
+    try:
+        seeds = tuple(int(s) for s in _SEEDS.value.split(","))
+    except ValueError:
+        raise app.UsageError(f"--seeds={_SEEDS.value!r}: expected comma-separated integers") from None
+    ablations = tuple(ABLATIONS) if _ABL.value else ()
+    workdir = os.path.abspath(_WORKDIR.value)
+    reproduce(_CONFIG.value, workdir, methods, seeds, ablations, relearn=_RELEARN.value)
+    print(open(os.path.join(workdir, "comparison.md")).read())
+
+
+if __name__ == "__main__":
+    app.run(main)
