@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vkd_jax.models.config import VisionConfig
-from vkd_jax.models.layers import LayerNorm, activation, dot_product_attention, linear
+from vkd_jax.models.layers import LayerNorm, activation, dot_product_attention, linear, remat_call
 
 
 class CLIPEmbeddings(nnx.Module):
@@ -82,7 +82,7 @@ class CLIPVisionTower(nnx.Module):
                                 for _ in range(c.num_hidden_layers)])
         # Kept so that checkpoints round-trip; LLaVA never applies it (features come from hidden_states).
         self.post_layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps, **norm)
-        self.num_layers = c.num_hidden_layers
+        self.num_layers, self.remat = c.num_hidden_layers, c.remat
 
     def hidden_states(self, pixel_values, wanted: tuple[int, ...]) -> dict[int, jax.Array]:
         """The requested hidden states (HF indexing, negative allowed), running only the layers needed."""
@@ -93,7 +93,7 @@ class CLIPVisionTower(nnx.Module):
         if 0 in idx:
             out[0] = x
         for i in range(1, (idx[-1] if idx else 0) + 1):
-            x = self.layers[i - 1](x)
+            x = remat_call(self.layers[i - 1], self.remat, x)
             if i in idx:
                 out[i] = x
         return {w: out[w % n] for w in wanted}

@@ -49,6 +49,7 @@ class VisionConfig:
     patch_size: int = 14
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"
+    remat: str = "none"  # runtime only (never in config.json): none | full | dots, see layers.REMAT_POLICIES
 
     @property
     def num_patches(self) -> int:
@@ -79,6 +80,7 @@ class TextConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     pad_token_id: int | None = None
+    remat: str = "none"  # runtime only (never in config.json): none | full | dots, see layers.REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +119,12 @@ class LlavaConfig:
     def replace(self, **kw) -> "LlavaConfig":
         return dataclasses.replace(self, **kw)
 
+    def with_remat(self, policy: str = "full", vision: bool = True, text: bool = True) -> "LlavaConfig":
+        """Activation checkpointing per CLIP encoder block and per Llama decoder block (training without a KV
+        cache only); a runtime switch, not part of the HF config."""
+        return self.replace(vision=dataclasses.replace(self.vision, remat=policy if vision else "none"),
+                            text=dataclasses.replace(self.text, remat=policy if text else "none"))
+
     def validate(self) -> None:
         v, t = self.vision, self.text
         if self.vision_feature_select_strategy not in ("default", "full"):
@@ -139,6 +147,9 @@ class LlavaConfig:
         if t.num_attention_heads % t.num_key_value_heads:
             raise ConfigError(f"text_config.num_attention_heads={t.num_attention_heads} is not a multiple of "
                               f"num_key_value_heads={t.num_key_value_heads}")
+        for name, r in (("vision", v.remat), ("text", t.remat)):
+            if r not in ("none", "full", "dots"):
+                raise ConfigError(f"{name} remat={r!r}: use none, full or dots")
         if t.rope_type not in ("default", "linear"):
             raise ConfigError(f"text_config rope type {t.rope_type!r} is not supported (default, linear)")
 

@@ -22,6 +22,27 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+# Activation checkpointing of one decoder/encoder block: "full" keeps only the block inputs for the backward pass
+# (everything inside is recomputed), "dots" also keeps the outputs of the weight matmuls (no recomputed matmuls,
+# still no attention scores or elementwise intermediates held).
+REMAT_POLICIES = {"none": None, "full": None, "dots": "dots_with_no_batch_dims_saveable"}
+
+
+def remat_call(module: nnx.Module, policy: str, *args):
+    """module(*args), recomputed in the backward pass unless policy == "none". The module's state goes in as an
+    explicit argument of a pure function, so jax.checkpoint sees (and differentiates) the params."""
+    if policy == "none":
+        return module(*args)
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat policy {policy!r}: use one of {sorted(REMAT_POLICIES)}")
+    graphdef, state = nnx.split(module)
+    name = REMAT_POLICIES[policy]
+
+    def pure(st, *a):
+        return nnx.merge(graphdef, st)(*a)
+    return jax.checkpoint(pure, policy=getattr(jax.checkpoint_policies, name) if name else None)(state, *args)
+
+
 def linear(din: int, dout: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                       kernel_init=nnx.initializers.normal(0.02))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vkd_jax.models.config import TextConfig
-from vkd_jax.models.layers import RMSNorm, activation, dot_product_attention, linear
+from vkd_jax.models.layers import RMSNorm, activation, dot_product_attention, linear, remat_call
 
 
 class KVCache(NamedTuple):
@@ -139,7 +139,10 @@ class LlamaModel(nnx.Module):
         new_k, new_v = [], []
         for i in range(run):
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x, upd = self.layers[i](x, cos, sin, mask, kv, offset)
+            if kv is None and self.config.remat != "none":
+                x, upd = remat_call(self.layers[i], self.config.remat, x, cos, sin, mask)
+            else:
+                x, upd = self.layers[i](x, cos, sin, mask, kv, offset)
             if upd is not None:
                 new_k.append(upd[0]), new_v.append(upd[1])
             if i + 1 in wanted:
