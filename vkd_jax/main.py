@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -39,8 +40,14 @@ def main(argv):
 
     from vkd_jax import experiment
 
+    from vkd_jax.cli import EXPECTED_ERRORS
+
     workdir = os.path.abspath(_WORKDIR.value)
-    results = experiment.run(_CONFIG.value, workdir)
+    try:
+        results = experiment.run(_CONFIG.value, workdir)
+    except EXPECTED_ERRORS as e:  # bad config / data / weights: one clear line, non-zero exit, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     if jax.process_index() == 0:
         head = {s: {m: results["unlearned"][s].get(m) for m in ("vqa_cls_acc", "qa_cls_acc")}
                 for s in experiment.SETS}

@@ -145,6 +145,7 @@ def plot_relearn(runs: dict[str, list[dict]], path: str):
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    drawn = False
     for name, rs in runs.items():
         rr = [r["relearn"] for r in rs if r.get("relearn")]
         if not rr:
@@ -152,11 +153,13 @@ def plot_relearn(runs: dict[str, list[dict]], path: str):
         fr = rr[0]["fractions"]
         ys = [_mean_std([x["forget_vqa_cls_acc"][i] for x in rr])[0] for i in range(len(fr))]
         ax.plot(fr, ys, "o-", label=name)
+        drawn = True
     ax.axhline(25, color="grey", ls="--", lw=1)
     ax.set_xlabel("fraction of forget questions relearnt")
     ax.set_ylabel("held-out forget VQA accuracy after relearning (%)")
     ax.set_title("relearning attack")
-    ax.legend(fontsize=7, ncol=2)
+    if drawn:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

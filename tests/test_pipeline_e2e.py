@@ -1,0 +1,109 @@
+"""The whole pipeline on a micro embedded world: `python -m vkd_jax.main` and `vkd_jax.reproduce`.
+
+Sizes and step counts are tiny so that CI can afford it; quality on the real default run is reported in
+README/report, not asserted here. What is asserted: every stage runs, the outputs follow the schema, a rerun reuses
+the finished stages, the HF export loads in transformers with the same logits, VKD leaves text-only knowledge
+exactly as it was.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MICRO = [
+    "--config.data.world.num_people=20", "--config.data.world.num_celebrities=8", "--config.data.world.num_facts=3",
+    "--config.data.world.ft_poses=2", "--config.data.batch_size=8", "--config.stages.pretrain.num_steps=3",
+    "--config.stages.vanilla.num_steps=3", "--config.unlearn.steps=3", "--config.stages.relearn.num_steps=2",
+    "--config.stages.relearn.fractions=(0.5,)", "--config.eval.max_questions=3", "--config.eval.batch_size=4",
+    "--config.eval.max_new_tokens=6", "--config.mask.num_batches=2", "--config.checkpoint.every_steps=2",
+]
+
+
+def _main(workdir, *extra):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/tiny.py"),
+                           "--workdir", str(workdir), *MICRO, *extra], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def vkd_run(tmp_path_factory):
+    w = tmp_path_factory.mktemp("vkd_run")
+    r = _main(w, "--config.export_hf=True")
+    assert r.returncode == 0, r.stderr[-4000:]
+    return w, r
+
+
+def test_results_schema_and_report(vkd_run):
+    w, r = vkd_run
+    res = json.loads((w / "results.json").read_text())
+    assert res["method"] == "vkd" and res["config"]["forget_ratio"] == 10
+    metrics = {"vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL"}
+    for model in ("vanilla", "unlearned"):
+        assert set(res[model]) == {"forget", "test", "retain", "celebrity"}
+        for s, m in res[model].items():
+            assert metrics <= set(m), (model, s)
+            for k in metrics:
+                v = m[k]
+                assert v is None or (0 <= v <= (100 if k.endswith("acc") else 1)), (model, s, k, v)
+    rl = res["relearn"]
+    assert rl["fractions"] == [0.5] and len(rl["forget_vqa_cls_acc"]) == 1
+    assert rl["ag"][0] == pytest.approx(rl["forget_vqa_cls_acc"][0] - rl["before"][0])
+    eff = res["efficiency"]
+    assert eff["steps"] == 3 and eff["unlearn_seconds"] > 0
+    assert 0 < eff["trainable_params"] < eff["total_params"]
+    assert eff["trainable_params"] < 0.5 * eff["total_params"]  # VKD trains the visual side only
+    # VKD never touches the LLM: text-only answers are exactly the vanilla ones.
+    for s in ("forget", "retain", "celebrity"):
+        assert res["unlearned"][s]["qa_cls_acc"] == res["vanilla"][s]["qa_cls_acc"]
+        assert res["unlearned"][s]["qa_gen_rougeL"] == res["vanilla"][s]["qa_gen_rougeL"]
+    report = (w / "report.md").read_text()
+    assert "| model | Forget VQA | Forget QA | Test VQA |" in report and "## Relearning attack" in report
+    for p in ("forget_vs_retain", "training_curves", "relearn"):
+        png = (w / "plots" / f"{p}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert '"method": "vkd"' in r.stdout
+
+
+def test_rerun_reuses_finished_stages(vkd_run):
+    w, _ = vkd_run
+    stamps = {p: os.path.getmtime(w / p / "done.json") for p in ("pretrain", "vanilla", "unlearn")}
+    r = _main(w)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert {p: os.path.getmtime(w / p / "done.json") for p in stamps} == stamps
+    assert "pretrain:" not in r.stderr and "unlearn:" not in r.stderr  # no progress bar: nothing retrained
+
+
+def test_hf_export_loads_in_transformers_with_same_logits(vkd_run):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    import vkd_jax
+    from vkd_jax.models.orbax_io import load_model_orbax
+
+    w, _ = vkd_run
+    hf = LlavaForConditionalGeneration.from_pretrained(w / "hf_export").eval()
+    ours = load_model_orbax(w / "unlearn" / "params")
+    assert (w / "hf_export" / "tokenizer.json").exists()
+    c = ours.config
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, c.text.vocab_size, size=(2, 6))
+    ids = np.concatenate([ids[:, :2], np.full((2, c.image_seq_length), c.image_token_index), ids[:, 2:]], 1)
+    px = rng.standard_normal((2, 3, c.vision.image_size, c.vision.image_size)).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(px)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(ids, px)), ref, atol=1e-4)
+    again = vkd_jax.load_hf(w / "hf_export")
+    np.testing.assert_array_equal(np.asarray(again(ids, px)), np.asarray(ours(ids, px)))
+
+
+def test_bad_config_fails_clearly(tmp_path):
+    r = _main(tmp_path, "--config.forget_ratio=7")
+    assert r.returncode != 0
+    assert "forget_ratio=7" in r.stderr

@@ -1,0 +1,60 @@
+"""vkd_jax.reproduce: several runs from one shared vanilla model, summarised as mean ± std over seeds."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from vkd_jax import reproduce
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _micro_config():
+    spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "configs", "tiny.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return reproduce.apply_overrides(mod.get_config(), {
+        "data.world.num_people": 20, "data.world.num_celebrities": 8, "data.world.num_facts": 3,
+        "data.world.ft_poses": 2, "data.batch_size": 8, "stages.pretrain.num_steps": 2,
+        "stages.vanilla.num_steps": 2, "unlearn.steps": 2, "eval.max_questions": 2, "eval.batch_size": 4,
+        "eval.max_new_tokens": 4, "checkpoint.every_steps": 2, "stages.relearn.fractions": ()})
+
+
+def test_two_seeds_share_one_vanilla_model(tmp_path):
+    summary = reproduce.reproduce(_micro_config(), str(tmp_path), ("ga",), (0, 1), (), relearn=False)
+    runs = sorted(os.listdir(tmp_path / "runs"))
+    assert runs == ["ga_s0", "ga_s1"]
+    assert sorted(os.listdir(tmp_path / "shared" / "eval")) == ["vanilla.json"]  # evaluated once, shared
+    r0 = json.loads((tmp_path / "runs" / "ga_s0" / "results.json").read_text())
+    r1 = json.loads((tmp_path / "runs" / "ga_s1" / "results.json").read_text())
+    assert r0["vanilla"] == r1["vanilla"] and r1["config"]["seed"] == 1
+    mean, std = summary["ga"]["Forget VQA"]
+    xs = [r["unlearned"]["forget"]["vqa_cls_acc"] for r in (r0, r1)]
+    assert mean == pytest.approx(sum(xs) / 2) and std == pytest.approx(abs(xs[0] - xs[1]) / 2 ** 0.5)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| vanilla |" in md and "| ga |" in md and " ± " in md
+    assert (tmp_path / "plots" / "methods.png").read_bytes()[:4] == b"\x89PNG"
+    # A rerun reads the finished runs instead of training again.
+    stamp = os.path.getmtime(tmp_path / "runs" / "ga_s0" / "results.json")
+    reproduce.reproduce(_micro_config(), str(tmp_path), ("ga",), (0, 1), (), relearn=False)
+    assert os.path.getmtime(tmp_path / "runs" / "ga_s0" / "results.json") == stamp
+
+
+def test_ablation_overrides_and_tables():
+    cfg = _micro_config()
+    for name, (method, overrides) in reproduce.ABLATIONS.items():
+        c = reproduce.apply_overrides(cfg, {"method": method, **overrides})
+        for dotted, value in overrides.items():
+            node = c
+            for part in dotted.split("."):
+                node = node[part]
+            assert node == (tuple(value) if isinstance(value, (list, tuple)) else value), (name, dotted)
+    fake = {"unlearned": {"forget": {"vqa_cls_acc": 30.0, "qa_cls_acc": 90.0}, "retain": {"vqa_cls_acc": 95.0}},
+            "efficiency": {"unlearn_seconds": 10.0, "trainable_params": 7},
+            "relearn": {"fractions": [0.5], "ag": [12.0]}}
+    s = reproduce.summarise({"vkd": [fake, fake]})
+    assert s["vkd"]["Forget VQA"] == (30.0, 0.0) and s["vkd"]["AG@0.5"] == (12.0, 0.0)
+    md = reproduce.comparison_markdown({"forget": {"vqa_cls_acc": 99.0}}, s, (0, 1), ("vkd",), ())
+    assert "| vkd | 30.0 ± 0.0 |" in md and "AG@0.5" in md
