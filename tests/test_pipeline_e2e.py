@@ -55,6 +55,8 @@ def test_results_schema_and_report(vkd_run):
     rl = res["relearn"]
     assert rl["fractions"] == [0.5] and len(rl["forget_vqa_cls_acc"]) == 1
     assert rl["ag"][0] == pytest.approx(rl["forget_vqa_cls_acc"][0] - rl["before"][0])
+    floor = res["floors"]["identity_free_forget_vqa_cls_acc"]
+    assert res["floors"]["chance_cls_acc"] == 25.0 and 0 <= floor <= 100
     eff = res["efficiency"]
     assert eff["steps"] == 3 and eff["unlearn_seconds"] > 0
     assert 0 < eff["trainable_params"] < eff["total_params"]
@@ -65,6 +67,7 @@ def test_results_schema_and_report(vkd_run):
         assert res["unlearned"][s]["qa_gen_rougeL"] == res["vanilla"][s]["qa_gen_rougeL"]
     report = (w / "report.md").read_text()
     assert "| model | Forget VQA | Forget QA | Test VQA |" in report and "## Relearning attack" in report
+    assert f"identity-free {floor:.1f}%" in report
     for p in ("forget_vs_retain", "training_curves", "relearn"):
         png = (w / "plots" / f"{p}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

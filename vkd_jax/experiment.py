@@ -219,6 +219,25 @@ def evaluate_cached(name: str, params: dict, cfg, data: Data, model_config, out_
     return res
 
 
+def identity_free_floor(params: dict, cfg, data: Data, model_config, shared: str) -> float:
+    """Forget VQA accuracy of a model shown the mean image instead of the person: what the frozen LLM answers
+    without identity (the floor a well-forgotten model should sit at, rather than far below chance)."""
+    from vkd_jax.data.sources import ImageReplacedSource, mean_image_bytes
+    from vkd_jax.eval.evaluator import evaluate_questions
+    from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
+
+    path = os.path.join(shared, "eval", "identity_free_floor.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["forget_vqa_cls_acc"]
+    forget = data.load(f"forget_{data.forget_pct}")
+    blank = ImageReplacedSource(forget, mean_image_bytes(data.load("Full_Set")))
+    model = model_from_flat_params(abstract_model(model_config)[0], params)
+    acc = evaluate_questions(model, data.tokenizer, blank, eval_config(cfg))["vqa_cls_acc"]
+    atomic_write_text(path, json.dumps({"forget_vqa_cls_acc": acc, "image": "mean of Full_Set images"}))
+    return acc
+
+
 # ---- relearning attack ---------------------------------------------------------------------------------------
 
 def relearn_attack(cfg, data: Data, params: dict, model_config, run_dir: str) -> dict:
@@ -315,7 +334,9 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True) -
         results["masks"] = {"kept_fraction": kept_fraction(masks)}
     if relearn and cfg.stages.relearn.fractions:
         results["relearn"] = relearn_attack(cfg, data, unlearned, model_config, workdir)
-    results["floors"] = {"chance_cls_acc": 25.0}
+    results["floors"] = {"chance_cls_acc": 25.0,
+                         "identity_free_forget_vqa_cls_acc": identity_free_floor(vanilla, cfg, data, model_config,
+                                                                                 shared)}
     results["seconds_total"] = time.time() - t_start
     if jax.process_index() == 0:
         from vkd_jax import report

@@ -65,6 +65,10 @@ def single_run_markdown(r: dict) -> str:
     lines.append("| change | " + " | ".join(
         fmt(None if _get(unl, s, m) is None or _get(van, s, m) is None else _get(unl, s, m) - _get(van, s, m))
         for s, m, _, _ in HEADLINE) + " |")
+    floor = (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc")
+    if floor is not None:
+        lines += ["", f"Floors for forget VQA: chance 25.0%, identity-free {floor:.1f}% (the vanilla model shown the "
+                      "mean image instead of the person). Forgotten means near these, not far below them."]
     flags = []
     for s in ("forget", "test"):
         v = _get(unl, s, "vqa_cls_acc")

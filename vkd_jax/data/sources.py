@@ -52,3 +52,40 @@ class PoseJoinedSource:
 
     def ids(self) -> tuple[str, ...]:
         return tuple(sorted({_s(self.profiles[k]["ID"]) for _, k in self.rows}))
+
+
+class ImageReplacedSource:
+    """Every row's image (and Test_Set poses) replaced by one given encoded image: the identity-free input used to
+    measure what a model answers when it cannot see who it is (the 'floor' beside chance)."""
+
+    def __init__(self, source, image_bytes: bytes):
+        self.source, self.image = source, {"bytes": image_bytes, "path": "identity_free.png"}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = dict(self.source[i])
+        rec["image"] = self.image
+        rec.pop("images", None)
+        return rec
+
+
+def mean_image_bytes(source, size: int | None = None) -> bytes:
+    """The pixel mean of a source's images, PNG-encoded (an image that shows nobody in particular)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    acc, n = None, 0
+    for i in range(len(source)):
+        im = Image.open(io.BytesIO(bytes(source[i]["image"]["bytes"]))).convert("RGB")
+        if size is not None:
+            im = im.resize((size, size))
+        a = np.asarray(im, np.float64)
+        acc = a if acc is None else acc + a
+        n += 1
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.round(acc / max(n, 1)), 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
