@@ -9,7 +9,8 @@ NaN guard; the engine's partition and sharding rules) is lowered with abstract, 
 and compiled; nothing the size of the model is ever allocated. Reported per device:
   params_trainable / params_frozen / teacher / opt_state / batch: exact, from each leaf's shard shape;
   argument / output / alias / temp: XLA's compiled memory analysis (temp = activations and temporaries);
-  peak = argument + output - alias + temp (donated state is aliased), fits = peak <= HBM.
+  peak = argument + output - alias + temp (donated state is aliased), fits = peak <= HBM
+  (--no_compile: exact counts only, fits = null; seconds instead of minutes per row for a 7B model).
 CPU caveat: the numbers come from the CPU compiler (no TPU/GPU-specific fusion, bf16 math may be widened to f32
 inside fusions), so `temp` is an estimate of what the accelerator compiler needs, usually an over-estimate.
 
@@ -104,8 +105,10 @@ def dummy_batch(model_config, batch: int, text_len: int, image: bool = True) -> 
     return out
 
 
-def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, text_len: int, devices) -> dict:
-    """Lower and compile one train step abstractly; per-device byte counts."""
+def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, text_len: int, devices,
+             compile: bool = True) -> dict:
+    """Lower and compile one train step abstractly; per-device byte counts (exact counts only, no XLA analysis,
+    when compile=False)."""
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -161,10 +164,13 @@ def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, te
     sh_batch = jax.tree.map(lambda x: pt.batch_sharding(mesh, x.ndim, axis_rules), batch_abs)
     step = make_step(ctx, method, tx, sched, int(ocfg.get("grad_accum", 1)))
     t0 = time.perf_counter()
-    compiled = jax.jit(step, in_shardings=(sh_state, sh_batch, sh_frozen, sh_aux), out_shardings=(sh_state, rep),
-                       donate_argnums=(0,)).lower(state, batch_abs, frozen, aux).compile()
+    ma = None
+    if compile:
+        compiled = jax.jit(step, in_shardings=(sh_state, sh_batch, sh_frozen, sh_aux),
+                           out_shardings=(sh_state, rep), donate_argnums=(0,)).lower(state, batch_abs, frozen,
+                                                                                    aux).compile()
+        ma = compiled.memory_analysis()
     compile_s = time.perf_counter() - t0
-    ma = compiled.memory_analysis()
     b = {"params_trainable": tree_bytes(trainable, sh_train), "params_frozen": tree_bytes(frozen, sh_frozen),
          "teacher": tree_bytes(aux, sh_aux) if aux else 0,
          "opt_state": tree_bytes(state["opt_state"], sh_state["opt_state"]),
@@ -177,11 +183,11 @@ def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, te
     return {"platform": platform.name, "chips": platform.chips, "hbm_bytes": hbm, "mesh": dict(mesh.shape),
             "batch": batch, "variant": variant, "method": method_name, "preset": preset, "remat": remat,
             "frozen_dtype": str(fdt.name) if fdt is not None else mc.param_dtype, "bytes": b,
-            "fits": bool(b.get("peak", 0) <= hbm), "compile_s": round(compile_s, 1)}
+            "fits": bool(b["peak"] <= hbm) if "peak" in b else None, "compile_s": round(compile_s, 1)}
 
 
 def run_plan(cfg, platforms, batches, variants, *, text_len: int = 64, param_dtype: str | None = None,
-             devices=None, log=print) -> dict:
+             devices=None, log=print, compile: bool = True) -> dict:
     import jax
 
     from vkd_jax.unlearn.stages import model_config_of
@@ -198,7 +204,7 @@ def run_plan(cfg, platforms, batches, variants, *, text_len: int = 64, param_dty
                              f"XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)")
         for bsz in batches:
             for v in variants:
-                r = plan_one(cfg, mc, p, bsz, v, text_len, devices)
+                r = plan_one(cfg, mc, p, bsz, v, text_len, devices, compile)
                 rows.append(r)
                 log(format_row(r))
     return {"model": {"vision_layers": mc.vision.num_hidden_layers, "text_layers": mc.text.num_hidden_layers,
@@ -218,7 +224,8 @@ def format_row(r: dict) -> str:
     g = lambda k: f"{b.get(k, 0) / GIB:7.2f}"  # noqa: E731
     return (f"{r['platform']:8s} B={r['batch']:<3d} {r['variant']:14s} mesh={r['mesh']} params "
             f"{g('params_trainable')}+{g('params_frozen')}+{g('teacher')} opt {g('opt_state')} temp {g('temp')} "
-            f"peak {g('peak')} / {r['hbm_bytes'] / GIB:.0f} GiB {'fits' if r['fits'] else 'DOES NOT FIT'} "
+            f"peak {g('peak')} / {r['hbm_bytes'] / GIB:.0f} GiB "
+            f"{ {True: 'fits', False: 'DOES NOT FIT', None: '(not compiled)'}[r['fits']]} "
             f"({r['compile_s']} s)")
 
 
@@ -231,6 +238,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="vkd,vkd_remat,vkd_f32frozen,ga_full,ga_full_remat")
     ap.add_argument("--text_len", type=int, default=64)
     ap.add_argument("--param_dtype", default="float32", help="storage dtype of the params (master weights)")
+    ap.add_argument("--no_compile", action="store_true", help="exact param/optimizer/batch bytes only (fast)")
     args = ap.parse_args(argv)
     try:
         platforms = [PLATFORMS[n] for n in args.platforms.split(",") if n]
@@ -247,7 +255,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     cfg = load_config(args.config)
     out = run_plan(cfg, platforms, [int(b) for b in args.batches.split(",")], variants, text_len=args.text_len,
-                   param_dtype=args.param_dtype)
+                   param_dtype=args.param_dtype, compile=not args.no_compile)
     out["config"] = args.config
     if args.out:
         from vkd_jax.io_utils import atomic_write_text
