@@ -1,16 +1,18 @@
 """Unlearning train-step time: VKD (LLM frozen) vs full-model GA/GD vs LoRA, and ours vs a PyTorch reference step.
 
-  python bench/step.py [--batch 2] [--repeats 3] [--write bench/RESULTS.md]
+  python bench/step.py [--batch 2] [--repeats 5] [--no-compile] [--write bench/RESULTS.md]
 
 Same ~50M model as bench/forward.py, one forget and one retain VQA batch of `batch` rows each (256 image tokens +
 32 text tokens). Steps (all AdamW, clip 1.0):
-  vkd      visual preset (ViT + projector train, LLM frozen): bounded GA on forget + 10 x projector MSE on retain
-  gd_full  every param trains: -NLL(forget) + NLL(retain)         (the "full-model GA" baseline, same data)
-  ga_full  every param trains: -NLL(forget) only
-  gd_lora  LoRA r=16 on the LLM's linear layers: -NLL(forget) + NLL(retain)
+  vkd            visual preset (ViT + projector train, LLM frozen): bounded GA on forget + 10 x projector MSE on
+                 retain (the configs' default)
+  vkd_projector  the same loss, projector-only preset
+  gd_full        every param trains: -NLL(forget) + NLL(retain)
+  ga_full        every param trains: -NLL(forget rows + retain rows), i.e. full-model GA on the same data
+  gd_lora        LoRA r=16 on the LLM's linear layers: -NLL(forget) + NLL(retain)
 PyTorch reference (transformers LLaVA, same weights): gd_full and vkd written the usual way (requires_grad=False on
-the LLM, a frozen teacher copy of the visual side), eager and torch.compile. FLOP/s: XLA's cost analysis of our
-compiled step (all ops) against the measured fp32 matmul peak.
+the LLM, a frozen teacher copy of the visual side), eager and torch.compile. FLOP/s: matmul FLOPs counted from the
+shapes in our step's jaxpr, against the measured fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -26,7 +29,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.common import append_section, machine, matmul_peak_flops, median_time  # noqa: E402
+from bench.common import append_section, machine, matmul_peak_flops  # noqa: E402
 from bench.forward import MODEL_50M, TEXT_LEN  # noqa: E402
 
 
@@ -46,33 +49,87 @@ def batches(c, batch, seed=0):
     return {"forget": one(), "retain": one()}
 
 
-def ours(model, name, method, preset, batch, repeats):
+def dot_flops(jaxpr) -> float:
+    """Matmul FLOPs counted from the shapes of every dot_general / conv in a jaxpr (sub-jaxprs included; a scan
+    body times its length, a cond its largest branch). Counts what the program computes, from shapes alone."""
+    import jax
+    total = 0.0
+    for e in jaxpr.eqns:
+        name = e.primitive.name
+        if name == "dot_general":
+            (lc, _), _ = e.params["dimension_numbers"]
+            k = np.prod([e.invars[0].aval.shape[d] for d in lc]) if lc else 1
+            total += 2.0 * np.prod(e.outvars[0].aval.shape) * k
+        elif name == "conv_general_dilated":  # per output element: in-features x kernel window (rhs layout)
+            rhs_spec = e.params["dimension_numbers"].rhs_spec
+            w = e.invars[1].aval.shape
+            total += 2.0 * np.prod(e.outvars[0].aval.shape) * np.prod([w[d] for d in rhs_spec[1:]])
+        subs = []
+        for v in e.params.values():
+            for x in (v if isinstance(v, (list, tuple)) else (v,)):
+                if isinstance(x, jax.extend.core.ClosedJaxpr):
+                    subs.append(x.jaxpr)
+                elif isinstance(x, jax.extend.core.Jaxpr):
+                    subs.append(x)
+        if name == "cond":
+            total += max((dot_flops(j) for j in subs), default=0.0)
+        else:
+            total += sum(dot_flops(j) for j in subs) * (e.params.get("length", 1) if name == "scan" else 1)
+    return total
+
+
+def frozen_weight_grad_dots(jaxpr, shapes: set) -> int:
+    """dot_generals whose output has the shape of a frozen weight (a weight-gradient matmul); recursive."""
+    import jax
+    n = 0
+    for e in jaxpr.eqns:
+        if e.primitive.name == "dot_general" and tuple(e.outvars[0].aval.shape) in shapes:
+            n += 1
+        for v in e.params.values():
+            for x in (v if isinstance(v, (list, tuple)) else (v,)):
+                if isinstance(x, jax.extend.core.ClosedJaxpr):
+                    n += frozen_weight_grad_dots(x.jaxpr, shapes)
+                elif isinstance(x, jax.extend.core.Jaxpr):
+                    n += frozen_weight_grad_dots(x, shapes)
+    return n
+
+
+def ours(model, name, method, preset, batch, frozen_dtype=""):
+    """Build the trainer, compile its step, count its FLOPs; returns (row, step callable)."""
+    import jax
     import ml_collections
     from vkd_jax.models.hf_io import flat_params
     from vkd_jax.unlearn.methods import make_method
     from vkd_jax.unlearn.train import Trainer
 
     pc = ml_collections.ConfigDict(dict(preset=preset, vit_last_k=0, num_vit_layers=model.config.vision.num_hidden_layers,
-                                        lora=dict(rank=16, alpha=16.0, dropout=0.0), frozen_dtype=""))
+                                        lora=dict(rank=16, alpha=16.0, dropout=0.0), frozen_dtype=frozen_dtype))
     oc = ml_collections.ConfigDict(dict(lr=1e-5, schedule="constant", clip_norm=1.0))
     mcfg = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=10.0)) \
         if method == "vkd" else None
+    if method == "ga":  # full-model GA on the same data: every forget and retain row ascended
+        batch = {"forget": {k: np.concatenate([batch["forget"][k], batch["retain"][k]]) for k in batch["forget"]}}
     tr = Trainer(model.config, flat_params(model), make_method(method, mcfg), partition_cfg=pc, optim_cfg=oc,
                  num_steps=1000)
     t0 = time.perf_counter()
     tr.step(batch)["loss"].block_until_ready()
     compile_s = time.perf_counter() - t0
     b = tr.prepare(batch)
-    fn = tr.compiled_step(b)
-    cost = fn.lower(tr.state, b, tr.frozen, tr.aux).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0))
-    t = median_time(lambda: tr.step(batch)["loss"].block_until_ready(), repeats, warmup=1)
+    jaxpr = jax.make_jaxpr(tr._step)(tr.state, b, tr.frozen, tr.aux).jaxpr
+    train_shapes = {tuple(v.shape) for v in tr.state["trainable"].values()}
+    frozen_shapes = {tuple(v.shape) for v in tr.frozen.values() if v.ndim == 2} - train_shapes
     n_train = sum(int(np.prod(v.shape)) for v in tr.state["trainable"].values())
-    return dict(name=name, impl="ours (jit)", time=t, flops=flops, compile=compile_s, trainable=n_train)
+    row = dict(name=name, impl="ours (jit)", flops=dot_flops(jaxpr), compile=compile_s, trainable=n_train,
+               wgrad=frozen_weight_grad_dots(jaxpr, frozen_shapes | {s[::-1] for s in frozen_shapes}),
+               times=[])
+    return row, lambda: tr.step(batch)["loss"].block_until_ready()
 
 
-def torch_steps(hf, batch, kind, compiled, repeats):
+def torch_steps(hf, batch, kind, compiled, compile_timeout=600):
+    """The PyTorch reference step written the usual way; compiled: torch.compile (inductor) of the loss forward
+    (AOTAutograd compiles its backward too), optimizer eager. Returns (row, step callable)."""
+    import signal
+
     import torch
     import torch.nn.functional as F
 
@@ -119,28 +176,39 @@ def torch_steps(hf, batch, kind, compiled, repeats):
             return -lf + lr
     params = [p for p in hf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    loss_c = torch.compile(loss_fn) if compiled else loss_fn
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
+        loss = loss_c()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         return loss
-    fn = torch.compile(step) if compiled else step
-    t0 = time.perf_counter()
-    fn()
-    compile_s = time.perf_counter() - t0
-    t = median_time(fn, repeats, warmup=1)
-    return dict(name=kind if kind == "vkd" else "gd_full", impl="torch compile" if compiled else "torch eager",
-                time=t, compile=compile_s, flops=0.0, trainable=sum(p.numel() for p in params))
+
+    def alarm(*_):
+        raise TimeoutError(f"torch.compile did not finish the first step within {compile_timeout} s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(compile_timeout if compiled else 0)
+    try:
+        t0 = time.perf_counter()
+        step()
+        compile_s = time.perf_counter() - t0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    row = dict(name=kind if kind == "vkd" else "gd_full", impl="torch compile" if compiled else "torch eager",
+               compile=compile_s, flops=0.0, trainable=sum(p.numel() for p in params), times=[])
+    return row, step
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--compile-timeout", type=int, default=600)
     p.add_argument("--write", default=None)
     a = p.parse_args()
     import torch
@@ -155,42 +223,65 @@ def main():
         hf.save_pretrained(d)
         model = vkd_jax.load_hf(d)
     batch = batches(model.config, a.batch)
-    rows = []
-    for name, method, preset in (("vkd", "vkd", "visual"), ("gd_full", "gd", "full"), ("ga_full", "ga", "full"),
-                                 ("gd_lora", "gd", "lora_llm")):
-        rows.append(ours(model, name, method, preset, batch, a.repeats))
-        print(rows[-1], flush=True)
-    flops_by = {r["name"]: r["flops"] for r in rows}
-    for kind in ("gd_full", "vkd"):
+    runs = []
+    for name, method, preset in (("vkd", "vkd", "visual"), ("vkd_projector", "vkd", "projector"),
+                                 ("gd_full", "gd", "full"), ("ga_full", "ga", "full"), ("gd_lora", "gd", "lora_llm")):
+        runs.append(ours(model, name, method, preset, batch))
+        print({k: v for k, v in runs[-1][0].items() if k != "times"}, flush=True)
+    flops_by = {r["name"]: r["flops"] for r, _ in runs}
+    errors = []
+    for kind in (() if a.no_torch else ("gd_full", "vkd")):
         for compiled in ((False,) if a.no_compile else (False, True)):
             try:
-                r = torch_steps(hf, batch, kind, compiled, a.repeats)
+                r, fn = torch_steps(hf, batch, kind, compiled, a.compile_timeout)
                 r["flops"] = flops_by[r["name"]]
-                rows.append(r)
-            except Exception as e:  # noqa: BLE001  torch.compile may be unavailable on this machine
-                rows.append(dict(name=kind, impl=("torch compile" if compiled else "torch eager"), time=float("nan"),
-                                 compile=0.0, flops=0.0, trainable=0, error=f"{type(e).__name__}: {str(e)[:120]}"))
-            print(rows[-1], flush=True)
-    t = {(r["name"], r["impl"]): r["time"] for r in rows}
-    lines = [f"Machine: {machine()}. ~50M LLaVA of bench/forward.py; batch {a.batch} forget + {a.batch} retain VQA "
-             f"rows, {model.config.image_seq_length} image + {TEXT_LEN} text tokens; AdamW, clip 1.0. Median of "
-             f"{a.repeats} steps after warm-up. fp32 matmul peak {peak['peak'] / 1e9:.1f} GFLOP/s "
-             f"(XLA {peak['xla'] / 1e9:.1f}, torch {peak.get('torch', 0) / 1e9:.1f}). FLOP/s from XLA's cost "
-             f"analysis of our compiled step (torch rows: the same count for the same math).", "",
-             "| step | impl | trainable params | time (ms) | compile (s) | GFLOP/s | % of peak |",
-             "|---|---|---|---|---|---|---|"]
+                runs.append((r, fn))
+                print({k: v for k, v in r.items() if k != "times"}, flush=True)
+            except Exception as e:  # noqa: BLE001  torch.compile may not work on this machine: record why
+                errors.append(f"{kind} torch compile: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                print(errors[-1], flush=True)
+    for i in range(a.repeats + 1):  # interleaved: every variant once per round, the first round is warm-up
+        for r, fn in runs:
+            t0 = time.perf_counter()
+            fn()
+            if i:
+                r["times"].append(time.perf_counter() - t0)
+    rows = [r for r, _ in runs]
     for r in rows:
-        gf = r["flops"] / r["time"] / 1e9 if r["time"] == r["time"] and r["flops"] else float("nan")
-        extra = f" ({r['error']})" if "error" in r else ""
-        lines.append(f"| {r['name']} | {r['impl']}{extra} | {r['trainable'] / 1e6:.1f}M | {1e3 * r['time']:.0f} | "
-                     f"{r['compile']:.1f} | {gf:.1f} | {100 * gf / (peak['peak'] / 1e9):.0f}% |")
-    vkd, gd = t[("vkd", "ours (jit)")], t[("gd_full", "ours (jit)")]
-    lines += ["", f"VKD / full-model GD step time (ours): {vkd / gd:.2f} (target <= 0.5); VKD / full-model GA: "
-              f"{vkd / t[('ga_full', 'ours (jit)')]:.2f}."]
+        r["time"] = statistics.median(r["times"])
+    t = {(r["name"], r["impl"]): r["time"] for r in rows}
+    ratios = {}
+    for r in rows:  # per-round ratios (same round = same machine load), then their median
+        for base in ("gd_full", "ga_full"):
+            b = next(x for x in rows if x["name"] == base and x["impl"] == "ours (jit)")
+            if r["impl"] == "ours (jit)" and r["name"].startswith("vkd"):
+                ratios[(r["name"], base)] = statistics.median(x / y for x, y in zip(r["times"], b["times"]))
+    lines = [f"`python bench/step.py --write bench/RESULTS.md` on {machine()}. ~50M LLaVA of bench/forward.py; "
+             f"batch {a.batch} forget + {a.batch} retain VQA rows, {model.config.image_seq_length} image + {TEXT_LEN} "
+             f"text tokens (answer: the last 8); AdamW, clip 1.0. All variants built first, then stepped "
+             f"interleaved ({a.repeats} rounds after a warm-up round, each variant once per round); times are "
+             f"medians, ratios are medians of per-round ratios. fp32 matmul peak {peak['peak'] / 1e9:.1f} GFLOP/s "
+             f"(XLA {peak['xla'] / 1e9:.1f}, torch {peak.get('torch', 0) / 1e9:.1f}). FLOPs: matmul/conv FLOPs "
+             f"counted from the shapes of every dot_general in our step's jaxpr (forward + backward as we compute "
+             f"them); torch rows are credited with the same count for the same math (the useful work; the "
+             f"reference also computes full-length logits, not counted). 'frozen wgrad dots': dot_generals in our "
+             f"step producing a frozen weight's shape (weight-gradient matmuls of frozen params; must be 0).", "",
+             "| step | impl | trainable params | time (ms) | compile (s) | GFLOP | GFLOP/s | % of peak | "
+             "frozen wgrad dots |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gf = r["flops"] / r["time"] / 1e9 if r["flops"] else float("nan")
+        lines.append(f"| {r['name']} | {r['impl']} | {r['trainable'] / 1e6:.1f}M | {1e3 * r['time']:.0f} | "
+                     f"{r['compile']:.1f} | {r['flops'] / 1e9:.0f} | {gf:.1f} | {100 * gf / (peak['peak'] / 1e9):.0f}% "
+                     f"| {r.get('wgrad', '-')} |")
+    lines.append("")
+    for (n, base), v in ratios.items():
+        lines.append(f"- {n} / {base} step time (ours, same forget+retain rows): {v:.2f} (target <= 0.5); "
+                     f"FLOP ratio {flops_by[n] / flops_by[base]:.2f}")
     for kind in ("gd_full", "vkd"):
-        best = min((v for (n, impl), v in t.items() if n == kind and impl.startswith("torch") and v == v),
-                   default=float("nan"))
-        lines.append(f"{kind}: best torch / ours = {best / t[(kind, 'ours (jit)')]:.2f} (target >= 1).")
+        best = min((v for (n, impl), v in t.items() if n == kind and impl.startswith("torch")), default=None)
+        if best is not None:
+            lines.append(f"- {kind}: best torch / ours = {best / t[(kind, 'ours (jit)')]:.2f} (target >= 1)")
+    lines += [f"- {e}" for e in errors]
     body = "\n".join(lines)
     print(body)
     if a.write:

@@ -97,12 +97,14 @@ class Llava(nnx.Module):
 
     def forward(self, input_ids, pixel_values=None, attention_mask=None, *, position_ids=None, taps=(),
                 compute_logits: bool = True, last_logits_only: bool = False, cache: KVCache | None = None,
-                image_features=None) -> LlavaOutput:
+                image_features=None, logits_at=None) -> LlavaOutput:
         """input_ids [B, T] with `image_seq_length` image tokens per image; pixel_values [N, C, H, W] or None;
         attention_mask [B, T] (or [B, cache_len] when decoding with a cache; default all ones).
         `image_features` [N, F, D] may replace pixel_values (precomputed projector output).
         `last_logits_only`: logits [B, 1, V] at the last slot only (a decoding prefill with left padding needs no
-        more; saves the [B, T, V] head matmul)."""
+        more; saves the [B, T, V] head matmul).
+        `logits_at` [B, K] int positions: logits [B, K, V] at those slots only (training losses need them at the
+        answer positions alone; the final norm and the head then cost K/T of a full-length pass)."""
         c = self.config
         input_ids = jnp.asarray(input_ids)
         vision_taps, want_proj, llm_taps = parse_taps(taps)
@@ -146,6 +148,8 @@ class Llava(nnx.Module):
             features[f"llm:{j}"] = hs.reshape(-1, hs.shape[-1])[image_pos].reshape(shape)
         if compute_logits and last_logits_only:
             h = h[:, -1:]
+        elif compute_logits and logits_at is not None:
+            h = jnp.take_along_axis(h, jnp.asarray(logits_at)[..., None].astype(jnp.int32), axis=1)
         logits = self.logits_from_hidden(h) if compute_logits else None
         return LlavaOutput(logits, features, cache)
 

@@ -111,13 +111,13 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
     model_config = model_config or model_config_of(cfg)
     sdir = os.path.join(workdir, name)
     os.makedirs(sdir, exist_ok=True)
-    scfg = cfg.stages[name]
-    if name == "masks":
+    if name == "masks":  # no stage section needed: the masks follow cfg.mask
         if os.path.isdir(os.path.join(sdir, "final")):
             return StageResult(None, load_masks(os.path.join(sdir, "final")))
         preset = cfg.stages.unlearn.partition if cfg.mask.modules == "unlearn" else cfg.mask.modules
         m = compute_masks(cfg, params, streams, model_config, preset, os.path.join(sdir, "final"))
         return StageResult(None, m)
+    scfg = cfg.stages[name]
     final = os.path.join(sdir, "params")
     if os.path.isdir(final):  # finished before: never re-run
         return StageResult(flat_params(load_model_orbax(final)))

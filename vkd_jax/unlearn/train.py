@@ -8,8 +8,10 @@ the stop-gradient pytrees (`aux`: teacher / reference) are separate, never donat
 `jax.grad` sees only `trainable`, so frozen params get no weight-gradient computation and no optimizer state.
 Optimizer chain: clip_by_global_norm -> Adam -> decoupled weight decay -> schedule -> saliency mask (last, so a
 masked weight never moves). A non-finite loss or gradient norm keeps the old state (the step is skipped and
-counted); the host aborts with FloatingPointError once more than `optim.max_skipped_steps` were skipped (checked
-at every log and checkpoint step, so the device queue is not synchronised on every step).
+counted); the host aborts with FloatingPointError once more than `optim.max_skipped_steps` were skipped. The check
+lags one step: after dispatching step n the host reads step n-1's counter (copied to the host asynchronously), so
+the device always has the next step queued and there is no per-step synchronisation; the abort comes one step
+after the count is exceeded.
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ class Trainer:
         self._step = make_step(self.ctx, method, self.tx, self.sched, self.accum)
         self._jitted = {}
         self._rep = rep
+        self._pending_skipped = None  # the previous step's device counter, read one step later
 
     # ---- shardings ----------------------------------------------------------------------------------------
     def state_shardings(self, abstract_state):
@@ -216,6 +219,10 @@ class Trainer:
         batch = self.prepare(raw)
         fn = self.compiled_step(batch)
         self.state, metrics = fn(self.state, self.to_global(batch), self.frozen, self.aux)
+        prev, self._pending_skipped = self._pending_skipped, metrics["skipped"]
+        metrics["skipped"].copy_to_host_async()
+        if prev is not None:  # step n-1 is done or nearly: this read does not drain the queue
+            self._raise_if_skipped(int(prev), "one step ago")
         return metrics
 
     def to_global(self, batch):
@@ -227,13 +234,17 @@ class Trainer:
                             self.batch_shardings(batch))
 
     def check_skipped(self):
+        """Synchronous check (log and checkpoint steps, and tests)."""
         skipped = int(self.state["skipped"])
+        self._raise_if_skipped(skipped, "now")
+        return skipped
+
+    def _raise_if_skipped(self, skipped: int, when: str):
         if skipped > self.max_skipped:
             raise FloatingPointError(
                 f"{skipped} steps had a non-finite loss or gradient norm (more than optim.max_skipped_steps="
-                f"{self.max_skipped}); stopped at step {int(self.state['step'])}. Lower the learning rate, check the "
-                f"data, or hold params in float32")
-        return skipped
+                f"{self.max_skipped}, counted {when}); stopped at step {int(self.state['step'])}. Lower the "
+                f"learning rate, check the data, or hold params in float32")
 
     # ---- results ------------------------------------------------------------------------------------------
     def params(self, tuple_keys: bool = True) -> dict:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vkd_jax.models.llava import LlavaOutput, parse_taps
@@ -63,17 +64,50 @@ class Ctx:
                 out["projector"] = feats
             return LlavaOutput(None, out, None)
         return m.forward(b["input_ids"], b.get("pixel_values"), b["attention_mask"].astype(bool),
-                         position_ids=b.get("positions"), taps=tuple(taps), compute_logits=logits)
+                         position_ids=b.get("positions"), taps=tuple(taps), compute_logits=logits,
+                         logits_at=b.get("logit_pos"))
 
 
-def token_logp(logits, labels):
-    """log p(labels[:, t+1] | logits[:, t]) -> [B, T-1] in fp32."""
-    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(lp, labels[:, 1:, None], axis=-1)[..., 0]
+def answer_slots(b: dict, min_slots: int = 8) -> dict:
+    """Host-side: the positions whose logits the loss reads (t with an answer token at t+1), K per row, K the
+    batch's longest answer rounded up to a power of two (>= min_slots, <= T-1: a handful of compiled shapes).
+    Adds logit_pos / logit_labels / logit_mask [B, K] (padding slots: position 0, mask 0). The model then runs
+    the final norm and the vocab head on K slots instead of T: the head is the largest single matmul of a
+    short-answer VQA step (K ~ 16 of T ~ 600 with a 32k vocab)."""
+    lm = np.asarray(b["loss_mask"])[:, 1:] > 0
+    T = lm.shape[1] + 1
+    n = int(lm.sum(1).max(initial=0))
+    k = min(max(min_slots, 1 << max(n - 1, 0).bit_length()), T - 1)
+    pos = np.zeros((lm.shape[0], k), np.int32)
+    lab = np.zeros((lm.shape[0], k), np.int32)
+    mask = np.zeros((lm.shape[0], k), np.float32)
+    labels = np.asarray(b["labels"])
+    for r in range(lm.shape[0]):
+        t = np.nonzero(lm[r])[0]
+        pos[r, :len(t)], lab[r, :len(t)], mask[r, :len(t)] = t, labels[r, t + 1], 1.0
+    return dict(b, logit_pos=pos, logit_labels=lab, logit_mask=mask)
+
+
+def _targets(b):
+    """(labels, mask) aligned with the logits Ctx.apply returns: the answer slots when the batch has them
+    (logits [B, K, V]), else every position t predicting t+1 (full logits [B, T, V], shifted)."""
+    if "logit_pos" in b:
+        return b["logit_labels"], b["logit_mask"].astype(jnp.float32)
+    return b["labels"][:, 1:], b["loss_mask"][:, 1:].astype(jnp.float32)
+
+
+def _shifted(logits, b):
+    return logits if "logit_pos" in b else logits[:, :-1]
+
+
+def token_logp(logits, b):
+    """log p(answer token | its prefix) per logit slot -> [B, K] (or [B, T-1]) in fp32."""
+    lp = jax.nn.log_softmax(_shifted(logits, b).astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(lp, _targets(b)[0][..., None], axis=-1)[..., 0]
 
 
 def answer_mask(b):
-    m = b["loss_mask"][:, 1:].astype(jnp.float32)
+    m = _targets(b)[1]
     if "valid" in b:
         m = m * b["valid"][:, None].astype(jnp.float32)
     return m
@@ -82,7 +116,7 @@ def answer_mask(b):
 def nll(logits, b, bound: float | None = None):
     """Mean token NLL over answer tokens (the benchmark's ℓ); `bound` clips each token's CE from above (bounded
     GA: a token past the bound gives no more gradient)."""
-    ce = -token_logp(logits, b["labels"])
+    ce = -token_logp(logits, b)
     if bound is not None and bound > 0:
         ce = jnp.minimum(ce, bound)
     m = answer_mask(b)
@@ -92,14 +126,14 @@ def nll(logits, b, bound: float | None = None):
 def seq_logp(logits, b, mean: bool = False):
     """Per-sequence answer log-likelihood log π(y|x) [B] (or its per-token mean)."""
     m = answer_mask(b)
-    s = jnp.sum(token_logp(logits, b["labels"]) * m, axis=1)
+    s = jnp.sum(token_logp(logits, b) * m, axis=1)
     return s / jnp.maximum(jnp.sum(m, axis=1), 1.0) if mean else s
 
 
 def kl_teacher_student(t_logits, s_logits, b):
     """KL(p_teacher || p_student) per answer position, averaged over them."""
-    lt = jax.nn.log_softmax(t_logits[:, :-1].astype(jnp.float32), -1)
-    ls = jax.nn.log_softmax(s_logits[:, :-1].astype(jnp.float32), -1)
+    lt = jax.nn.log_softmax(_shifted(t_logits, b).astype(jnp.float32), -1)
+    ls = jax.nn.log_softmax(_shifted(s_logits, b).astype(jnp.float32), -1)
     kl = jnp.sum(jnp.exp(lt) * (lt - ls), -1)
     m = answer_mask(b)
     return jnp.sum(kl * m) / jnp.maximum(jnp.sum(m), 1.0)
