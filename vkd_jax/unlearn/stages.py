@@ -136,7 +136,9 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
     trainer = Trainer(model_config, params, method, partition_cfg=partition_cfg(cfg, scfg.partition, model_config),
                       optim_cfg=optim_cfg(cfg, scfg), num_steps=steps, mesh=mesh, axis_rules=axis_rules,
                       masks=use_masks, reference=reference, seed=int(cfg.seed))
-    logger = MetricsLogger(sdir, steps, desc=name, progress=progress)
+    per_step = sum(int(getattr(getattr(streams[s], "cfg", None), "global_batch_size", 0) or 0)
+                   for s in method.streams)  # examples per step (global), for examples/s in logs and the bar
+    logger = MetricsLogger(sdir, steps, desc=name, progress=progress, batch_examples=per_step)
     if use_masks is not None:
         logger.event({"mask_kept_fraction": masks_lib.kept_fraction(use_masks)})
     try:
