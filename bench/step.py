@@ -33,14 +33,14 @@ from bench.common import append_section, machine, matmul_peak_flops  # noqa: E40
 from bench.forward import MODEL_50M, TEXT_LEN  # noqa: E402
 
 
-def batches(c, batch, seed=0):
+def batches(c, batch, seed=0, text_len=TEXT_LEN, answer=8):
     rng = np.random.default_rng(seed)
 
     def one():
-        text = rng.integers(4, c.text.vocab_size - 1, size=(batch, TEXT_LEN))
+        text = rng.integers(4, min(c.text.vocab_size, c.image_token_index) - 1, size=(batch, text_len))
         ids = np.concatenate([text[:, :2], np.full((batch, c.image_seq_length), c.image_token_index), text[:, 2:]], 1)
         lm = np.zeros(ids.shape, np.float32)
-        lm[:, -8:] = 1
+        lm[:, -answer:] = 1
         return {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32),
                 "positions": np.tile(np.arange(ids.shape[1], dtype=np.int32), (batch, 1)),
                 "labels": np.where(lm > 0, ids, 0).astype(np.int32), "loss_mask": lm, "valid": np.ones(batch, bool),
@@ -123,6 +123,59 @@ def ours(model, name, method, preset, batch, frozen_dtype=""):
                wgrad=frozen_weight_grad_dots(jaxpr, frozen_shapes | {s[::-1] for s in frozen_shapes}),
                times=[])
     return row, lambda: tr.step(batch)["loss"].block_until_ready()
+
+
+def step_flops_abstract(model_config, batch, method, preset, frozen_dtype="") -> float:
+    """jaxpr FLOPs of one train step from shapes alone (abstract params, nothing allocated): used for the
+    LLaVA-1.5-7B projection, where running the step on this machine is out of reach."""
+    import jax
+    import ml_collections
+    from vkd_jax.models.hf_io import abstract_model
+    from vkd_jax.unlearn import partition as pt
+    from vkd_jax.unlearn.methods import Ctx, make_method
+    from vkd_jax.unlearn.train import make_optimizer, make_step, prepare_batch
+
+    graphdef, abstract = abstract_model(model_config)
+    pc = ml_collections.ConfigDict(dict(preset=preset, vit_last_k=0,
+                                        num_vit_layers=model_config.vision.num_hidden_layers,
+                                        lora=dict(rank=16, alpha=16.0, dropout=0.0), frozen_dtype=frozen_dtype))
+    part = pt.make_partition(abstract, pc)
+    ctx = Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part)
+    mcfg = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=10.0)) \
+        if method == "vkd" else None
+    m = make_method(method, mcfg)
+    if method == "ga":
+        batch = {"forget": {k: np.concatenate([batch["forget"][k], batch["retain"][k]]) for k in batch["forget"]}}
+    shapes = {pt.path_str(k): v for k, v in abstract.items()}
+    trainable = {k: part.shapes[k] for k in part.trainable_keys}
+    frozen = {k: shapes[k] for k in part.frozen_keys}
+    aux = {"teacher": {k: shapes[k] for k in part.trainable_keys if k in part.rules}} if m.needs_teacher else {}
+    tx, sched = make_optimizer(None, 10)
+    state = {"step": jax.ShapeDtypeStruct((), np.int32), "trainable": trainable,
+             "opt_state": jax.eval_shape(tx.init, trainable), "rng": jax.ShapeDtypeStruct((2,), np.uint32),
+             "skipped": jax.ShapeDtypeStruct((), np.int32)}
+    b = {s: prepare_batch(v) for s, v in batch.items() if s in m.streams}
+    return dot_flops(jax.make_jaxpr(make_step(ctx, m, tx, sched))(state, b, frozen, aux).jaxpr)
+
+
+def llava7b_projection(text_len=64, answer=16) -> list[str]:
+    """VKD / full-model FLOP ratios for LLaVA-1.5-7B shapes (576 image tokens, `text_len` text tokens)."""
+    import importlib.util
+    from vkd_jax.models.config import config_from_model_dict
+
+    spec = importlib.util.spec_from_file_location("l7", os.path.join(ROOT, "configs", "llava7b.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mc = config_from_model_dict(mod.get_config().model.to_dict(), dtype="float32", param_dtype="float32")
+    b = batches(mc, 1, text_len=text_len, answer=answer)
+    f = {n: step_flops_abstract(mc, b, m, p) for n, m, p in (("vkd", "vkd", "visual"),
+                                                              ("vkd_projector", "vkd", "projector"),
+                                                              ("gd_full", "gd", "full"), ("ga_full", "ga", "full"))}
+    return [f"- LLaVA-1.5-7B shapes (1 forget + 1 retain row, {mc.image_seq_length} image + {text_len} text tokens, "
+            f"{answer}-token answers; jaxpr FLOPs from abstract shapes, nothing run): step TFLOP "
+            + ", ".join(f"{k} {v / 1e12:.2f}" for k, v in f.items())
+            + f"; vkd / gd_full {f['vkd'] / f['gd_full']:.2f}, vkd / ga_full {f['vkd'] / f['ga_full']:.2f}, "
+              f"vkd_projector / gd_full {f['vkd_projector'] / f['gd_full']:.2f}"]
 
 
 def torch_steps(hf, batch, kind, compiled, compile_timeout=600):
@@ -210,7 +263,11 @@ def main():
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--compile-timeout", type=int, default=600)
     p.add_argument("--write", default=None)
+    p.add_argument("--projection-only", action="store_true", help="print the LLaVA-1.5-7B FLOP projection only")
     a = p.parse_args()
+    if a.projection_only:
+        print("\n".join(llava7b_projection()))
+        return
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -282,6 +339,7 @@ def main():
         if best is not None:
             lines.append(f"- {kind}: best torch / ours = {best / t[(kind, 'ours (jit)')]:.2f} (target >= 1)")
     lines += [f"- {e}" for e in errors]
+    lines += llava7b_projection()
     body = "\n".join(lines)
     print(body)
     if a.write:
