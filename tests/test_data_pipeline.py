@@ -165,3 +165,30 @@ def test_config_errors():
         PipelineConfig(tasks=("vqa",))
     with pytest.raises(ValueError, match="padding_side"):
         PipelineConfig(padding_side="middle")
+
+
+def test_resampled_options_hide_the_person_but_keep_the_answer(env):
+    """Each time an MC item is served it gets fresh distractors and order; the letter still names the true value;
+    the draw is fixed by the seed and stream position (so resuming replays it)."""
+    tok, srcs = env
+    src = srcs["forget_10"]
+    cfg = dataclasses.replace(BASE, tasks=("classification",), types=("Image_Textual",), resample_options=True,
+                              num_epochs=4, shuffle=False, global_batch_size=2, drop_remainder=False)
+    p = InputPipeline(src, tok, cfg)
+    ex0 = p.examples[0]
+    true = ex0["options"][ex0["correct_letter"]]
+    served = [b for b in p if b["item"][0] == ex0["item"] and b["id"][0] == ex0["id"]]
+    assert len(served) == 4
+    texts = [tok.decode([int(t) for t in b["input_ids"][0] if t not in (tok.pad_id, tok.image_token_id)])
+             for b in served]
+    assert len(set(texts)) > 1  # different option sets on different epochs
+    for b, text in zip(served, texts):
+        ans = tok.decode([int(t) for t, m in zip(b["input_ids"][0], b["loss_mask"][0]) if m]).strip()
+        letter = ans[0]
+        line = [l for l in text.splitlines() if l.startswith(f"{letter}: ")][0]
+        assert line == f"{letter}: {true}"
+    again = [b for b in InputPipeline(src, tok, cfg) if b["item"][0] == ex0["item"] and b["id"][0] == ex0["id"]]
+    assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(served, again))
+    plain = InputPipeline(src, tok, dataclasses.replace(cfg, resample_options=False))
+    b = next(iter(plain))
+    assert np.array_equal(b["input_ids"][0][: len(ex0["input_ids"])], ex0["input_ids"])

@@ -74,7 +74,8 @@ def prepare_data(cfg, shared: str) -> Data:
     return Data(manual, tfds_dir, tok, forget_pct)
 
 
-def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=None, model_config=None):
+def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=None, model_config=None,
+              resample_options: bool = False):
     from vkd_jax.data.pipeline import InputPipeline, PipelineConfig, image_config
 
     mc = model_config
@@ -84,7 +85,7 @@ def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=N
                           num_epochs=None, image_seq_length=mc.image_seq_length,
                           image=image_config(mc.vision.image_size), num_threads=int(cfg.data.num_threads),
                           process_index=jax.process_index(), process_count=jax.process_count(),
-                          keys=None if keys is None else tuple(keys))
+                          keys=None if keys is None else tuple(keys), resample_options=resample_options)
     return InputPipeline(source, data.tokenizer, pcfg)
 
 
@@ -94,15 +95,17 @@ def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
 
     all_tasks = ("ft", "classification", "generation", "cloze")
     vqa, qa = ("Image_Textual",), ("Pure_Text",)
-    mk = lambda src, tasks, types, off: _pipeline(data, cfg, src, tasks=tasks, types=types, seed_offset=off,
-                                                  model_config=model_config)
+    resample = bool(cfg.data.get("resample_options", False))
+    mk = lambda src, tasks, types, off: _pipeline(data, cfg, src, tasks=tasks, types=types, seed_offset=off,  # noqa
+                                                  model_config=model_config, resample_options=resample)
     retain_name = f"retain_{100 - data.forget_pct}"
     if name == "pretrain":  # the celebrities, before any profile (stands in for LLaVA's own pretraining)
         src = data.load("Retain_Set")
         return {"vqa": mk(src, all_tasks, vqa, 1), "qa": mk(src, all_tasks, qa, 2)}
     if name in ("vanilla", "reference"):  # every training pose with every question form, plus the celebrities
         profiles = data.load("Full_Set" if name == "vanilla" else retain_name)
-        src = ConcatSource([PoseJoinedSource(data.load("ft_Data"), profiles), data.load("Retain_Set")])
+        celebs = [data.load("Retain_Set")] * int(cfg.data.get("celebrity_repeat", 1))  # keep them known
+        src = ConcatSource([PoseJoinedSource(data.load("ft_Data"), profiles), *celebs])
         off = 10 if name == "vanilla" else 20
         return {"vqa": mk(src, all_tasks, vqa, off + 1), "qa": mk(src, all_tasks, qa, off + 2)}
     if name in ("masks", "unlearn"):  # the forget/retain people's fine-tuning pairs with their images

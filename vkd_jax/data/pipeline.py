@@ -59,6 +59,10 @@ class PipelineConfig:
     process_count: int = 1
     ids: tuple[str, ...] | None = None    # restrict to these profile IDs (e.g. Test_Set forget IDs)
     keys: tuple[tuple[str, int], ...] | None = None  # restrict to these (ID, item) questions (relearning subsets)
+    # Training on multiple-choice items: draw fresh distractors (from the values the same question offers across
+    # profiles) and a fresh order each time an item is served, so that an option set never identifies the person
+    # and the answer must come from the image or the name (the embedded world trains on its own MC items).
+    resample_options: bool = False
 
     def __post_init__(self):
         bad = set(self.tasks) - set(TASKS) or set(self.types) - set(TYPES)
@@ -98,6 +102,8 @@ def _profile_examples(rec: dict, tasks, types) -> list[dict]:
                 add("classification", typ, i, q["Question"],
                     prompts.classification_prompt(q["Question"], q["Options"], typ == "Image_Textual"),
                     q["Correct_Answer"], letter=q["Correct_Answer"], gt=q["Options"][q["Correct_Answer"]])
+                if typ in types:
+                    out[-1]["options"] = {k: str(v) for k, v in q["Options"].items()}
     for task, col, make in (("generation", "Generation_Task", prompts.generation_prompt),
                             ("cloze", "Mask_Task", prompts.cloze_prompt)):
         if task in tasks:
@@ -132,7 +138,17 @@ class InputPipeline:
         if not self.examples:
             raise ValueError(f"no examples for tasks={cfg.tasks} types={cfg.types} ids={cfg.ids} "
                              f"in a source of {len(source)} profiles")
+        self._option_pool = {}
+        if cfg.resample_options and cfg.train:
+            for e in self.examples:
+                if "options" in e:
+                    self._option_pool.setdefault((e["type"], e["item"]), set()).update(e["options"].values())
+            self._option_pool = {k: sorted(v) for k, v in self._option_pool.items()}
         self.lengths = np.asarray([len(e["input_ids"]) for e in self.examples])
+        if self._option_pool:  # resampled options may tokenize longer: reserve room for the longest four
+            longest = max(len(tokenizer.encode(" " + v, add_bos=False)) for p in self._option_pool.values()
+                          for v in p)
+            self.lengths = self.lengths + np.asarray([4 * longest if "options" in e else 0 for e in self.examples])
         self.with_images = any(e["type"] == "Image_Textual" for e in self.examples)
         self.local_batch_size = cfg.global_batch_size // cfg.process_count
         self._ds = self._build()
@@ -157,8 +173,8 @@ class InputPipeline:
             idx = idx[:total] if cfg.drop_remainder else idx
         self.num_batches = total // gb if cfg.drop_remainder else math.ceil(total / gb)
         lo = cfg.process_index * self.local_batch_size
-        return idx.batch(gb, drop_remainder=True).map(
-            lambda g: self._load_batch(np.asarray(g), np.asarray(g)[lo:lo + self.local_batch_size]))
+        return idx.batch(gb, drop_remainder=True).map_with_index(
+            lambda k, g: self._load_batch(np.asarray(g), np.asarray(g)[lo:lo + self.local_batch_size], k))
 
     def _pad_len(self, global_idx: np.ndarray) -> int:
         real = global_idx[global_idx >= 0]
@@ -189,7 +205,21 @@ class InputPipeline:
             raise ValueError(f"profile {ex['id']} (source row {ex['row']}): cannot decode its image "
                              f"({type(e).__name__}: {e})") from None
 
-    def _load_batch(self, global_idx: np.ndarray, local_idx: np.ndarray) -> dict[str, np.ndarray]:
+    def _resampled(self, ex: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A multiple-choice training item with fresh distractors and order (same question, same true value)."""
+        true = ex["options"][ex["correct_letter"]]
+        others = [v for v in self._option_pool[(ex["type"], ex["item"])] if v != true]
+        opts = [true] + list(rng.choice(others, 3, replace=False)) if len(others) >= 3 else \
+            list(ex["options"].values())
+        order = rng.permutation(4)
+        options = {L: str(opts[j]) for L, j in zip("ABCD", order)}
+        letter = "ABCD"[int(np.nonzero(order == opts.index(true))[0][0])]
+        prompt = prompts.classification_prompt(ex["question"], options, ex["type"] == "Image_Textual")
+        t = prompts.tokenize(self.tok, prompt, letter, self.cfg.image_seq_length)
+        return t.input_ids, t.loss_mask
+
+    def _load_batch(self, global_idx: np.ndarray, local_idx: np.ndarray, batch_index: int = 0
+                    ) -> dict[str, np.ndarray]:
         cfg, B = self.cfg, len(local_idx)
         T = self._pad_len(global_idx)
         pad = self.tok.pad_id
@@ -206,6 +236,8 @@ class InputPipeline:
                 continue
             ex = self.examples[i]
             ids, lm = ex["input_ids"], ex["loss_mask"]
+            if self._option_pool and "options" in ex:  # seeded by stream position: resumable and deterministic
+                ids, lm = self._resampled(ex, np.random.default_rng([cfg.seed, 7, batch_index, int(i)]))
             n = len(ids)
             sl = slice(T - n, T) if cfg.padding_side == "left" else slice(0, n)
             out["input_ids"][b, sl] = ids
