@@ -103,7 +103,8 @@ def single_run_markdown(r: dict) -> str:
         for f, b, a, g in zip(rl["fractions"], rl["before"], rl["forget_vqa_cls_acc"], rl["ag"]):
             # recovery is only meaningful when unlearning removed something (>= 5 points below vanilla)
             rec = None if v0 is None or v0 - b < 5 else 100 * (a - b) / (v0 - b)
-            lines.append(f"| {f:g} | {fmt(b)} | {fmt(a)} | {fmt(g)} | {fmt(rec)}% |")
+            cell = "-" if rec is None else f"{rec:.1f}%"
+            lines.append(f"| {f:g} | {fmt(b)} | {fmt(a)} | {fmt(g)} | {cell} |")
     lines += ["", "Plots: `plots/forget_vs_retain.png`, `plots/training_curves.png`, `plots/relearn.png`."]
     return "\n".join(lines) + "\n"
 
