@@ -1,6 +1,7 @@
 """LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B), real weights converted from Hugging Face.
 
-  python -m vkd_jax.main --config configs/llava7b.py --workdir W --config.hf_dir=/path/to/llava-1.5-7b-hf
+  python -m vkd_jax.main --config configs/llava7b.py --workdir W --config.hf_dir=/path/to/llava-1.5-7b-hf \
+      --config.data.manual_dir=/path/to/MLLMU-Bench
 """
 
 import ml_collections
@@ -9,7 +10,18 @@ import ml_collections
 def get_config(arg: str | None = None):
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.method = "vkd"          # vkd | ga | gd | kl | npo | idk | mmunlearner
+    c.forget_ratio = 5        # percent: forget_5 / forget_10 / forget_15
+    c.unlearn = ml_collections.ConfigDict(dict(steps=500))
+    c.export_hf = True        # write <workdir>/hf_export with the tokenizer/processor files of hf_dir
     c.hf_dir = ""  # local HF folder (config.json + safetensors); nothing is ever downloaded
+    c.data = ml_collections.ConfigDict(dict(
+        source="mllmu",       # a local MLLMU-Bench download (the HF dataset repo's parquet folders)
+        manual_dir="", tfds_dir="", world_seed=0, world=dict(),
+        batch_size=4, max_len=1024, num_threads=8, resample_options=False, celebrity_repeat=1,
+    ))
+    c.eval = ml_collections.ConfigDict(dict(max_new_tokens=50, batch_size=8, max_questions=0, few_shot=False,
+                                            retain_max_profiles=0))
     c.dtype = "bfloat16"  # compute dtype
     c.param_dtype = "bfloat16"
     c.model = ml_collections.ConfigDict(dict(
@@ -55,7 +67,11 @@ def get_config(arg: str | None = None):
     c.npo = ml_collections.ConfigDict(dict(beta=0.4, retain_weight=0.0, mean_token=False, reference="retain"))
     c.idk = ml_collections.ConfigDict(dict(retain_weight=1.0, refusal="I don't know."))
     c.mmunlearner = ml_collections.ConfigDict(dict(retain_steps=1, ga_bound=0.0))
+    # VKD trains the visual side (LLM frozen); the public baselines use LoRA on the LLM's linear layers.
+    c.method_partition = ml_collections.ConfigDict(dict(vkd="visual", ga="lora_llm", gd="lora_llm", kl="lora_llm",
+                                                        npo="lora_llm", idk="lora_llm", mmunlearner="full"))
     c.stages = ml_collections.ConfigDict(dict(
+        pretrain=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=0, optim=dict(lr=2e-5)),
         vanilla=dict(method="ft", streams=("vqa", "qa"), partition="lora_llm", num_steps=2000,
                      optim=dict(lr=2e-5)),
         reference=dict(method="ft", streams=("vqa", "qa"), partition="lora_llm", num_steps=2000,
