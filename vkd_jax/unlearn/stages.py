@@ -1,5 +1,6 @@
-"""Stages: pretrain (the embedded world: celebrities before the profiles), vanilla (fine-tune on all profiles), reference (retain only, NPO's π_ref), masks (saliency),
-unlearn (the configured method), relearn (the attack: fine-tune the unlearned model on part of the forget data).
+"""Stages: pretrain (the embedded world: celebrities before the profiles), vanilla (fine-tune on all profiles),
+reference (retain only, NPO's π_ref), masks (saliency), unlearn (the configured method), relearn (the attack:
+fine-tune the unlearned model on part of the forget data).
 
     result = run_stage(name, cfg, workdir, params, streams, model_config=..., reference=..., masks=...,
                        tokenizer=...)
