@@ -189,6 +189,7 @@ def eval_config(cfg):
 
 
 def eval_sets(data: Data, cfg):
+    from vkd_jax.data.pipeline import forget_ids
     from vkd_jax.eval import benchmark_sets
     from vkd_jax.eval.evaluator import EvalSet
 
@@ -196,8 +197,7 @@ def eval_sets(data: Data, cfg):
     n = int(cfg.eval.get("retain_max_profiles", 0) or 0)
     if n:  # the retain split is large; a fixed, seeded subset of its profiles keeps evaluation fast
         src = sets["retain"].source
-        ids = sorted(str(src[i]["ID"], "utf-8") if isinstance(src[i]["ID"], bytes) else str(src[i]["ID"])
-                     for i in range(len(src)))
+        ids = sorted(forget_ids(src))  # all profile IDs of the source
         pick = np.random.default_rng(int(cfg.seed) + 99).permutation(len(ids))[:n]
         sets["retain"] = EvalSet(src, tuple(sorted(ids[i] for i in pick)))
     return sets

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import bisect
 
-
-def _s(v) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+from vkd_jax.data.pipeline import _s
 
 
 class ConcatSource:

@@ -84,8 +84,7 @@ def load_masks(folder: str) -> dict:
 
 def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str | None = None) -> dict:
     """One jit pass (per batch) over forget and retain batches -> boolean masks of the trainable params."""
-    _, abstract = abstract_model(model_config)
-    graphdef = abstract_model(model_config)[0]
+    graphdef, abstract = abstract_model(model_config)
     part = pt.make_partition(abstract, partition_cfg(cfg, preset, model_config))
     ctx = Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part)
     trainable, frozen = pt.split_params(_str_keys(params), part)
