@@ -3,15 +3,15 @@
 Layout: <stage workdir>/ckpt/<step>/{state, data}. `state` = the Trainer state pytree (step, trainable params,
 optimizer state including the saliency mask, RNG key, skipped-step count); `data` = JSON {stream: iterator state}.
 Restoring takes the abstract state with the *current* mesh's shardings, so a checkpoint written on one mesh shape
-restores onto another.
+restores onto another. The directory may be a gs:// URI: orbax writes it through epath and tensorstore.
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import orbax.checkpoint as ocp
+
+from vkd_jax.io_utils import as_path
 
 
 class StageCheckpointer:
@@ -20,7 +20,7 @@ class StageCheckpointer:
         opts = ocp.CheckpointManagerOptions(max_to_keep=int(get("keep", 2)),
                                             enable_async_checkpointing=bool(get("async_save", True)),
                                             create=True)
-        self.mngr = ocp.CheckpointManager(os.path.abspath(directory), options=opts, item_names=("state", "data"))
+        self.mngr = ocp.CheckpointManager(as_path(directory), options=opts, item_names=("state", "data"))
 
     def latest_step(self):
         return self.mngr.latest_step()

@@ -1,7 +1,9 @@
 """Process-0 metrics: JSONL (always), TensorBoard event files (written directly, no TensorFlow), a tqdm bar.
 
-The event file is the TFRecord framing (length, masked CRC32C, payload, masked CRC32C) around hand-encoded `Event`
-protos holding scalar `Summary` values; TensorBoard reads it as `events.out.tfevents.*`.
+Both go through `vkd_jax.io_utils.AppendFile`, so logdir may be a gs:// URI (each file uploaded whole on flush, at
+most every 30 s, and on close: object stores cannot append). The event file is the TFRecord framing (length, masked
+CRC32C, payload, masked CRC32C) around hand-encoded `Event` protos holding scalar `Summary` values; TensorBoard
+reads it as `events.out.tfevents.*`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import time
 
 import jax
 import numpy as np
+
+from vkd_jax.io_utils import AppendFile
 
 _CRC_TABLE = []
 for _i in range(256):
@@ -71,10 +75,9 @@ def tfrecord(payload: bytes) -> bytes:
 
 class EventWriter:
     def __init__(self, logdir: str):
-        os.makedirs(logdir, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
         self.path = os.path.join(logdir, name)
-        self._f = open(self.path, "ab")
+        self._f = AppendFile(self.path, "ab")
         self._f.write(tfrecord(event_proto(time.time(), 0, file_version="brain.Event:2")))
 
     def scalars(self, step: int, values: dict):
@@ -95,8 +98,7 @@ class MetricsLogger:
         self._t, self._step = time.perf_counter(), start_step
         self.bar = None
         if self.active:
-            os.makedirs(logdir, exist_ok=True)
-            self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+            self._jsonl = AppendFile(os.path.join(logdir, "metrics.jsonl"))
             self._tb = EventWriter(os.path.join(logdir, "tb"))
         if progress and jax.process_index() == 0:
             from tqdm.auto import tqdm

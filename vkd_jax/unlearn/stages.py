@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vkd_jax.io_utils import atomic_dir, atomic_write_text
+from vkd_jax.io_utils import AppendFile, as_path, atomic_dir, atomic_write_text, is_complete_dir, makedirs
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.hf_io import abstract_model
 from vkd_jax.models.orbax_io import load_model_orbax, save_params_orbax
@@ -73,13 +73,12 @@ def save_masks(masks: dict, folder: str):
         with ocp.StandardCheckpointer() as ck:
             ck.save(os.path.join(tmp, "masks"), {k: np.asarray(v) for k, v in masks.items()})
             ck.wait_until_finished()
-        with open(os.path.join(tmp, "kept_fraction.json"), "w") as f:
-            json.dump(masks_lib.kept_fraction(masks), f, indent=2)
+        as_path(tmp).joinpath("kept_fraction.json").write_text(json.dumps(masks_lib.kept_fraction(masks), indent=2))
 
 
 def load_masks(folder: str) -> dict:
     with ocp.StandardCheckpointer() as ck:
-        return dict(ck.restore(os.path.join(os.path.abspath(folder), "masks")))
+        return dict(ck.restore(as_path(folder) / "masks"))
 
 
 def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str | None = None) -> dict:
@@ -98,7 +97,7 @@ def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str 
     if workdir:
         save_masks(m, workdir)
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            with AppendFile(os.path.join(workdir, "metrics.jsonl")) as f:
                 f.write(json.dumps({"mask_kept_fraction": masks_lib.kept_fraction(m)}) + "\n")
     return m
 
@@ -110,16 +109,16 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
         raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
     model_config = model_config or model_config_of(cfg)
     sdir = os.path.join(workdir, name)
-    os.makedirs(sdir, exist_ok=True)
+    makedirs(sdir)
     if name == "masks":  # no stage section needed: the masks follow cfg.mask
-        if os.path.isdir(os.path.join(sdir, "final")):
+        if is_complete_dir(os.path.join(sdir, "final")):
             return StageResult(None, load_masks(os.path.join(sdir, "final")))
         preset = cfg.stages.unlearn.partition if cfg.mask.modules == "unlearn" else cfg.mask.modules
         m = compute_masks(cfg, params, streams, model_config, preset, os.path.join(sdir, "final"))
         return StageResult(None, m)
     scfg = cfg.stages[name]
     final = os.path.join(sdir, "params")
-    if os.path.isdir(final):  # finished before: never re-run
+    if is_complete_dir(final):  # finished before: never re-run
         return StageResult(flat_params(load_model_orbax(final)))
     method_name = scfg.method
     mcfg = ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {}))
