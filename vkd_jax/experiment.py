@@ -7,6 +7,11 @@ Work directory layout (every stage is cached; a rerun reuses what finished, a ki
   <run>/eval/<model>.json                           evaluation results per model
   <run>/results.json, report.md, plots/*.png, hf_export/
 `shared` is the work directory itself for `main`; `reproduce` shares one across methods and seeds.
+
+Both may be gs:// URIs: every read and write under them goes through `vkd_jax.io_utils` (etils.epath; orbax for
+checkpoints). The benchmark folder is the exception: pyarrow, TFDS/ArrayRecord and tokenizers need local files, so
+for a remote `shared` it lives in a local cache, `local_cache_dir(shared)/benchmark` (each host builds it there;
+the embedded world is generated from config.data.world_seed, MLLMU-Bench prepared from config.data.manual_dir).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from vkd_jax.io_utils import atomic_write_text
+from vkd_jax.io_utils import (atomic_write_text, is_complete_dir, local_cache_dir, local_staging_dir, makedirs,
+                              read_json_if_exists)
 
 RESULT_METRICS = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
 SETS = ("forget", "test", "retain", "celebrity")
@@ -42,14 +48,19 @@ class Data:
         return mllmu_bench.load(config, self.tfds_dir, self.manual_dir)
 
 
-def prepare_data(cfg, shared: str) -> Data:
+def benchmark_dir(shared: str, local_cache: str | None = None) -> str:
+    """<shared>/benchmark, or its local cache when `shared` is remote (see the module docstring)."""
+    return os.path.join(local_cache_dir(shared, local_cache), "benchmark")
+
+
+def prepare_data(cfg, shared: str, local_cache: str | None = None) -> Data:
     from vkd_jax.data import synthetic
     from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
 
     forget_pct = int(cfg.forget_ratio)
     if forget_pct not in (5, 10, 15):
         raise ValueError(f"config.forget_ratio={cfg.forget_ratio}: MLLMU-Bench has forget_5, forget_10, forget_15")
-    bench = os.path.join(shared, "benchmark")
+    bench = benchmark_dir(shared, local_cache)
     if cfg.data.source == "embedded":
         manual = os.path.join(bench, "raw")
         if not os.path.isfile(os.path.join(manual, "world.json")):
@@ -139,7 +150,7 @@ def initial_params(cfg, data: Data, shared: str, model_config) -> dict:
     from vkd_jax.models.orbax_io import load_model_orbax, save_model_orbax
 
     ckpt = os.path.join(shared, "init")
-    if os.path.isdir(ckpt):
+    if is_complete_dir(ckpt):
         return flat_params(load_model_orbax(ckpt))
     model = load_hf(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype) if cfg.hf_dir else \
         Llava(model_config, rngs=nnx.Rngs(int(cfg.seed)))
@@ -208,9 +219,9 @@ def evaluate_cached(name: str, params: dict, cfg, data: Data, model_config, out_
     from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 
     path = os.path.join(out_dir, "eval", f"{name}.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+    cached = read_json_if_exists(path)
+    if cached is not None:
+        return cached
     graphdef, _ = abstract_model(model_config)
     model = model_from_flat_params(graphdef, params)
     t = time.time()
@@ -230,9 +241,9 @@ def identity_free_floor(params: dict, cfg, data: Data, model_config, shared: str
     from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 
     path = os.path.join(shared, "eval", "identity_free_floor.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)["forget_vqa_cls_acc"]
+    cached = read_json_if_exists(path)
+    if cached is not None:
+        return cached["forget_vqa_cls_acc"]
     forget = data.load(f"forget_{data.forget_pct}")
     blank = ImageReplacedSource(forget, mean_image_bytes(data.load("Full_Set")))
     model = model_from_flat_params(abstract_model(model_config)[0], params)
@@ -261,12 +272,10 @@ def relearn_attack(cfg, data: Data, params: dict, model_config, run_dir: str) ->
         n = max(1, int(round(frac * len(keys))))
         used = [keys[i] for i in order[:n]]
         rdir = os.path.join(run_dir, "relearn", f"p{frac:g}")
-        os.makedirs(rdir, exist_ok=True)
+        makedirs(rdir)
         cache = os.path.join(rdir, "result.json")
-        if os.path.isfile(cache):
-            with open(cache) as f:
-                r = json.load(f)
-        else:
+        r = read_json_if_exists(cache)
+        if r is None:
             before = evaluate_questions(model_from_flat_params(graphdef, params), data.tokenizer, forget, ecfg,
                                         exclude=used)["vqa_cls_acc"]
             stream = _pipeline(data, cfg, forget, tasks=("classification",), types=("Image_Textual",),
@@ -295,13 +304,14 @@ def vanilla_params(cfg, data: Data, shared: str, model_config) -> dict:
     return params
 
 
-def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True) -> dict:
+def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
+        local_cache: str | None = None) -> dict:
     from vkd_jax.unlearn.methods import make_method
 
     shared = shared or workdir
-    os.makedirs(workdir, exist_ok=True)
+    makedirs(workdir)
     t_start = time.time()
-    data = prepare_data(cfg, shared)
+    data = prepare_data(cfg, shared, local_cache)
     model_config = _model_config(cfg, data)
     vanilla = vanilla_params(cfg, data, shared, model_config)
     ucfg = unlearn_config(cfg)
@@ -318,10 +328,11 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True) -
     t = time.time()
     unlearned = _stage("unlearn", ucfg, workdir, vanilla, stage_streams("unlearn", data, cfg, model_config),
                        model_config, data.tokenizer, reference=reference, masks=masks).params
-    if not os.path.isfile(timing_path):  # first (uninterrupted or resumed) completion: record its wall time
-        atomic_write_text(timing_path, json.dumps({"unlearn_seconds": time.time() - t}))
-    with open(timing_path) as f:
-        unlearn_seconds = json.load(f)["unlearn_seconds"]
+    timing = read_json_if_exists(timing_path)
+    if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
+        timing = {"unlearn_seconds": time.time() - t}
+        atomic_write_text(timing_path, json.dumps(timing))
+    unlearn_seconds = timing["unlearn_seconds"]
     results = {
         "method": cfg.method,
         "config": json.loads(cfg.to_json_best_effort()),
@@ -350,7 +361,8 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True) -
         if cfg.export_hf:
             from vkd_jax.models.hf_io import save_hf_params
 
-            template = cfg.hf_dir or os.path.join(shared, "benchmark", "tokenizer")
-            save_hf_params(unlearned, model_config, os.path.join(workdir, "hf_export"), template_hf_dir=template,
-                           overwrite=True)
+            template = cfg.hf_dir or os.path.join(benchmark_dir(shared, local_cache), "tokenizer")
+            # safetensors and shutil write local files: a remote hf_export is built locally, then uploaded
+            with local_staging_dir(os.path.join(workdir, "hf_export"), overwrite=True) as out:
+                save_hf_params(unlearned, model_config, out, template_hf_dir=template, overwrite=True)
     return results

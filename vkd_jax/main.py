@@ -7,6 +7,9 @@ one, saliency masks, unlearning, evaluation of the vanilla and unlearned models,
 W/results.json, W/report.md and W/plots/*.png (and W/hf_export with `--config.export_hf=True`). A rerun reuses the
 finished stages; a killed stage resumes from its checkpoint.
 
+`--workdir` may be a gs:// URI (process 0 writes logs, reports, exports there; orbax writes checkpoints from all
+processes); the benchmark is then built in a local cache on each host (`--local_cache`, see vkd_jax.experiment).
+
 Multi-host: `--coordinator_address/--num_processes/--process_id`, or the SLURM / TPU-pod environment, make this
 process join a jax.distributed run; a single-process run never initialises it.
 """
@@ -21,7 +24,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, exports, reports)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "work directory (checkpoints, exports, reports); local or gs://")
+_CACHE = flags.DEFINE_string("local_cache", None, "local folder for the benchmark when --workdir is a URI "
+                             "(default $VKD_JAX_CACHE or ~/.cache/vkd_jax)")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
 _PID = flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")
@@ -41,10 +46,11 @@ def main(argv):
     from vkd_jax import experiment
 
     from vkd_jax.cli import EXPECTED_ERRORS
+    from vkd_jax.io_utils import resolve
 
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = resolve(_WORKDIR.value)
     try:
-        results = experiment.run(_CONFIG.value, workdir)
+        results = experiment.run(_CONFIG.value, workdir, local_cache=_CACHE.value)
     except EXPECTED_ERRORS as e:  # bad config / data / weights: one clear line, non-zero exit, no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,13 +1,15 @@
 """results.json -> report.md (tables as in the paper) and plots/*.png (forget vs retain per set, training curves,
-relearning curve). Also the multi-run comparison table used by `vkd_jax.reproduce`."""
+relearning curve). Also the multi-run comparison table used by `vkd_jax.reproduce`. Paths may be gs:// URIs: files
+go through `vkd_jax.io_utils` (plots are rendered in memory, then written atomically)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 
-from vkd_jax.io_utils import atomic_write_text
+from vkd_jax.io_utils import as_path, atomic_write_bytes, atomic_write_text, makedirs
 
 HEADLINE = [  # (set, metric, label, direction)
     ("forget", "vqa_cls_acc", "Forget VQA", "down"),
@@ -34,10 +36,10 @@ def _get(res: dict, s: str, m: str):
 
 def read_curve(stage_dir: str, key: str = "loss") -> tuple[list, list]:
     steps, vals = [], []
-    path = os.path.join(stage_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = as_path(os.path.join(stage_dir, "metrics.jsonl"))
+    if not path.is_file():
         return steps, vals
-    with open(path) as f:
+    with path.open() as f:
         for line in f:
             try:
                 rec = json.loads(line)
@@ -118,6 +120,14 @@ def _plt():
     return plt
 
 
+def save_fig(fig, path: str, dpi: int = 110):
+    """PNG bytes rendered in memory, written atomically to a local path or URI; closes the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def plot_sets(r: dict, path: str):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
@@ -134,8 +144,7 @@ def plot_sets(r: dict, path: str):
     axes[0].set_ylabel("%")
     axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def plot_curves(curves_dirs: dict, path: str):
@@ -153,8 +162,7 @@ def plot_curves(curves_dirs: dict, path: str):
     if any_curve:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def plot_relearn(r: dict, path: str):
@@ -174,13 +182,12 @@ def plot_relearn(r: dict, path: str):
     ax.set_ylim(0, 105)
     ax.set_title(f"relearning attack ({r['method']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def write_report(results: dict, workdir: str, curves_dirs: dict | None = None) -> None:
     plots = os.path.join(workdir, "plots")
-    os.makedirs(plots, exist_ok=True)
+    makedirs(plots)
     plot_sets(results, os.path.join(plots, "forget_vs_retain.png"))
     plot_curves(curves_dirs or {}, os.path.join(plots, "training_curves.png"))
     plot_relearn(results, os.path.join(plots, "relearn.png"))

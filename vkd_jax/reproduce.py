@@ -4,7 +4,8 @@
 
 W/shared holds the benchmark and the vanilla model (trained once, with the first seed, and reused by every run);
 W/runs/<name>_s<seed>/ holds each run's masks, unlearning, evaluation, relearning and report. Finished runs are
-reused on a rerun. Writes W/comparison.md, W/comparison.json and W/plots/{methods,relearn_methods}.png.
+reused on a rerun. Writes W/comparison.md, W/comparison.json and W/plots/{methods,relearn_methods}.png. W may be
+a gs:// URI (see vkd_jax.experiment; --local_cache says where the benchmark is built then).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vkd_jax.io_utils import atomic_write_text
+from vkd_jax.io_utils import atomic_write_text, makedirs, read_json_if_exists, read_text, resolve
 from vkd_jax.report import HEADLINE, fmt
 
 METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
@@ -37,6 +38,8 @@ _METHODS = flags.DEFINE_string("methods", "all", "comma-separated methods, or 'a
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
 _ABL = flags.DEFINE_bool("ablations", True, "also run VKD's ablations")
 _RELEARN = flags.DEFINE_bool("relearn", True, "run the relearning attack for every run")
+_CACHE = flags.DEFINE_string("local_cache", None, "local folder for the benchmark when --workdir is a URI "
+                             "(default $VKD_JAX_CACHE or ~/.cache/vkd_jax)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -117,7 +120,7 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations)
 
 
 def plot_methods(summary: dict, vanilla: dict, path: str):
-    from vkd_jax.report import _plt
+    from vkd_jax.report import _plt, save_fig
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -136,12 +139,11 @@ def plot_methods(summary: dict, vanilla: dict, path: str):
     ax.set_title("forgetting vs keeping")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def plot_relearn(runs: dict[str, list[dict]], path: str):
-    from vkd_jax.report import _plt
+    from vkd_jax.report import _plt, save_fig
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -161,11 +163,11 @@ def plot_relearn(runs: dict[str, list[dict]], path: str):
     if drawn:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
-def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True) -> dict:
+def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True,
+              local_cache: str | None = None) -> dict:
     import jax
 
     from vkd_jax import experiment
@@ -178,18 +180,15 @@ def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True
         for name, method, overrides in plan:
             run_dir = os.path.join(workdir, "runs", f"{name}_s{seed}")
             c = apply_overrides(cfg, {"seed": seed, "method": method, **overrides})
-            cached = os.path.join(run_dir, "results.json")
-            if os.path.isfile(cached):
-                with open(cached) as f:
-                    res = json.load(f)
-            else:
+            res = read_json_if_exists(os.path.join(run_dir, "results.json"))
+            if res is None:
                 logging.warning("run %s seed %d", name, seed)
-                res = experiment.run(c, run_dir, shared=shared, relearn=relearn)
+                res = experiment.run(c, run_dir, shared=shared, relearn=relearn, local_cache=local_cache)
             runs.setdefault(name, []).append(res)
             vanilla = vanilla or res["vanilla"]
     summary = summarise(runs)
     if jax.process_index() == 0:
-        os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+        makedirs(os.path.join(workdir, "plots"))
         atomic_write_text(os.path.join(workdir, "comparison.json"),
                           json.dumps({"seeds": list(seeds), "vanilla": vanilla, "summary": summary}, indent=2))
         atomic_write_text(os.path.join(workdir, "comparison.md"),
@@ -211,9 +210,9 @@ def main(argv):
     except ValueError:
         raise app.UsageError(f"--seeds={_SEEDS.value!r}: expected comma-separated integers") from None
     ablations = tuple(ABLATIONS) if _ABL.value else ()
-    workdir = os.path.abspath(_WORKDIR.value)
-    reproduce(_CONFIG.value, workdir, methods, seeds, ablations, relearn=_RELEARN.value)
-    print(open(os.path.join(workdir, "comparison.md")).read())
+    workdir = resolve(_WORKDIR.value)
+    reproduce(_CONFIG.value, workdir, methods, seeds, ablations, relearn=_RELEARN.value, local_cache=_CACHE.value)
+    print(read_text(os.path.join(workdir, "comparison.md")))
 
 
 if __name__ == "__main__":
