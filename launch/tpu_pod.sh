@@ -54,7 +54,7 @@ fi
 ARCHIVE="/tmp/vkd_jax_src.tar.gz"
 run tar -C "$REPO_ROOT" --exclude=.venv --exclude=workdir --exclude=.git -czf "$ARCHIVE" .
 run "${GCLOUD[@]}" scp "$ARCHIVE" "$TPU:/tmp/" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all
-SETUP="mkdir -p $REMOTE_DIR && tar -xzf /tmp/vkd_jax_src.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu]'"
+SETUP="mkdir -p $REMOTE_DIR && tar -xzf /tmp/vkd_jax_src.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu,gcs]'"
 run "${GCLOUD[@]}" ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$SETUP"
 
 # One process per host; jax.distributed picks up the pod topology from the TPU environment.
