@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vkd_jax.models.config import LlavaConfig, config_from_hf_dict, config_to_hf_dict
-from vkd_jax.io_utils import atomic_dir
+from vkd_jax.io_utils import as_path, atomic_dir, resolve
 from vkd_jax.models.hf_io import abstract_model, flat_params, model_from_flat_params
 from vkd_jax.models.llava import Llava
 
@@ -34,23 +34,21 @@ def save_params_orbax(params: dict, config: LlavaConfig, ckpt_dir, *, overwrite:
     with atomic_dir(ckpt_dir, overwrite) as tmp:
         cfg = config_to_hf_dict(config)
         cfg["vkd_jax"] = {"dtype": config.dtype, "param_dtype": config.param_dtype}
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-            json.dump(cfg, f, indent=2, sort_keys=True)
+        as_path(tmp).joinpath(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, "params"), {path_key(p): v for p, v in params.items()})
+            ckptr.save(as_path(tmp) / "params", {path_key(p): v for p, v in params.items()})
             ckptr.wait_until_finished()
-    return os.path.abspath(os.fspath(ckpt_dir))
+    return resolve(ckpt_dir)
 
 
 def read_orbax_config(ckpt_dir, dtype: str | None = None, param_dtype: str | None = None) -> LlavaConfig:
-    path = os.path.join(os.fspath(ckpt_dir), CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = as_path(ckpt_dir) / CONFIG_FILE
+    if not path.is_file():
         raise FileNotFoundError(f"{path}: not a vkd_jax params checkpoint (no {CONFIG_FILE})")
-    with open(path) as f:
-        cfg = json.load(f)
+    cfg = json.loads(path.read_text())
     ours = cfg.pop("vkd_jax", {})
     return config_from_hf_dict(cfg, dtype=dtype or ours.get("dtype", "float32"),
-                               param_dtype=param_dtype or ours.get("param_dtype"), source=path)
+                               param_dtype=param_dtype or ours.get("param_dtype"), source=str(path))
 
 
 def load_model_orbax(ckpt_dir, *, dtype: str | None = None, param_dtype: str | None = None,
@@ -65,5 +63,5 @@ def load_model_orbax(ckpt_dir, *, dtype: str | None = None, param_dtype: str | N
                                                    sharding=sharding or jax.sharding.SingleDeviceSharding(
                                                        jax.devices()[0]))
     with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.join(os.path.abspath(os.fspath(ckpt_dir)), "params"), target)
+        restored = ckptr.restore(as_path(ckpt_dir) / "params", target)
     return model_from_flat_params(graphdef, {p: restored[path_key(p)] for p in abstract})
