@@ -165,6 +165,8 @@ def test_config_errors():
         PipelineConfig(tasks=("vqa",))
     with pytest.raises(ValueError, match="padding_side"):
         PipelineConfig(padding_side="middle")
+    with pytest.raises(ValueError, match="cls_answer"):
+        PipelineConfig(cls_answer="value")
 
 
 def test_resampled_options_hide_the_person_but_keep_the_answer(env):
@@ -192,3 +194,25 @@ def test_resampled_options_hide_the_person_but_keep_the_answer(env):
     plain = InputPipeline(src, tok, dataclasses.replace(cfg, resample_options=False))
     b = next(iter(plain))
     assert np.array_equal(b["input_ids"][0][: len(ex0["input_ids"])], ex0["input_ids"])
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_option_answers_name_the_true_value(env, resample):
+    """cls_answer="option": MC items are trained to answer with the correct option's text (fresh options or not),
+    and the listed options still contain it exactly once."""
+    tok, srcs = env
+    cfg = dataclasses.replace(BASE, tasks=("classification",), resample_options=resample, cls_answer="option",
+                              num_epochs=2, shuffle=False, global_batch_size=4, drop_remainder=False)
+    p = InputPipeline(srcs["forget_10"], tok, cfg)
+    n = 0
+    for b in p:
+        for i in np.nonzero(b["valid"])[0]:
+            ex = p.examples[[k for k, e in enumerate(p.examples)
+                             if (e["row"], e["item"], e["type"]) == (b["row"][i], b["item"][i], b["type"][i])][0]]
+            true = ex["options"][ex["correct_letter"]]
+            ans = tok.decode([int(t) for t, m in zip(b["input_ids"][i], b["loss_mask"][i]) if m]).strip()
+            assert ans == true, (ans, true)
+            text = tok.decode([int(t) for t in b["input_ids"][i] if t not in (tok.pad_id, tok.image_token_id)])
+            assert sum(line in (f"{L}: {true}" for L in "ABCD") for line in text.splitlines()) == 1
+            n += 1
+    assert n == 2 * len(p.examples)

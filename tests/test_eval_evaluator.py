@@ -112,3 +112,45 @@ def test_config_errors():
         EvalConfig(tasks=("translation",))
     with pytest.raises(ValueError, match="must be >= 1"):
         EvalConfig(batch_size=0)
+
+
+def test_likelihood_scoring_picks_the_likeliest_option(env):
+    """cls_scoring="likelihood": each prediction is the argmax over A-D of log p(option + EOS | prompt), checked
+    against a plain full forward of each (prompt, option) sequence, one at a time, without padding."""
+    import jax
+    import numpy as np
+
+    from vkd_jax.data import prompts
+    from vkd_jax.preprocess import preprocess_one
+
+    model, tok, sets = env
+    cfg = EvalConfig(max_new_tokens=4, batch_size=4, cls_scoring="likelihood")
+    for typ in ("Image_Textual", "Pure_Text"):
+        records = []
+        es = sets["forget"]
+        scores = evaluator._eval_kind(evaluator._Runner(model, tok, cfg), es, "classification", typ,
+                                      evaluator._Demos("", [], set()), records=records)
+        items = evaluator._examples(es, "classification", typ)
+        assert len(records) == len(items) == len(scores) > 0
+        for ex, rec in zip(items, records):
+            lp = []
+            for L in "ABCD":
+                t = prompts.tokenize(tok, ex["prompt"], ex["options"][L], model.config.image_seq_length)
+                ids = np.where(t.input_ids == tok.image_token_id, model.config.image_token_index, t.input_ids)
+                px = None
+                if typ == "Image_Textual":
+                    px = preprocess_one(evaluator._image_bytes(es.source, ex["row"], cfg.seed),
+                                        evaluator.image_config(model.config.vision.image_size))[None]
+                logits = np.asarray(model.forward(ids[None], px).logits[0], np.float64)
+                logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+                    - logits.max(-1, keepdims=True)
+                pos = np.nonzero(t.loss_mask)[0]
+                lp.append(sum(logp[p - 1, ids[p]] for p in pos))
+            assert rec["generated"] == "ABCD"[int(np.argmax(lp))], (ex["id"], lp)
+            assert rec["acc"] == 100.0 * (rec["generated"] == ex["correct_letter"])
+        jax.clear_caches()
+
+
+def test_cls_scoring_config_error():
+    with pytest.raises(ValueError, match="cls_scoring"):
+        EvalConfig(cls_scoring="logits")

@@ -96,7 +96,8 @@ def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=N
                           num_epochs=None, image_seq_length=mc.image_seq_length,
                           image=image_config(mc.vision.image_size), num_threads=int(cfg.data.num_threads),
                           process_index=jax.process_index(), process_count=jax.process_count(),
-                          keys=None if keys is None else tuple(keys), resample_options=resample_options)
+                          keys=None if keys is None else tuple(keys), resample_options=resample_options,
+                          cls_answer=str(cfg.data.get("cls_answer", "letter")))
     return InputPipeline(source, data.tokenizer, pcfg)
 
 
@@ -104,7 +105,7 @@ def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
     """The training streams each stage reads (infinite, resumable); VQA and QA never share a batch."""
     from vkd_jax.data.sources import ConcatSource, PoseJoinedSource
 
-    all_tasks = ("ft", "classification", "generation", "cloze")
+    all_tasks = tuple(cfg.data.get("train_tasks", ("ft", "classification", "generation", "cloze")))
     vqa, qa = ("Image_Textual",), ("Pure_Text",)
     resample = bool(cfg.data.get("resample_options", False))
     mk = lambda src, tasks, types, off: _pipeline(data, cfg, src, tasks=tasks, types=types, seed_offset=off,  # noqa
@@ -196,7 +197,8 @@ def eval_config(cfg):
 
     return EvalConfig(max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size),
                       seed=int(cfg.seed), few_shot=bool(cfg.eval.few_shot),
-                      max_questions=int(cfg.eval.max_questions) or None)
+                      max_questions=int(cfg.eval.max_questions) or None,
+                      cls_scoring=str(cfg.eval.get("cls_scoring", "generate")))
 
 
 def eval_sets(data: Data, cfg):

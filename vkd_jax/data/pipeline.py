@@ -35,6 +35,7 @@ from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
 
 TASKS = ("ft", "classification", "generation", "cloze")
 TYPES = ("Image_Textual", "Pure_Text")
+CLS_ANSWERS = ("letter", "option")
 _META_STR = ("id", "task", "type", "question", "answer", "correct_letter", "ground_truth")
 
 
@@ -63,6 +64,11 @@ class PipelineConfig:
     # profiles) and a fresh order each time an item is served, so that an option set never identifies the person
     # and the answer must come from the image or the name (the embedded world trains on its own MC items).
     resample_options: bool = False
+    # What a multiple-choice item is trained to answer: "letter" (the benchmark's answer) or "option" (the correct
+    # option's text). A tiny model trained from scratch does not learn to bind a letter to the option it knows
+    # (measured: letter accuracy at chance with cloze near 100%); with "option" it answers with the value, and the
+    # evaluator scores the options by likelihood (EvalConfig.cls_scoring="likelihood").
+    cls_answer: str = "letter"
 
     def __post_init__(self):
         bad = set(self.tasks) - set(TASKS) or set(self.types) - set(TYPES)
@@ -70,6 +76,8 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig: unknown tasks/types {sorted(bad)}; tasks {TASKS}, types {TYPES}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"PipelineConfig.padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.cls_answer not in CLS_ANSWERS:
+            raise ValueError(f"PipelineConfig.cls_answer must be one of {CLS_ANSWERS}, got {self.cls_answer!r}")
         if self.global_batch_size % self.process_count:
             raise ValueError(f"PipelineConfig.global_batch_size={self.global_batch_size} is not divisible by "
                              f"process_count={self.process_count}")
@@ -81,8 +89,9 @@ def _s(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-def _profile_examples(rec: dict, tasks, types) -> list[dict]:
-    """One stored profile -> its examples (prompt text, answer, metadata) for the selected tasks and types."""
+def _profile_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
+    """One stored profile -> its examples (prompt text, answer, metadata) for the selected tasks and types;
+    classification answers are the correct letter, or the correct option's text with cls_answer="option"."""
     pid = _s(rec["ID"])
     out = []
 
@@ -101,7 +110,8 @@ def _profile_examples(rec: dict, tasks, types) -> list[dict]:
             for i, q in enumerate(ct.get(key) or []):
                 add("classification", typ, i, q["Question"],
                     prompts.classification_prompt(q["Question"], q["Options"], typ == "Image_Textual"),
-                    q["Correct_Answer"], letter=q["Correct_Answer"], gt=q["Options"][q["Correct_Answer"]])
+                    str(q["Options"][q["Correct_Answer"]]) if cls_answer == "option" else q["Correct_Answer"],
+                    letter=q["Correct_Answer"], gt=q["Options"][q["Correct_Answer"]])
                 if typ in types:
                     out[-1]["options"] = {k: str(v) for k, v in q["Options"].items()}
     for task, col, make in (("generation", "Generation_Task", prompts.generation_prompt),
@@ -128,7 +138,7 @@ class InputPipeline:
             rec = source[row]
             if ids is not None and _s(rec["ID"]) not in ids:
                 continue
-            for ex in _profile_examples(rec, cfg.tasks, cfg.types):
+            for ex in _profile_examples(rec, cfg.tasks, cfg.types, cfg.cls_answer):
                 if keys is not None and (ex["id"], ex["item"]) not in keys:
                     continue
                 t = prompts.tokenize(tokenizer, ex["prompt"], ex["answer"] if cfg.train else None,
@@ -215,7 +225,8 @@ class InputPipeline:
         options = {L: str(opts[j]) for L, j in zip("ABCD", order)}
         letter = "ABCD"[int(np.nonzero(order == opts.index(true))[0][0])]
         prompt = prompts.classification_prompt(ex["question"], options, ex["type"] == "Image_Textual")
-        t = prompts.tokenize(self.tok, prompt, letter, self.cfg.image_seq_length)
+        t = prompts.tokenize(self.tok, prompt, true if self.cfg.cls_answer == "option" else letter,
+                             self.cfg.image_seq_length)
         return t.input_ids, t.loss_mask
 
     def _load_batch(self, global_idx: np.ndarray, local_idx: np.ndarray, batch_index: int = 0

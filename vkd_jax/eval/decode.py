@@ -73,3 +73,33 @@ def strip_after_eos(tokens, eos_id: int) -> list[list[int]]:
     for row in np.asarray(tokens).tolist():
         out.append(row[:row.index(eos_id)] if eos_id in row else row)
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k"))
+def _tail_logprobs(graphdef, state, input_ids, attention_mask, pixel_values, target_mask, *, k: int):
+    model = nnx.merge(graphdef, state)
+    b, t = input_ids.shape
+    at = jnp.broadcast_to(jnp.arange(t - k - 1, t - 1, dtype=jnp.int32), (b, k))  # slots predicting the last k
+    logits = model.forward(input_ids, pixel_values, attention_mask, logits_at=at).logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tok = jnp.take_along_axis(logp, input_ids[:, t - k:, None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(target_mask[:, t - k:], tok, 0.0), axis=-1)
+
+
+def continuation_logprobs(model, input_ids, attention_mask, target_mask, pixel_values=None, *, split=None,
+                          buckets=(8, 16, 32, 64, 128)) -> np.ndarray:
+    """Sum of log p(token | everything before it) over the `target_mask` slots of LEFT-padded rows -> [B] float32.
+    The targets must sit in each row's last slots (a prompt followed by its continuation); one jitted function per
+    (batch, length, tail bucket): the logits are computed at the tail slots only."""
+    mask, tgt = np.asarray(attention_mask), np.asarray(target_mask, bool)
+    if not mask[:, -1].all():
+        raise ValueError("continuation_logprobs needs LEFT-padded rows: the last slot of every row must be real")
+    first = np.where(tgt.any(1), tgt.argmax(1), tgt.shape[1])
+    need = int(tgt.shape[1] - first.min())
+    k = next((b for b in sorted(buckets) if b >= need), need)
+    if k >= tgt.shape[1]:
+        raise ValueError(f"continuation of {need} tokens leaves no prompt slot in rows of {tgt.shape[1]}")
+    graphdef, state = split if split is not None else nnx.split(model)
+    out = _tail_logprobs(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(mask, jnp.int32),
+                         None if pixel_values is None else jnp.asarray(pixel_values), jnp.asarray(tgt), k=int(k))
+    return np.asarray(out)

@@ -18,6 +18,11 @@ the Test_Set pose is chosen exactly as the input pipeline chooses it (`default_r
 kind each (VQA rows one image each, QA rows none), are left-padded to a length bucket and filled to `batch_size`
 with copies of their first row, so only a few shapes are ever compiled.
 
+Classification is scored as the benchmark does (greedy answer, its first letter) unless `cls_scoring="likelihood"`:
+then the prediction is the option whose text, as the answer to the same prompt, is likeliest (summed log-probs of
+its tokens and EOS). That is for models trained to answer with the option's text (the embedded tiny model, which
+does not learn to bind letters to options); report which scoring a table used.
+
 Few-shot (`EvalConfig.few_shot`): each prompt is preceded by solved demonstrations in the same conversation
 format, `"{demo prompt} {answer}\n"`; classification uses `few_shot_cls` demo profiles (1), cloze `few_shot_cloze`
 (2), generation stays zero-shot. Demo profiles are drawn (seeded) from `demo_set` (default "retain"), from that
@@ -37,7 +42,7 @@ from flax import nnx
 from vkd_jax.data import prompts
 from vkd_jax.data.pipeline import _profile_examples, _s, image_config
 from vkd_jax.eval import metrics
-from vkd_jax.eval.decode import greedy_decode, strip_after_eos
+from vkd_jax.eval.decode import continuation_logprobs, greedy_decode, strip_after_eos
 from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
 
 SETS = ("forget", "test", "retain", "celebrity")
@@ -61,12 +66,17 @@ class EvalConfig:
     few_shot_cloze: int = 2
     demo_set: str = "retain"
     max_questions: int | None = None         # per set and kind (first ones, in source order): quick checks
+    # "generate": the benchmark's protocol (greedy answer, first letter); "likelihood": the letter whose option text
+    # is the likeliest answer (for models trained to answer with the option, PipelineConfig.cls_answer="option")
+    cls_scoring: str = "generate"
 
     def __post_init__(self):
         bad = (set(self.tasks) - set(TASK_KEYS)) | (set(self.types) - set(TYPE_KEYS))
         if bad:
             raise ValueError(f"EvalConfig: unknown tasks/types {sorted(bad)}; tasks {tuple(TASK_KEYS)}, "
                              f"types {tuple(TYPE_KEYS)}")
+        if self.cls_scoring not in ("generate", "likelihood"):
+            raise ValueError(f"EvalConfig.cls_scoring={self.cls_scoring!r}: use 'generate' or 'likelihood'")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"EvalConfig: batch_size={self.batch_size} and max_new_tokens={self.max_new_tokens} "
                              "must be >= 1")
@@ -194,16 +204,15 @@ class _Runner:
                                  f"({type(e).__name__}: {e})") from None
         return self._pixels[key]
 
-    def generate(self, items: list[dict], source, demos: _Demos, with_image: bool) -> list[str]:
-        """items: examples with 'prompt' and 'row' -> generated texts (special tokens dropped, stripped)."""
-        cfg, B = self.cfg, self.cfg.batch_size
-        toks = [self._ids(demos.prefix + ex["prompt"]) for ex in items]
-        order = np.argsort([len(t) for t in toks], kind="stable")  # similar lengths share a batch and bucket
-        texts: list[str] = [""] * len(items)
-        for start in range(0, len(items), B):
+    def _batches(self, toks: list[np.ndarray], items: list[dict], source, demos: _Demos, with_image: bool):
+        """Left-padded static-shape batches of the token rows `toks` (row j belongs to `items[j]`): yields
+        (indices into toks, ids [B, T], mask [B, T], pixel_values or None); similar lengths share a batch."""
+        B = self.cfg.batch_size
+        order = np.argsort([len(t) for t in toks], kind="stable")
+        for start in range(0, len(toks), B):
             idx = order[start:start + B]
             rows = list(idx) + [idx[0]] * (B - len(idx))  # fill with copies of the first row (static batch)
-            T = _bucket(max(len(toks[i]) for i in idx), cfg.length_buckets,
+            T = _bucket(max(len(toks[i]) for i in idx), self.cfg.length_buckets,
                         f"{items[idx[0]]['task']} question of profile {items[idx[-1]]['id']}")
             ids = np.full((B, T), self.pad_id, np.int32)
             mask = np.zeros((B, T), np.int32)
@@ -219,11 +228,38 @@ class _Runner:
             if with_image:
                 px = np.stack([self._pixel(s, r) for i in rows
                                for s, r in demos.images + [(source, items[i]["row"])]])
-            out = greedy_decode(self.model, ids, mask, px, max_new_tokens=cfg.max_new_tokens,
+            yield idx, rows, ids, mask, px
+
+    def generate(self, items: list[dict], source, demos: _Demos, with_image: bool) -> list[str]:
+        """items: examples with 'prompt' and 'row' -> generated texts (special tokens dropped, stripped)."""
+        toks = [self._ids(demos.prefix + ex["prompt"]) for ex in items]
+        texts: list[str] = [""] * len(items)
+        for idx, _, ids, mask, px in self._batches(toks, items, source, demos, with_image):
+            out = greedy_decode(self.model, ids, mask, px, max_new_tokens=self.cfg.max_new_tokens,
                                 eos_id=self.tok.eos_id, pad_id=self.pad_id, split=self.split)
             for b, seq in enumerate(strip_after_eos(out[:len(idx)], self.tok.eos_id)):
                 texts[idx[b]] = self.tok.decode(seq, skip_special_tokens=True).strip()
         return texts
+
+    def choose(self, items: list[dict], source, demos: _Demos, with_image: bool) -> list[str]:
+        """Multiple-choice items -> the letter whose option text is the likeliest answer: log p(" {option}" + EOS
+        | the classification prompt), summed over the answer tokens (cls_scoring="likelihood")."""
+        toks, masks, owner = [], [], []
+        for j, ex in enumerate(items):
+            for L in "ABCD":
+                t = prompts.tokenize(self.tok, demos.prefix + ex["prompt"], ex["options"][L], self.image_seq_length)
+                ids = t.input_ids
+                if self.tok.image_token_id != self.image_token:
+                    ids = np.where(ids == self.tok.image_token_id, self.image_token, ids)
+                toks.append(ids), masks.append(t.loss_mask), owner.append(j)
+        seq_items = [items[j] for j in owner]
+        scores = np.zeros(len(toks))
+        for idx, rows, ids, mask, px in self._batches(toks, seq_items, source, demos, with_image):
+            tgt = np.zeros(ids.shape, bool)
+            for b, i in enumerate(rows):
+                tgt[b, ids.shape[1] - len(masks[i]):] = masks[i]
+            scores[idx] = continuation_logprobs(self.model, ids, mask, tgt, px, split=self.split)[:len(idx)]
+        return ["ABCD"[int(np.argmax(scores[4 * j:4 * j + 4]))] for j in range(len(items))]
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -257,7 +293,10 @@ def _eval_kind(runner: _Runner, es: EvalSet, task: str, typ: str, demos: _Demos,
         items = items[:runner.cfg.max_questions]
     if not items:
         return []
-    texts = runner.generate(items, es.source, demos, typ == "Image_Textual")
+    if task == "classification" and runner.cfg.cls_scoring == "likelihood":
+        texts = runner.choose(items, es.source, demos, typ == "Image_Textual")
+    else:
+        texts = runner.generate(items, es.source, demos, typ == "Image_Textual")
     scores = [_score(task, ex, t) for ex, t in zip(items, texts)]
     if records is not None:
         for ex, t, s in zip(items, texts, scores):
