@@ -48,3 +48,15 @@ def test_remat_is_runtime_only():
     assert config_from_hf_dict(config_to_hf_dict(rcfg)).text.remat == "none"
     with pytest.raises(ConfigError, match="remat='everything'"):
         cfg.with_remat("everything")
+
+
+def test_remat_pins_forward_and_recompute_order():
+    """Every rematted block carries two optimization barriers in the gradient: its forward waits for its inputs
+    (FSDP all-gathers of its weights happen when it runs) and its recompute waits for its incoming cotangent
+    (else a scheduler may hoist all recomputes to the start of the backward pass and remat saves nothing)."""
+    cfg, params = tiny_params(seed=3)
+    b = {k: jnp.asarray(v) for k, v in make_batch(np.random.default_rng(0)).items() if k != "has_image"}
+    jaxpr = str(jax.make_jaxpr(jax.grad(_loss_fn(cfg.with_remat("full"))))(params, b))
+    n_blocks = cfg.vision.num_hidden_layers + cfg.text.num_hidden_layers
+    assert jaxpr.count("optimization_barrier") >= 2 * n_blocks
+    assert "optimization_barrier" not in str(jax.make_jaxpr(jax.grad(_loss_fn(cfg)))(params, b))

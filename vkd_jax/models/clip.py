@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vkd_jax.models.config import VisionConfig
-from vkd_jax.models.layers import LayerNorm, activation, dot_product_attention, linear, remat_call
+from vkd_jax.models.layers import LayerNorm, activation, constrain, dot_product_attention, linear, remat_call
 
 
 class CLIPEmbeddings(nnx.Module):
@@ -41,7 +41,9 @@ class CLIPAttention(nnx.Module):
 
     def __call__(self, x):
         b, t, _ = x.shape
-        split = lambda y: y.reshape(b, t, self.num_heads, self.head_dim)
+
+        def split(y):
+            return constrain(y.reshape(b, t, self.num_heads, self.head_dim), "batch", None, "heads", None)
         out = dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), None,
                                     self.head_dim ** -0.5)
         return self.out_proj(out.reshape(b, t, -1))
@@ -55,7 +57,7 @@ class CLIPMLP(nnx.Module):
         self.act = activation(c.hidden_act)
 
     def __call__(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(constrain(self.fc1(x), "batch", None, "mlp")))
 
 
 class CLIPEncoderLayer(nnx.Module):
@@ -93,6 +95,7 @@ class CLIPVisionTower(nnx.Module):
         if 0 in idx:
             out[0] = x
         for i in range(1, (idx[-1] if idx else 0) + 1):
+            x = constrain(x, "batch", None, None)
             x = remat_call(self.layers[i - 1], self.remat, x)
             if i in idx:
                 out[i] = x

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vkd_jax.models.config import TextConfig
-from vkd_jax.models.layers import RMSNorm, activation, dot_product_attention, linear, remat_call
+from vkd_jax.models.layers import RMSNorm, activation, constrain, dot_product_attention, linear, remat_call
 
 
 class KVCache(NamedTuple):
@@ -63,9 +63,10 @@ class LlamaAttention(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, kv_cache=None, offset=None):
         b, t, _ = x.shape
-        q = apply_rope(self.q_proj(x).reshape(b, t, self.h, self.d), cos, sin)
-        k = apply_rope(self.k_proj(x).reshape(b, t, self.kv, self.d), cos, sin)
-        v = self.v_proj(x).reshape(b, t, self.kv, self.d)
+        heads = lambda y, n: constrain(y.reshape(b, t, n, self.d), "batch", None, "heads", None)  # noqa: E731
+        q = apply_rope(heads(self.q_proj(x), self.h), cos, sin)
+        k = apply_rope(heads(self.k_proj(x), self.kv), cos, sin)
+        v = heads(self.v_proj(x), self.kv)
         new_cache = None
         if kv_cache is not None:
             ck, cv = kv_cache
@@ -85,7 +86,9 @@ class LlamaMLP(nnx.Module):
         self.act = activation(c.hidden_act)
 
     def __call__(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        h = self.act(constrain(self.gate_proj(x), "batch", None, "mlp")) * constrain(self.up_proj(x), "batch", None,
+                                                                                       "mlp")
+        return self.down_proj(h)
 
 
 class LlamaDecoderLayer(nnx.Module):
@@ -138,6 +141,7 @@ class LlamaModel(nnx.Module):
             collected[0] = x
         new_k, new_v = [], []
         for i in range(run):
+            x = constrain(x, "batch", None, None)
             kv = (cache.k[i], cache.v[i]) if cache is not None else None
             if kv is None and self.config.remat != "none":
                 x, upd = remat_call(self.layers[i], self.config.remat, x, cos, sin, mask)

@@ -173,10 +173,11 @@ def split_params(params: dict, part: Partition, rng=None) -> tuple[dict, dict]:
     return trainable, frozen
 
 
-def merge_params(trainable: dict, frozen: dict, part: Partition, dtype_like: dict | None = None,
-                 lora_dropout_rng=None) -> dict:
+def merge_params(trainable: dict, frozen: dict, part: Partition, lora_dropout_rng=None, upcast: bool = True) -> dict:
     """(trainable, frozen) -> the full base-param dict the model reads; LoRA merged (differentiable in the
-    adapters). `dtype_like` restores the storage dtype of frozen params held in a lower precision.
+    adapters). Frozen params held in a lower precision (`frozen_dtype`) are cast back to their storage dtype
+    unless upcast=False: the losses pass False, since the model casts every weight to its compute dtype itself
+    (bf16 -> f32 -> bf16 is exact), and an f32 copy of the frozen LLM would only cost memory.
     LoRA dropout (when an rng is given) drops input features of A for the whole batch: with merged weights
     there is no per-token dropout, which is the documented difference to peft."""
     out = {}
@@ -186,8 +187,9 @@ def merge_params(trainable: dict, frozen: dict, part: Partition, dtype_like: dic
             continue
         w = frozen[k]
         want = part.shapes[k].dtype
-        if w.dtype != want:
-            w = w.astype(want)
+        if rule == "frozen":
+            out[k] = w.astype(want) if upcast else w
+            continue
         if rule == "lora":
             a, b = trainable[f"{k}/{LORA_A}"], trainable[f"{k}/{LORA_B}"]
             if lora_dropout_rng is not None and part.lora.dropout > 0:
@@ -249,6 +251,14 @@ def logical_to_spec(logical: tuple, shape: tuple, mesh: Mesh, axis_rules=DEFAULT
 def param_shardings(part: Partition, keys, mesh: Mesh, axis_rules=DEFAULT_AXIS_RULES) -> dict:
     return {k: NamedSharding(mesh, logical_to_spec(part.logical[k], part.shapes[k].shape, mesh, axis_rules))
             for k in keys}
+
+
+def activation_shardings(mesh: Mesh, axis_rules=DEFAULT_AXIS_RULES):
+    """For models.layers.activation_sharding: logical activation axes -> NamedSharding on `mesh` (batch over
+    data x fsdp, mlp/heads over tensor; a dim that does not divide stays replicated)."""
+    def fn(logical: tuple, shape: tuple) -> NamedSharding:
+        return NamedSharding(mesh, logical_to_spec(logical, shape, mesh, axis_rules))
+    return fn
 
 
 def batch_sharding(mesh: Mesh, ndim: int, axis_rules=DEFAULT_AXIS_RULES) -> NamedSharding:

@@ -27,6 +27,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vkd_jax.models.hf_io import abstract_model
+from vkd_jax.models.layers import activation_sharding
 from vkd_jax.unlearn import masks as masks_lib
 from vkd_jax.unlearn import partition as pt
 from vkd_jax.unlearn.methods import Ctx, Method
@@ -112,8 +113,16 @@ def _accumulate(loss_fn, trainable, batch, rng, accum: int):
     return (loss * inv, jax.tree.map(lambda x: x * inv, m)), jax.tree.map(lambda x: (x * inv).astype(x.dtype), g)
 
 
-def make_step(ctx: Ctx, method: Method, tx, sched, accum: int = 1):
+def make_step(ctx: Ctx, method: Method, tx, sched, accum: int = 1, shard_activations=None):
+    """The pure train step. shard_activations (partition.activation_shardings(mesh, rules)): pin the model's
+    activations to the batch sharding while the step traces (see models.layers.constrain)."""
     def step(state, batch, frozen, aux):
+        if shard_activations is None:
+            return _step(state, batch, frozen, aux)
+        with activation_sharding(shard_activations):
+            return _step(state, batch, frozen, aux)
+
+    def _step(state, batch, frozen, aux):
         rng, sub = jax.random.split(state["rng"])
 
         def loss_fn(trainable, b, r):
@@ -184,7 +193,8 @@ class Trainer:
         self.state = jax.jit(init, out_shardings=self.sh_state)(put(trainable, self.sh_train),
                                                                  jax.random.PRNGKey(seed))
         self._abstract_state = abstract_state
-        self._step = make_step(self.ctx, method, self.tx, self.sched, self.accum)
+        self._step = make_step(self.ctx, method, self.tx, self.sched, self.accum,
+                               pt.activation_shardings(self.mesh, axis_rules))
         self._jitted = {}
         self._rep = rep
         self._pending_skipped = None  # the previous step's device counter, read one step later

@@ -44,12 +44,12 @@ class Ctx:
         return nnx.merge(self.graphdef, state)
 
     def student(self, trainable, frozen, rng=None) -> dict:
-        return pt.merge_params(trainable, frozen, self.part, lora_dropout_rng=rng)
+        return pt.merge_params(trainable, frozen, self.part, lora_dropout_rng=rng, upcast=False)
 
     def teacher(self, frozen, teacher) -> dict:
         """Vanilla params: the frozen values (LoRA bases included) plus the stored vanilla values of the trained
-        params; no gradient flows into them."""
-        full = {k: (teacher[k] if rule == "train" else frozen[k]).astype(self.part.shapes[k].dtype)
+        params; no gradient flows into them. Frozen values stay in their stored dtype (see merge_params)."""
+        full = {k: teacher[k].astype(self.part.shapes[k].dtype) if rule == "train" else frozen[k]
                 for k, rule in self.part.rules.items()}
         return jax.lax.stop_gradient(full)
 
