@@ -65,3 +65,51 @@ def test_plan_tiny_two_meshes(tmp_path, monkeypatch):
     assert b["opt_state"] == _device0_bytes(tr.state["opt_state"])
     total = sum(int(np.prod(s.shape)) for s in jax.eval_shape(lambda: params).values())
     assert d["model"]["params"] == total
+
+
+def test_plan_activation_estimate_per_layer(monkeypatch):
+    """The analytic activation column: remat keeps exactly each block's inputs per layer (the residual x, RoPE
+    cos/sin, the mask), no remat keeps far more; measured as the slope between 2- and 4-layer proxies."""
+    cfg = plan.load_config(TINY)
+    devices = jax.devices()[:4]
+    saved = {}
+    for layers in ((2, 2), (4, 2), (2, 4)):
+        out = plan.run_plan(cfg, [plan.PLATFORMS["v4-8"]], [4], ["vkd", "vkd_remat"], text_len=8, layers=layers,
+                            devices=devices, log=lambda s: None, compile=False)
+        assert out["model"]["text_layers"] == layers[0] and out["model"]["vision_layers"] == layers[1]
+        for r in out["rows"]:
+            b = r["bytes"]
+            assert {"saved_activations", "block_working_set", "act_est", "peak_est"} <= set(b) and r["fits"] is None
+            assert b["act_est"] == b["saved_activations"] + b["block_working_set"] + b["params_trainable"]
+            assert r["fits_est"] == (b["peak_est"] <= r["hbm_bytes"])
+            saved[layers, r["variant"]] = b["saved_activations"]
+    mc = stages.model_config_of(cfg)
+    rows, t, f32 = 1, out["seq_len"], 4  # 4 rows over fsdp=4; the tiny config computes in float32
+    text_input = rows * t * (mc.text.hidden_size + 2 * mc.text.head_dim) * f32 + rows * t * t  # x, cos, sin, mask
+    vision_input = rows * (mc.vision.num_patches + 1) * mc.vision.hidden_size * f32
+    # VKD: the student LLM runs with gradients on the forget stream once, the vision tower on forget and retain
+    assert saved[(4, 2), "vkd_remat"] - saved[(2, 2), "vkd_remat"] == 2 * text_input
+    assert saved[(2, 4), "vkd_remat"] - saved[(2, 2), "vkd_remat"] == 2 * 2 * vision_input
+    for a, b in (((4, 2), (2, 2)), ((2, 4), (2, 2))):
+        assert saved[a, "vkd"] - saved[b, "vkd"] > 5 * (saved[a, "vkd_remat"] - saved[b, "vkd_remat"])
+
+
+def test_activation_pins_follow_the_batch_sharding():
+    """Inside a train step the model pins its activations to the batch sharding (data x fsdp), so GSPMD
+    all-gathers FSDP weights instead of the batch; outside one (inference) the pins are absent."""
+    from vkd_jax.models.layers import activation_sharding
+    cfg = plan.load_config(TINY)
+    mc = stages.model_config_of(cfg)
+    model = Llava(mc, rngs=__import__("flax").nnx.Rngs(0))
+    b = plan.dummy_batch(mc, 4, 8)
+    def fwd():
+        return model.forward(b["input_ids"], b["pixel_values"], b["attention_mask"])
+    mesh = pt.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=4, tensor=1)), jax.devices()[:4])
+    with activation_sharding(pt.activation_shardings(mesh)):
+        pinned = str(jax.make_jaxpr(fwd)())
+    assert "sharding_constraint" not in str(jax.make_jaxpr(lambda: fwd())())  # a new trace, outside
+    n_blocks = mc.vision.num_hidden_layers + mc.text.num_hidden_layers
+    assert pinned.count("sharding_constraint") >= 2 * n_blocks
+    assert "spec=P('fsdp', None, None)" in pinned
+    spec = pt.activation_shardings(mesh)(("batch", None, "mlp"), (4, 25, 384)).spec
+    assert tuple(spec) == ("fsdp", None, None)  # tensor=1: mlp unsharded; batch over fsdp

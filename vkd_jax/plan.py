@@ -2,17 +2,28 @@
 
     python -m vkd_jax.plan --config configs/llava7b.py [--out bench/memory_plan.json] \
         [--platforms v4-8,v5e-16,v4-32,gpu1x80,gpu8x80] [--batches 8,32] [--variants vkd,vkd_remat,ga_full] \
-        [--text_len 64] [--param_dtype float32]
+        [--text_len 64] [--param_dtype float32] [--layers 2,2]
 
 For every (platform, global batch, variant) the real train step (`train.make_step`: the method's loss, Adam, clip,
-NaN guard; the engine's partition and sharding rules) is lowered with abstract, sharded inputs on N fake CPU devices
-and compiled; nothing the size of the model is ever allocated. Reported per device:
+NaN guard; the engine's partition, sharding rules and activation pins) is lowered with abstract, sharded inputs on
+N fake CPU devices and compiled; nothing the size of the model is ever allocated. Reported per device:
   params_trainable / params_frozen / teacher / opt_state / batch: exact, from each leaf's shard shape;
   argument / output / alias / temp: XLA's compiled memory analysis (temp = activations and temporaries);
   peak = argument + output - alias + temp (donated state is aliased), fits = peak <= HBM
-  (--no_compile: exact counts only, fits = null; seconds instead of minutes per row for a 7B model).
-CPU caveat: the numbers come from the CPU compiler (no TPU/GPU-specific fusion, bf16 math may be widened to f32
-inside fusions), so `temp` is an estimate of what the accelerator compiler needs, usually an over-estimate.
+  (--no_compile: exact counts and the estimate only, fits = null; seconds instead of minutes per row at 7B);
+  saved_activations: what the loss keeps for its backward pass (the leaves of its jax.vjp closure, the remat
+    policy applied, weights and batch excluded), over the batch shards (data x fsdp; tensor sharding not
+    counted, so an upper bound where tensor > 1);
+  block_working_set: 2 x what one un-rematted decoder/encoder block saves (the block whose backward runs, or is
+    recomputed, and its cotangents);
+  act_est = saved_activations + block_working_set + trainable gradients; peak_est = exact state + act_est;
+    fits_est = peak_est <= HBM.
+CPU caveats (measured on 7B-width proxies, README "Pods and clusters"): the CPU compiler removes optimization
+barriers before it schedules, so nothing keeps a rematted block's recompute (or an FSDP all-gather) where the
+barriers put it: it hoists all of them to the start of the backward pass and remat does not lower `temp`; it
+also runs bf16 matmuls in f32 (f32 copies of the gathered weights and of the matmul inputs). `temp` is therefore an
+over-estimate, most of all with remat; `act_est` is the analytic column beside it.
+--layers T,V plans a proxy with the config's widths and T decoder / V encoder layers (per-layer slopes).
 
 Variants (VKD = the config's unlearn stage: its method and partition preset, LLM frozen):
   vkd                frozen params in bf16, no remat      vkd_f32frozen  frozen params kept in param_dtype
@@ -23,8 +34,8 @@ image_seq_length image tokens + text_len text tokens. Mesh: fsdp = gcd(chips, B)
 
 JSON: {"config", "model": {...}, "seq_len", "param_dtype", "compute_dtype", "rows": [{"platform", "chips",
 "hbm_bytes", "mesh": {data, fsdp, tensor}, "batch", "variant", "method", "preset", "remat", "frozen_dtype",
-"bytes": {params_trainable, params_frozen, teacher, opt_state, batch, argument, output, alias, temp, peak},
-"fits", "compile_s"}, ...]}.
+"bytes": {params_trainable, params_frozen, teacher, opt_state, batch, saved_activations, block_working_set,
+act_est, peak_est, argument, output, alias, temp, peak}, "fits", "fits_est", "compile_s"}, ...]}.
 """
 
 from __future__ import annotations
@@ -105,6 +116,50 @@ def dummy_batch(model_config, batch: int, text_len: int, image: bool = True) -> 
     return out
 
 
+def saved_bytes(fn, args, exclude: set) -> int:
+    """Bytes jax keeps for the backward pass of fn w.r.t. args[0] (the leaves of its vjp closure), less the
+    leaves whose (shape, dtype) is in `exclude` (weights and batch fields: they are arguments, not activations)."""
+    import jax
+    import numpy as np
+    res = jax.eval_shape(lambda a0, *rest: jax.vjp(lambda x: fn(x, *rest), a0)[1], *args)
+    return int(sum(math.prod(r.shape) * np.dtype(r.dtype).itemsize for r in jax.tree.leaves(res)
+                   if (tuple(r.shape), np.dtype(r.dtype)) not in exclude))
+
+
+def block_bytes(mc, rows: int, text_len: int) -> int:
+    """Bytes one un-rematted block saves for its backward on `rows` rows (max of a decoder and an encoder block,
+    compute dtype): the working set of the block whose backward runs (and recomputes, with remat)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from vkd_jax.models.clip import CLIPEncoderLayer
+    from vkd_jax.models.config import to_jnp_dtype
+    from vkd_jax.models.llama import LlamaDecoderLayer, rope_tables
+
+    dt, pdt = to_jnp_dtype(mc.dtype), to_jnp_dtype(mc.param_dtype)
+    t = 1 + mc.image_seq_length + text_len
+    out = []
+    for make, shape in ((lambda: LlamaDecoderLayer(mc.text, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(0)),
+                         (rows, t, mc.text.hidden_size)),
+                        (lambda: CLIPEncoderLayer(mc.vision, dtype=dt, param_dtype=pdt, rngs=nnx.Rngs(0)),
+                         (rows, mc.vision.num_patches + 1, mc.vision.hidden_size))):
+        graphdef, state = nnx.split(nnx.eval_shape(make))
+        text = shape[2] == mc.text.hidden_size and len(out) == 0
+
+        def fn(x, st, text=text, graphdef=graphdef):
+            layer = nnx.merge(graphdef, st)
+            if not text:
+                return layer(x)
+            pos = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+            cos, sin = rope_tables(mc.text, pos, dt)
+            return layer(x, cos, sin, jnp.tril(jnp.ones((x.shape[1],) * 2, bool))[None, None])[0]
+        weights = {(tuple(v.shape), np.dtype(v.dtype)) for v in jax.tree.leaves(state)}
+        out.append(saved_bytes(fn, (jax.ShapeDtypeStruct(shape, dt), state), weights))
+    return max(out)
+
+
 def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, text_len: int, devices,
              compile: bool = True) -> dict:
     """Lower and compile one train step abstractly; per-device byte counts (exact counts only, no XLA analysis,
@@ -112,6 +167,7 @@ def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, te
     import jax
     import jax.numpy as jnp
     import ml_collections
+    import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from vkd_jax.models.hf_io import abstract_model
@@ -162,7 +218,7 @@ def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, te
     host = {s: prepare_batch(dummy_batch(mc, batch, text_len), method, s) for s in method.streams}
     batch_abs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
     sh_batch = jax.tree.map(lambda x: pt.batch_sharding(mesh, x.ndim, axis_rules), batch_abs)
-    step = make_step(ctx, method, tx, sched, int(ocfg.get("grad_accum", 1)))
+    step = make_step(ctx, method, tx, sched, int(ocfg.get("grad_accum", 1)), pt.activation_shardings(mesh, axis_rules))
     t0 = time.perf_counter()
     ma = None
     if compile:
@@ -171,10 +227,22 @@ def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, te
                                                                                     aux).compile()
         ma = compiled.memory_analysis()
     compile_s = time.perf_counter() - t0
+    # Analytic activations per device (beside XLA's temp; see the module docstring): what the loss saves for
+    # its backward (the remat policy applied) over the batch shards, one block's working set, the gradients.
+    shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    exclude = {(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves((trainable, frozen, aux, batch_abs))}
+    saved = saved_bytes(lambda tr, fr, ax, b: method.loss(ctx, tr, fr, ax, b, jax.random.PRNGKey(0), 0)[0],
+                        (trainable, frozen, aux, batch_abs), exclude)
+    work = block_bytes(mc, -(-batch // shards), text_len)
     b = {"params_trainable": tree_bytes(trainable, sh_train), "params_frozen": tree_bytes(frozen, sh_frozen),
          "teacher": tree_bytes(aux, sh_aux) if aux else 0,
          "opt_state": tree_bytes(state["opt_state"], sh_state["opt_state"]),
          "batch": tree_bytes(batch_abs, sh_batch)}
+    b["saved_activations"] = -(-saved // shards)
+    b["block_working_set"] = 2 * work  # the recomputed block's residuals and their cotangents
+    b["act_est"] = b["saved_activations"] + b["block_working_set"] + b["params_trainable"]  # + gradients
+    b["peak_est"] = sum(b[k] for k in ("params_trainable", "params_frozen", "teacher", "opt_state", "batch",
+                                       "act_est"))
     if ma is not None:
         b.update(argument=int(ma.argument_size_in_bytes), output=int(ma.output_size_in_bytes),
                  alias=int(ma.alias_size_in_bytes), temp=int(ma.temp_size_in_bytes))
@@ -183,18 +251,24 @@ def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, te
     return {"platform": platform.name, "chips": platform.chips, "hbm_bytes": hbm, "mesh": dict(mesh.shape),
             "batch": batch, "variant": variant, "method": method_name, "preset": preset, "remat": remat,
             "frozen_dtype": str(fdt.name) if fdt is not None else mc.param_dtype, "bytes": b,
-            "fits": bool(b["peak"] <= hbm) if "peak" in b else None, "compile_s": round(compile_s, 1)}
+            "fits": bool(b["peak"] <= hbm) if "peak" in b else None, "fits_est": bool(b["peak_est"] <= hbm),
+            "compile_s": round(compile_s, 1)}
 
 
 def run_plan(cfg, platforms, batches, variants, *, text_len: int = 64, param_dtype: str | None = None,
-             devices=None, log=print, compile: bool = True) -> dict:
+             devices=None, log=print, compile: bool = True, layers: tuple[int, int] | None = None) -> dict:
+    """layers=(text, vision): a proxy of the config's widths with that many decoder/encoder layers (per-layer
+    slopes in minutes instead of hours)."""
     import jax
 
     from vkd_jax.unlearn.stages import model_config_of
-    if param_dtype:
+    if param_dtype or layers:
         cfg = cfg.copy_and_resolve_references() if hasattr(cfg, "copy_and_resolve_references") else cfg
         cfg.unlock() if hasattr(cfg, "unlock") else None
+    if param_dtype:
         cfg.param_dtype = param_dtype
+    if layers:
+        cfg.model.text_config.num_hidden_layers, cfg.model.vision_config.num_hidden_layers = layers
     mc = model_config_of(cfg)
     devices = list(devices if devices is not None else jax.devices())
     rows = []
@@ -224,7 +298,7 @@ def format_row(r: dict) -> str:
     g = lambda k: f"{b.get(k, 0) / GIB:7.2f}"  # noqa: E731
     return (f"{r['platform']:8s} B={r['batch']:<3d} {r['variant']:14s} mesh={r['mesh']} params "
             f"{g('params_trainable')}+{g('params_frozen')}+{g('teacher')} opt {g('opt_state')} temp {g('temp')} "
-            f"peak {g('peak')} / {r['hbm_bytes'] / GIB:.0f} GiB "
+            f"peak {g('peak')} (est. act {g('act_est')} peak {g('peak_est')}) / {r['hbm_bytes'] / GIB:.0f} GiB "
             f"{ {True: 'fits', False: 'DOES NOT FIT', None: '(not compiled)'}[r['fits']]} "
             f"({r['compile_s']} s)")
 
@@ -239,6 +313,8 @@ def main(argv=None) -> int:
     ap.add_argument("--text_len", type=int, default=64)
     ap.add_argument("--param_dtype", default="float32", help="storage dtype of the params (master weights)")
     ap.add_argument("--no_compile", action="store_true", help="exact param/optimizer/batch bytes only (fast)")
+    ap.add_argument("--layers", default="", help="TEXT,VISION: a proxy with the config's widths and these layer "
+                    "counts")
     args = ap.parse_args(argv)
     try:
         platforms = [PLATFORMS[n] for n in args.platforms.split(",") if n]
@@ -249,13 +325,17 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown variants {bad}; known: {sorted(VARIANTS)}")
     need = max(p.chips for p in platforms)
-    # before the CPU backend starts: enough fake devices for the largest mesh
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={need}"])
+    # before the CPU backend starts: enough fake devices for the largest mesh (a larger count already set stays)
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    have = [int(f.split("=")[1]) for f in flags if "host_platform_device_count=" in f]
+    if not have or have[-1] < need:
+        flags = [f for f in flags if "host_platform_device_count" not in f]
+        os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={need}"])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     cfg = load_config(args.config)
     out = run_plan(cfg, platforms, [int(b) for b in args.batches.split(",")], variants, text_len=args.text_len,
-                   param_dtype=args.param_dtype, compile=not args.no_compile)
+                   param_dtype=args.param_dtype, compile=not args.no_compile,
+                   layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None)
     out["config"] = args.config
     if args.out:
         from vkd_jax.io_utils import atomic_write_text
