@@ -31,6 +31,7 @@ def get_config(arg: str | None = None):
                                             retain_max_profiles=40))
     c.dtype = "float32"
     c.param_dtype = "float32"
+    c.remat = "none"          # activation checkpointing per block: none | full | dots (configs/llava7b.py uses full)
     c.model = ml_collections.ConfigDict(dict(
         model_type="llava",
         vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=256,

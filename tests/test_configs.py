@@ -41,3 +41,19 @@ def test_abstract_model_matches_transformers_param_count_and_shapes(name):
         key, tag = hf_key(path)
         assert hf_norm[key] == hf_shape(sds.shape, tag), key
     assert len(abstract) == len(hf_norm)
+
+
+def test_config_remat_reaches_the_model():
+    """`config.remat` (full in llava7b.py, as the memory plan needs) is applied to both towers of the model the
+    pipeline trains; tiny runs without it."""
+    import types
+
+    from vkd_jax import experiment
+
+    tok = types.SimpleNamespace(vocab_size=100, pad_id=0, eos_id=2, bos_id=1, image_token_id=4)
+    data = types.SimpleNamespace(tokenizer=tok)
+    for name, want in (("llava7b", "full"), ("tiny", "none")):
+        cfg = load_config(name)
+        cfg.hf_dir = ""
+        mc = experiment._model_config(cfg, data)
+        assert (mc.vision.remat, mc.text.remat) == (want, want), name
