@@ -85,6 +85,9 @@ def main(out_dir, mode, port=None, pid=0, nproc=1):
     else:
         last = tr.fit(streams(), log_every=1)
         restored = []
+    if mode == "multi":  # every process saves the final params together into one folder (the stage output)
+        from vkd_jax.models.orbax_io import save_params_orbax
+        save_params_orbax(tr.params(), cfg, os.path.join(out_dir, "final"), overwrite=True)
     full = multihost_utils.process_allgather(tr.params(tuple_keys=False), tiled=True)
     if jax.process_index() == 0:
         np.savez(os.path.join(out_dir, f"{mode}.npz"), **{"param/" + k: np.asarray(v) for k, v in full.items()},

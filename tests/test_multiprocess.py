@@ -73,3 +73,11 @@ def test_two_processes_match_one(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
         moved = max(moved, float(np.abs(b - init[name]).max()))
     assert moved > 1e-2  # four steps at lr 1e-2 moved the visual params far beyond the tolerance
+    # the final params both processes saved together: one complete folder, no temp folders left, the same values
+    from vkd_jax.models.hf_io import flat_params
+    from vkd_jax.models.orbax_io import load_model_orbax
+    saved = {pt.path_str(k): np.asarray(v) for k, v in flat_params(load_model_orbax(tmp_path / "final")).items()}
+    assert sorted("param/" + k for k in saved) == sorted(keys)
+    for k in keys:
+        np.testing.assert_array_equal(saved[k[len("param/"):]], multi[k], err_msg=k)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]

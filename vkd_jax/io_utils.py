@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -82,20 +83,64 @@ def _has_files(p: epath.Path) -> bool:
     return p.is_dir() and any(True for _ in p.iterdir())
 
 
+def _jax_processes() -> tuple[int, int]:
+    """(process index, count) of a running multi-controller JAX; (0, 1) when jax is not even imported."""
+    jax = sys.modules.get("jax")
+    return (jax.process_index(), jax.process_count()) if jax is not None else (0, 1)
+
+
+def _check_overwrite(out, overwrite: bool) -> None:
+    if _has_files(out) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+
+
+def _promote_local(tmp: str, out_dir: str) -> None:
+    old = None
+    if os.path.exists(out_dir):
+        old = tmp + ".old"
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _promote_remote(tmp: epath.Path, out: epath.Path) -> None:
+    marker = out / COMPLETE_MARKER
+    if out.exists():
+        if marker.exists():
+            marker.unlink()  # from here until the new marker, readers see no complete folder
+        out.rmtree()
+    if _has_files(tmp):
+        tmp.rename(out)
+    else:  # an empty prefix is no object on GCS: nothing to move
+        out.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            tmp.rmtree()
+    marker.write_text(f"{time.time()}\n")
+
+
 @contextlib.contextmanager
-def atomic_dir(out_dir, overwrite: bool = False):
+def atomic_dir(out_dir, overwrite: bool = False, *, collective: bool = False):
     """Yield a temp folder beside `out_dir` (a str); on success it replaces `out_dir`, on error it is removed.
 
     Local: one rename, so `out_dir` is never partial. Remote: the temp prefix is moved object by object and
     `out_dir/_COMPLETE` written last (removed first when overwriting); check it with `is_complete_dir`.
+    `collective=True` (orbax saves, which every process of a multi-process JAX run makes together): with more than
+    one process, all of them must enter; they share one temp folder and process 0 alone moves it into place,
+    between barriers. Otherwise the folder has a single writer.
     """
-    if is_remote(out_dir):
+    remote = is_remote(out_dir)
+    if collective and _jax_processes()[1] > 1:
+        with _atomic_dir_shared(epath.Path(os.fspath(out_dir)) if remote else
+                                os.path.abspath(os.fspath(out_dir)), overwrite, remote) as tmp:
+            yield tmp
+        return
+    if remote:
         with _atomic_remote_dir(epath.Path(os.fspath(out_dir)), overwrite) as tmp:
             yield tmp
         return
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True to replace it)")
+    _check_overwrite(epath.Path(out_dir), overwrite)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
@@ -104,38 +149,40 @@ def atomic_dir(out_dir, overwrite: bool = False):
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the final folder gets the usual permissions
     try:
         yield tmp
-        old = None
-        if os.path.exists(out_dir):
-            old = tmp + ".old"
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        _promote_local(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 @contextlib.contextmanager
+def _atomic_dir_shared(out, overwrite: bool, remote: bool):
+    from jax.experimental import multihost_utils
+
+    first = _jax_processes()[0] == 0
+    key = os.fspath(out)
+    _check_overwrite(epath.Path(key), overwrite)  # every process sees the shared folder: all raise, none waits
+    tmp = epath.Path(key + ".tmp-shared")
+    if first:
+        if tmp.exists():
+            tmp.rmtree()  # left by a crashed run
+        tmp.mkdir(parents=True, exist_ok=True)
+    multihost_utils.sync_global_devices(f"atomic_dir start {key}")
+    yield os.fspath(tmp)
+    multihost_utils.sync_global_devices(f"atomic_dir written {key}")
+    if first:
+        _promote_remote(tmp, epath.Path(key)) if remote else _promote_local(os.fspath(tmp), key)
+    multihost_utils.sync_global_devices(f"atomic_dir done {key}")
+
+
+@contextlib.contextmanager
 def _atomic_remote_dir(out: epath.Path, overwrite: bool):
-    if _has_files(out) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+    _check_overwrite(out, overwrite)
     tmp = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         yield os.fspath(tmp)
-        marker = out / COMPLETE_MARKER
-        if out.exists():
-            if marker.exists():
-                marker.unlink()  # from here until the new marker, readers see no complete folder
-            out.rmtree()
-        if _has_files(tmp):
-            tmp.rename(out)
-        else:  # an empty prefix is no object on GCS: nothing to move
-            out.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                tmp.rmtree()
-        marker.write_text(f"{time.time()}\n")
+        _promote_remote(tmp, out)
     except BaseException:
         if tmp.exists():
             tmp.rmtree()

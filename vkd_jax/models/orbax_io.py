@@ -31,7 +31,7 @@ def save_model_orbax(model: Llava, ckpt_dir: str | os.PathLike, *, overwrite: bo
 
 
 def save_params_orbax(params: dict, config: LlavaConfig, ckpt_dir, *, overwrite: bool = False) -> str:
-    with atomic_dir(ckpt_dir, overwrite) as tmp:
+    with atomic_dir(ckpt_dir, overwrite, collective=True) as tmp:
         cfg = config_to_hf_dict(config)
         cfg["vkd_jax"] = {"dtype": config.dtype, "param_dtype": config.param_dtype}
         as_path(tmp).joinpath(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))

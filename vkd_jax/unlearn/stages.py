@@ -69,7 +69,7 @@ def _str_keys(params):
 
 
 def save_masks(masks: dict, folder: str):
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, overwrite=True, collective=True) as tmp:
         with ocp.StandardCheckpointer() as ck:
             ck.save(os.path.join(tmp, "masks"), {k: np.asarray(v) for k, v in masks.items()})
             ck.wait_until_finished()
