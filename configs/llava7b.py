@@ -19,9 +19,10 @@ def get_config(arg: str | None = None):
         source="mllmu",       # a local MLLMU-Bench download (the HF dataset repo's parquet folders)
         manual_dir="", tfds_dir="", world_seed=0, world=dict(),
         batch_size=4, max_len=1024, num_threads=8, resample_options=False, celebrity_repeat=1,
+        cls_answer="letter",  # the benchmark's answers (the tiny config trains option texts instead)
     ))
     c.eval = ml_collections.ConfigDict(dict(max_new_tokens=50, batch_size=8, max_questions=0, few_shot=False,
-                                            retain_max_profiles=0))
+                                            retain_max_profiles=0, cls_scoring="generate"))  # the protocol
     c.dtype = "bfloat16"  # compute dtype
     c.param_dtype = "bfloat16"
     # Activation checkpointing per block (none | full | dots): the 7B memory plan (README) fits VKD at global batch

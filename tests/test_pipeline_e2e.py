@@ -68,6 +68,7 @@ def test_results_schema_and_report(vkd_run):
     report = (w / "report.md").read_text()
     assert "| model | Forget VQA | Forget QA | Test VQA |" in report and "## Relearning attack" in report
     assert f"identity-free {floor:.1f}%" in report
+    assert res["config"]["eval"]["cls_scoring"] == "likelihood" and "scored by option likelihood" in report
     for p in ("forget_vs_retain", "training_curves", "relearn"):
         png = (w / "plots" / f"{p}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

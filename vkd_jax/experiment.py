@@ -92,6 +92,7 @@ def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=N
     mc = model_config
     pcfg = PipelineConfig(tasks=tuple(tasks), types=tuple(types), train=True,
                           global_batch_size=int(cfg.data.batch_size), max_len=int(cfg.data.max_len) or None,
+                          length_buckets=tuple(cfg.data.get("length_buckets", PipelineConfig.length_buckets)),
                           padding_side="right", shuffle=True, seed=int(cfg.seed) * 1000 + seed_offset,
                           num_epochs=None, image_seq_length=mc.image_seq_length,
                           image=image_config(mc.vision.image_size), num_threads=int(cfg.data.num_threads),

@@ -59,6 +59,10 @@ def single_run_markdown(r: dict) -> str:
                  f"{r['efficiency']['steps']} unlearning steps. Classification accuracies in % (chance 25); "
                  "forget/test VQA should fall, forget QA stay at vanilla (text knowledge kept), "
                  "retain and celebrity stay high.")
+    if (cfg.get("eval") or {}).get("cls_scoring") == "likelihood":
+        lines += ["", "Classification is scored by option likelihood (`eval.cls_scoring=\"likelihood\"`: the option "
+                  "whose text is the likeliest answer), not by the generated letter: the tiny model is trained to "
+                  "answer multiple-choice items with the option's text (`data.cls_answer=\"option\"`)."]
     lines += ["", "## Headline", "",
               "| model | " + " | ".join(h[2] for h in HEADLINE) + " |",
               "|---|" + "---|" * len(HEADLINE)]
