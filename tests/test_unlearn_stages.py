@@ -129,7 +129,7 @@ def test_masks_stage_writes_fractional_masks(bench, tmp_path):
 def test_unlearn_then_relearn_recovers_forget_nll(bench, tmp_path):
     from vkd_jax.unlearn.stages import run_stage
     c = ml_collections.ConfigDict(bench["cfg"].to_dict())
-    c.stages.unlearn.update(method="ga", partition="full", optim=dict(lr=3e-3, schedule="constant"))
+    c.stages.unlearn.update(method="ga", partition="full", optim=dict(lr=5e-3, schedule="constant"))
     fresh = lambda: _streams(bench, "forget")["forget"]  # noqa: E731
     nll0 = _mean_nll(bench, bench["params"], fresh())
     un = run_stage("unlearn", c, str(tmp_path), bench["params"], _streams(bench, "forget", "retain"),
