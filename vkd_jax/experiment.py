@@ -134,16 +134,16 @@ def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
 def _model_config(cfg, data: Data):
     from vkd_jax.models.config import config_from_model_dict, read_hf_config
 
-    remat = str(cfg.get("remat", "none"))
     if cfg.hf_dir:
         mc = read_hf_config(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        return mc.with_remat(remat) if remat != "none" else mc
-    model = cfg.model.to_dict()
-    tok = data.tokenizer
-    model["text_config"].update(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id,
-                                bos_token_id=tok.bos_id)
-    model["image_token_index"] = tok.image_token_id
-    mc = config_from_model_dict(model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    else:
+        model = cfg.model.to_dict()
+        tok = data.tokenizer
+        model["text_config"].update(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id,
+                                    bos_token_id=tok.bos_id)
+        model["image_token_index"] = tok.image_token_id
+        mc = config_from_model_dict(model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    remat = str(cfg.get("remat", "none"))
     return mc.with_remat(remat) if remat != "none" else mc
 
 

@@ -187,11 +187,14 @@ class _Runner:
         # pad slots are masked, but the model finds images by id: never pad with the image token
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id != self.image_token else tokenizer.eos_id
 
-    def _ids(self, prompt: str) -> np.ndarray:
-        ids = prompts.tokenize(self.tok, prompt, None, self.image_seq_length).input_ids
+    def _ids(self, prompt: str, answer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of a prompt (and answer + EOS), the tokenizer's <image> id mapped to the model's, and the
+        answer mask."""
+        t = prompts.tokenize(self.tok, prompt, answer, self.image_seq_length)
+        ids = t.input_ids
         if self.tok.image_token_id != self.image_token:  # tokenizer's <image> id -> the model's image token
             ids = np.where(ids == self.tok.image_token_id, self.image_token, ids)
-        return ids
+        return ids, t.loss_mask
 
     def _pixel(self, source, row: int) -> np.ndarray:
         key = (id(source), row)
@@ -232,7 +235,7 @@ class _Runner:
 
     def generate(self, items: list[dict], source, demos: _Demos, with_image: bool) -> list[str]:
         """items: examples with 'prompt' and 'row' -> generated texts (special tokens dropped, stripped)."""
-        toks = [self._ids(demos.prefix + ex["prompt"]) for ex in items]
+        toks = [self._ids(demos.prefix + ex["prompt"])[0] for ex in items]
         texts: list[str] = [""] * len(items)
         for idx, _, ids, mask, px in self._batches(toks, items, source, demos, with_image):
             out = greedy_decode(self.model, ids, mask, px, max_new_tokens=self.cfg.max_new_tokens,
@@ -247,11 +250,8 @@ class _Runner:
         toks, masks, owner = [], [], []
         for j, ex in enumerate(items):
             for L in "ABCD":
-                t = prompts.tokenize(self.tok, demos.prefix + ex["prompt"], ex["options"][L], self.image_seq_length)
-                ids = t.input_ids
-                if self.tok.image_token_id != self.image_token:
-                    ids = np.where(ids == self.tok.image_token_id, self.image_token, ids)
-                toks.append(ids), masks.append(t.loss_mask), owner.append(j)
+                ids, lm = self._ids(demos.prefix + ex["prompt"], ex["options"][L])
+                toks.append(ids), masks.append(lm), owner.append(j)
         seq_items = [items[j] for j in owner]
         scores = np.zeros(len(toks))
         for idx, rows, ids, mask, px in self._batches(toks, seq_items, source, demos, with_image):
