@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
         manual_dir="", tfds_dir="", world_seed=0, world=dict(),
         batch_size=4, max_len=1024, num_threads=8, resample_options=False, celebrity_repeat=1,
         cls_answer="letter",  # the benchmark's answers (the tiny config trains option texts instead)
+        generic_images="",    # a local folder of ordinary images outside every MLLMU-Bench split, for vkd.b_g > 0
     ))
     c.eval = ml_collections.ConfigDict(dict(max_new_tokens=50, batch_size=8, max_questions=0, few_shot=False,
                                             retain_max_profiles=0, cls_scoring="generate"))  # the protocol
@@ -64,7 +65,8 @@ def get_config(arg: str | None = None):
     # VKD (spec quick study default): bounded GA on forget VQA + retain projector distillation, LLM frozen.
     c.vkd = ml_collections.ConfigDict(dict(taps=("projector",), distance="mse", a_f=1.0, forget_loss="ga",
                                            ga_bound=5.0, a_r=0.0, b_r=10.0, b_f=0.0, forget_kd="none",
-                                           push_margin=1.0, target_image="mean", beta=0.4))
+                                           push_margin=1.0, target_image="mean", beta=0.4,
+                                           b_g=0.0))  # > 0 needs data.generic_images (the tiny config uses 30)
     c.ga = ml_collections.ConfigDict(dict(ga_bound=0.0))
     c.gd = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0))
     c.kl = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0, kl_weight=1.0))

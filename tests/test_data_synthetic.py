@@ -99,3 +99,51 @@ def test_poses_differ_from_canonical_but_people_differ_more():
     pose = img(a, np.random.default_rng(5))
     assert np.abs(canon - pose).mean() > 1.0  # a pose is a different image
     assert not np.array_equal(img(a), img(b))
+
+
+def test_generic_images_are_further_people_and_change_nothing_else(world_dir, tmp_path):
+    from vkd_jax.data.sources import ImageFolderSource
+
+    cfg = WorldConfig(**{**SMALL.__dict__, "num_generic": 5, "generic_poses": 3})
+    synthetic.generate(tmp_path / "g", seed=0, cfg=cfg)
+    for config in mllmu_bench.CONFIGS:  # drawn after the world, from their own generator
+        assert _table(world_dir, config) == _table(tmp_path / "g", config), config
+    world = json.loads((tmp_path / "g" / "world.json").read_text())
+    generic = np.asarray(world["generic_codes"])
+    people = np.asarray([p["code"] for p in world["people"]])
+    assert generic.shape == (5, people.shape[1])
+    dist = (generic[:, None, :] != np.concatenate([people, generic])[None]).sum(-1)
+    assert (np.sort(dist, axis=1)[:, 1] >= cfg.min_code_distance).all()  # [:, 0] is the code itself
+    assert (dist[:, :len(people)] >= cfg.min_code_distance).all()  # nobody of any split
+    src = ImageFolderSource(str(tmp_path / "g" / synthetic.GENERIC_DIR))
+    assert len(src) == 15
+    row = src[4]
+    assert row["image"]["path"] == "g00001_1.png" and row["image"]["bytes"][:4] == b"\x89PNG"
+    qa = json.loads(row["metadata"])[0]
+    assert qa["Type"] == "Image_Textual" and qa["Question"] == ImageFolderSource.CAPTION_QUESTION
+    assert qa["Answer"] == synthetic._appearance(generic[1], cfg)  # the caption says what the image shows
+    assert not (world_dir / synthetic.GENERIC_DIR).exists()  # num_generic=0: none
+
+
+def test_image_folder_source_errors_name_the_folder(tmp_path):
+    from vkd_jax.data.sources import ImageFolderSource
+
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        ImageFolderSource(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    with pytest.raises(ValueError, match="empty.*holds no images"):
+        ImageFolderSource(str(tmp_path / "empty"))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for n in ("a.png", "b.jpg"):
+        (d / n).write_bytes(b"x")
+    src = ImageFolderSource(str(d))  # no captions.json: a placeholder pair (only the image is read)
+    assert [src[i]["image"]["path"] for i in range(2)] == ["a.png", "b.jpg"]
+    assert json.loads(src[0]["metadata"])[0]["Answer"] == ImageFolderSource.PLACEHOLDER[1]
+    (d / "captions.json").write_text(json.dumps({"a.png": "a cat"}))
+    with pytest.raises(ValueError, match=r"captions.json: no caption for 1 image.*b\.jpg"):
+        ImageFolderSource(str(d))
+    (d / "captions.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="captions.json: not a JSON object"):
+        ImageFolderSource(str(d))

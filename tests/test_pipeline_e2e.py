@@ -69,6 +69,11 @@ def test_results_schema_and_report(vkd_run):
     assert "| model | Forget VQA | Forget QA | Test VQA |" in report and "## Relearning attack" in report
     assert f"identity-free {floor:.1f}%" in report
     assert res["config"]["eval"]["cls_scoring"] == "likelihood" and "scored by option likelihood" in report
+    assert "pretrain and vanilla stages also trained on captioned generic images" in report
+    assert "`vkd.b_g=30`" in report
+    # the streams behind those lines ran: caption NLL in pretraining, generic-image distillation in unlearning
+    assert '"nll_caption"' in (w / "pretrain" / "metrics.jsonl").read_text()
+    assert '"kd_generic"' in (w / "unlearn" / "metrics.jsonl").read_text()
     for p in ("forget_vs_retain", "training_curves", "relearn"):
         png = (w / "plots" / f"{p}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -111,3 +116,10 @@ def test_bad_config_fails_clearly(tmp_path):
     r = _main(tmp_path, "--config.forget_ratio=7")
     assert r.returncode != 0
     assert "forget_ratio=7" in r.stderr
+
+
+def test_other_world_in_the_same_workdir_fails_clearly(vkd_run):
+    w, _ = vkd_run
+    r = _main(w, "--config.data.world.num_facts=2")
+    assert r.returncode != 0
+    assert "world.json" in r.stderr and "num_facts: 3 (stored) vs 2 (config)" in r.stderr, r.stderr[-2000:]

@@ -44,7 +44,18 @@ def test_two_seeds_share_one_vanilla_model(tmp_path):
 
 def test_ablation_overrides_and_tables():
     cfg = _micro_config()
-    for name, (method, overrides) in reproduce.ABLATIONS.items():
+    table = reproduce.ablations_for(cfg)
+    # each names the switch it moves away from the config's own default
+    masks = bool(cfg.stages.unlearn.use_masks)
+    assert ("vkd-no-mask" in table) == masks and ("vkd-with-mask" in table) == (not masks)
+    assert ("vkd-no-generic" in table) == (cfg.vkd.b_g > 0)
+    assert "vkd-projector-only" in table and "vkd-whole-visual-side" not in table  # the default trains it all
+    flipped = reproduce.ablations_for(reproduce.apply_overrides(cfg, {"stages.unlearn.use_masks": True,
+                                                                      "vkd.b_g": 0.0}))
+    assert "vkd-no-mask" in flipped and "vkd-with-mask" not in flipped and "vkd-no-generic" not in flipped
+    with pytest.raises(ValueError, match="unknown ablations.*vkd-nope"):
+        reproduce.reproduce(cfg, "/nonexistent", (), (0,), ("vkd-nope",))
+    for name, (method, overrides) in table.items():
         c = reproduce.apply_overrides(cfg, {"method": method, **overrides})
         for dotted, value in overrides.items():
             node = c

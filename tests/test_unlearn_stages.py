@@ -225,6 +225,29 @@ def test_vkd_target_mode_moves_forget_features_toward_the_identity_free_target()
     np.testing.assert_allclose(float(m["kd_forget"]), d1, rtol=0.2)
 
 
+def test_vkd_generic_images_keep_their_features_while_forget_ga_moves_the_tower():
+    """b_g distils the projector features of a third stream (images outside every split): under the same forget GA,
+    those features drift far less than without it; the stream is read only when b_g > 0."""
+    cfg, params = tiny_params()
+    rng = np.random.default_rng(7)
+    b = {"forget": make_batch(rng), "retain": make_batch(rng), "generic": make_batch(rng)}
+    ctx, _ = _ctx(cfg, "visual")
+    teacher = {pt.path_str(k): v for k, v in params.items()}
+    feats = lambda p: ctx.apply(p, b["generic"], ("projector",), logits=False).features["projector"]  # noqa: E731
+    f0 = feats(teacher)
+    drift, metrics = {}, {}
+    for b_g in (0.0, 30.0):
+        vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=0.0, b_g=b_g))
+        method = make_method("vkd", vkd)
+        assert method.streams == (("forget", "retain", "generic") if b_g else ("forget", "retain"))
+        tr = Trainer(cfg, params, method, partition_cfg=pcfg("visual"), optim_cfg=ocfg(lr=3e-3), num_steps=10)
+        for _ in range(10):
+            metrics[b_g] = tr.step({s: b[s] for s in method.streams})
+        drift[b_g] = float(common.feature_distance(feats(tr.params(tuple_keys=False)), f0))
+    assert drift[0.0] > 0 and drift[30.0] < 0.3 * drift[0.0], drift
+    assert "kd_generic" in metrics[30.0] and "kd_generic" not in metrics[0.0]
+
+
 def test_llm_tap_without_logits_runs_only_the_needed_layers():
     cfg, params = tiny_params()
     ctx, _ = _ctx(cfg, "visual")

@@ -63,10 +63,12 @@ def prepare_data(cfg, shared: str, local_cache: str | None = None) -> Data:
     bench = benchmark_dir(shared, local_cache)
     if cfg.data.source == "embedded":
         manual = os.path.join(bench, "raw")
+        world = synthetic.WorldConfig(**cfg.data.world.to_dict())
         if not os.path.isfile(os.path.join(manual, "world.json")):
             logging.info("generating the embedded benchmark in %s", manual)
-            synthetic.generate(manual, seed=int(cfg.data.world_seed),
-                               cfg=synthetic.WorldConfig(**cfg.data.world.to_dict()))
+            synthetic.generate(manual, seed=int(cfg.data.world_seed), cfg=world)
+        else:
+            _check_world(os.path.join(manual, "world.json"), world, int(cfg.data.world_seed))
         tok_dir = os.path.join(bench, "tokenizer")
         if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
             train_tokenizer(synthetic.benchmark_texts(manual), tok_dir)
@@ -83,6 +85,20 @@ def prepare_data(cfg, shared: str, local_cache: str | None = None) -> Data:
         raise ValueError(f"config.data.source={cfg.data.source!r}: use 'embedded' or 'mllmu'")
     tfds_dir = cfg.data.tfds_dir or os.path.join(bench, "tfds")
     return Data(manual, tfds_dir, tok, forget_pct)
+
+
+def _check_world(path: str, world, seed: int) -> None:
+    """A work directory's benchmark was generated from one world config; another one would silently mix."""
+    with open(path) as f:
+        stored = json.load(f)
+    want = dataclasses.asdict(world)  # fields added since the benchmark was written read as their defaults
+    have = {**dataclasses.asdict(type(world)()), **{k: v for k, v in stored.get("config", {}).items() if k in want}}
+    diff = [f"{k}: {have[k]!r} (stored) vs {want[k]!r} (config)" for k in want if have[k] != want[k]]
+    if int(stored.get("seed", seed)) != seed:
+        diff.insert(0, f"world_seed: {stored.get('seed')} (stored) vs {seed} (config)")
+    if diff:
+        raise ValueError(f"{path}: the work directory's embedded benchmark was generated from another world "
+                         f"config.data.world ({'; '.join(diff)}); use a fresh work directory")
 
 
 def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=None, model_config=None,
@@ -102,9 +118,26 @@ def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=N
     return InputPipeline(source, data.tokenizer, pcfg)
 
 
+def generic_images_dir(data: Data, cfg) -> str:
+    """The folder of generic (non-evaluation) images: config.data.generic_images, else the embedded world's own."""
+    from vkd_jax.data.synthetic import GENERIC_DIR
+
+    d = str(cfg.data.get("generic_images", "") or "")
+    if d:
+        return d
+    if cfg.data.source == "embedded":
+        d = os.path.join(data.manual_dir, GENERIC_DIR)
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"{d}: the embedded benchmark has no generic images; set "
+                                    "config.data.world.num_generic > 0 (with a fresh work directory)")
+        return d
+    raise ValueError("config.vkd.b_g > 0 needs config.data.generic_images: a local folder of images outside "
+                     "every MLLMU-Bench split")
+
+
 def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
     """The training streams each stage reads (infinite, resumable); VQA and QA never share a batch."""
-    from vkd_jax.data.sources import ConcatSource, PoseJoinedSource
+    from vkd_jax.data.sources import ConcatSource, ImageFolderSource, PoseJoinedSource
 
     all_tasks = tuple(cfg.data.get("train_tasks", ("ft", "classification", "generation", "cloze")))
     vqa, qa = ("Image_Textual",), ("Pure_Text",)
@@ -112,20 +145,31 @@ def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
     mk = lambda src, tasks, types, off: _pipeline(data, cfg, src, tasks=tasks, types=types, seed_offset=off,  # noqa
                                                   model_config=model_config, resample_options=resample)
     retain_name = f"retain_{100 - data.forget_pct}"
+    out = {}
+    if name in ("pretrain", "vanilla", "reference") and "caption" in tuple(cfg.stages[name].get("streams", ())):
+        # generic images with their captions (captions.json): what each one shows, in the embedded world the
+        # shapes, tones and slots identity is made of (stands in for the pretrained CLIP tower of a real LLaVA)
+        src = ImageFolderSource(generic_images_dir(data, cfg))
+        if src.captions is None:
+            raise ValueError(f"stages.{name}.streams has 'caption': {src.folder} needs a captions.json")
+        out["caption"] = mk(src, ("ft",), vqa, {"pretrain": 3, "vanilla": 13, "reference": 23}[name])
     if name == "pretrain":  # the celebrities, before any profile (stands in for LLaVA's own pretraining)
         src = data.load("Retain_Set")
-        return {"vqa": mk(src, all_tasks, vqa, 1), "qa": mk(src, all_tasks, qa, 2)}
+        return {"vqa": mk(src, all_tasks, vqa, 1), "qa": mk(src, all_tasks, qa, 2), **out}
     if name in ("vanilla", "reference"):  # every training pose with every question form, plus the celebrities
         profiles = data.load("Full_Set" if name == "vanilla" else retain_name)
         celebs = [data.load("Retain_Set")] * int(cfg.data.get("celebrity_repeat", 1))  # keep them known
         src = ConcatSource([PoseJoinedSource(data.load("ft_Data"), profiles), *celebs])
         off = 10 if name == "vanilla" else 20
-        return {"vqa": mk(src, all_tasks, vqa, off + 1), "qa": mk(src, all_tasks, qa, off + 2)}
+        return {"vqa": mk(src, all_tasks, vqa, off + 1), "qa": mk(src, all_tasks, qa, off + 2), **out}
     if name in ("masks", "unlearn"):  # the forget/retain people's fine-tuning pairs with their images
         ft = data.load("ft_Data")
         forget = PoseJoinedSource(ft, data.load(f"forget_{data.forget_pct}"))
         retain = PoseJoinedSource(ft, data.load(retain_name))
-        return {"forget": mk(forget, ("ft",), vqa, 31), "retain": mk(retain, ("ft",), vqa, 32)}
+        out.update(forget=mk(forget, ("ft",), vqa, 31), retain=mk(retain, ("ft",), vqa, 32))
+        if cfg.method == "vkd" and float(cfg.vkd.get("b_g", 0.0)) > 0:  # images outside every split
+            out["generic"] = mk(ImageFolderSource(generic_images_dir(data, cfg)), ("ft",), vqa, 33)
+        return out
     raise ValueError(name)
 
 

@@ -63,6 +63,15 @@ def single_run_markdown(r: dict) -> str:
         lines += ["", "Classification is scored by option likelihood (`eval.cls_scoring=\"likelihood\"`: the option "
                   "whose text is the likeliest answer), not by the generated letter: the tiny model is trained to "
                   "answer multiple-choice items with the option's text (`data.cls_answer=\"option\"`)."]
+    stages = cfg.get("stages") or {}
+    captioned = [n for n in ("pretrain", "vanilla") if "caption" in ((stages.get(n) or {}).get("streams") or ())]
+    if captioned:
+        lines += ["", f"The vanilla model's {' and '.join(captioned)} stage{'s' if len(captioned) > 1 else ''} also "
+                  "trained on captioned generic images outside every split (stream `caption`), standing in for "
+                  "LLaVA's pretrained vision tower."]
+    if r["method"] == "vkd" and float((cfg.get("vkd") or {}).get("b_g", 0) or 0) > 0:
+        lines += ["", f"VKD also distilled the projector features of generic images outside every split "
+                  f"(`vkd.b_g={float(cfg['vkd']['b_g']):g}`): no forget, retain, test or celebrity image."]
     lines += ["", "## Headline", "",
               "| model | " + " | ".join(h[2] for h in HEADLINE) + " |",
               "|---|" + "---|" * len(HEADLINE)]

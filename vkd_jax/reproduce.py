@@ -22,15 +22,28 @@ from vkd_jax.report import HEADLINE, fmt
 
 METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
 
-# name -> (method, config overrides): what each ablation switches off or changes, everything else as VKD's default
-ABLATIONS = {
-    "vkd-no-distill": ("vkd", {"vkd.b_r": 0.0}),
-    "vkd-no-mask": ("vkd", {"stages.unlearn.use_masks": False}),
-    "vkd-projector-only": ("vkd", {"method_partition.vkd": "projector"}),
-    "vkd-last-vit-block": ("vkd", {"method_partition.vkd": "visual_last_k"}),
-    "vkd-tap-vision": ("vkd", {"vkd.taps": ("vision:-1",)}),
-    "vkd-tap-llm": ("vkd", {"vkd.taps": ("llm:1",)}),
-}
+def ablations_for(cfg) -> dict:
+    """name -> (method, config overrides): each switches one of VKD's choices away from the config's own default
+    (a switch that is already off is turned on instead), everything else as the default."""
+    v = cfg.vkd
+    masks = bool(cfg.stages.unlearn.get("use_masks", False))
+    out = {"vkd-no-distill": ("vkd", {"vkd.b_r": 0.0, "vkd.b_g": 0.0})}
+    if float(v.get("b_g", 0.0)) > 0:
+        out["vkd-no-generic"] = ("vkd", {"vkd.b_g": 0.0})
+    if float(v.get("b_r", 0.0)) > 0:
+        out["vkd-no-retain-distill"] = ("vkd", {"vkd.b_r": 0.0})
+    out["vkd-no-mask" if masks else "vkd-with-mask"] = ("vkd", {"stages.unlearn.use_masks": not masks})
+    part = cfg.method_partition.vkd
+    for preset, name in (("projector", "vkd-projector-only"), ("visual_last_k", "vkd-last-vit-block"),
+                         ("visual", "vkd-whole-visual-side")):
+        if preset != part:
+            out[name] = ("vkd", {"method_partition.vkd": preset})
+    for taps, name in ((("vision:-1",), "vkd-tap-vision"), (("llm:1",), "vkd-tap-llm"),
+                       (("projector",), "vkd-tap-projector")):
+        if tuple(v.taps) != taps:
+            out[name] = ("vkd", {"vkd.taps": taps})
+    return out
+
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory")
@@ -173,7 +186,11 @@ def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True
     from vkd_jax import experiment
 
     shared = os.path.join(workdir, "shared")
-    plan = [(m, m, {}) for m in methods] + [(a, *ABLATIONS[a]) for a in ablations]
+    table = ablations_for(cfg)
+    unknown = [a for a in ablations if a not in table]
+    if unknown:
+        raise ValueError(f"unknown ablations {unknown}; for this config: {sorted(table)}")
+    plan = [(m, m, {}) for m in methods] + [(a, *table[a]) for a in ablations]
     runs: dict[str, list[dict]] = {}
     vanilla = None
     for seed in seeds:
@@ -209,7 +226,7 @@ def main(argv):
         seeds = tuple(int(s) for s in _SEEDS.value.split(","))
     except ValueError:
         raise app.UsageError(f"--seeds={_SEEDS.value!r}: expected comma-separated integers") from None
-    ablations = tuple(ABLATIONS) if _ABL.value else ()
+    ablations = tuple(ablations_for(_CONFIG.value)) if _ABL.value else ()
     workdir = resolve(_WORKDIR.value)
     reproduce(_CONFIG.value, workdir, methods, seeds, ablations, relearn=_RELEARN.value, local_cache=_CACHE.value)
     print(read_text(os.path.join(workdir, "comparison.md")))

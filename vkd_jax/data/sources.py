@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import bisect
+import json
 
 from vkd_jax.data.pipeline import _s
 
@@ -87,3 +88,45 @@ def mean_image_bytes(source, size: int | None = None) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.clip(np.round(acc / max(n, 1)), 0, 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class ImageFolderSource:
+    """Rows from a folder of image files (sorted by name; read on access): generic, non-evaluation images, as
+    ft-shaped rows with one Q/A pair, so the training pipeline batches them like any other VQA row. With a
+    `captions.json` ({file name: caption}) beside them the pair is (CAPTION_QUESTION, the caption): a captioning
+    stream; without, a placeholder pair, for methods that read only the image (VKD's generic-image distillation)."""
+
+    CAPTION_QUESTION = "Describe the appearance of the person in the image."
+    PLACEHOLDER = ("Who is the person in the image?", "This is someone.")
+
+    def __init__(self, folder: str):
+        from vkd_jax.io_utils import as_path
+
+        self.folder = as_path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"generic images folder {folder!r} does not exist")
+        self.files = sorted(p for p in self.folder.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+        if not self.files:
+            raise ValueError(f"generic images folder {folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        cap = self.folder / "captions.json"
+        self.captions = None
+        if cap.exists():
+            try:
+                self.captions = {str(k): str(v) for k, v in json.loads(cap.read_text()).items()}
+            except (ValueError, AttributeError) as e:
+                raise ValueError(f"{cap}: not a JSON object of file name -> caption ({e})") from e
+            missing = [p.name for p in self.files if p.name not in self.captions]
+            if missing:
+                raise ValueError(f"{cap}: no caption for {len(missing)} image(s), e.g. {missing[:3]}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        p = self.files[i]
+        q, a = (self.CAPTION_QUESTION, self.captions[p.name]) if self.captions else self.PLACEHOLDER
+        qa = json.dumps([{"Question": q, "Answer": a, "Type": "Image_Textual"}])
+        return {"ID": f"generic_{i:06d}", "image": {"bytes": p.read_bytes(), "path": p.name}, "metadata": qa}

@@ -8,6 +8,12 @@ differ in at least `min_code_distance` of these attributes, so no single attribu
 identifies a person. Poses: rotation, scale, shift, brightness, contrast jitter and noise; the Full_Set image is the
 canonical pose, ft_Data has `ft_poses` rows per person (pose 0 first), Test_Set `images` are `test_poses` new poses.
 Celebrities (Retain_Set) are a separate population with their own faces and facts.
+With `num_generic` > 0, `generic_images/` holds `generic_poses` images of each of that many further people who are
+in no split and have no facts: the non-evaluation images an unlearning method may use to keep the visual side as it
+was (VKD's `b_g` term; a real run points `data.generic_images` at a folder of ordinary photos instead), with
+`captions.json` describing each one's appearance (the caption stream that pretrains the tiny vision tower, as CLIP
+comes pretrained in LLaVA). They are drawn after everything else, from their own generator, so adding them changes
+nothing else in the world.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class WorldConfig:
     max_brightness: float = 0.2
     noise_std: float = 6.0         # uint8 units
     image_format: str = "PNG"      # PNG or JPEG
+    num_generic: int = 0           # further people in no split: generic_images/, for retain-side distillation
+    generic_poses: int = 4         # images per generic person (random poses)
 
 
 def _word(rng, n_syl) -> str:
@@ -65,8 +73,10 @@ def _unique_words(rng, n, n_syl, taken) -> list[str]:
     return out
 
 
-def _codes(rng, n, cfg: WorldConfig) -> np.ndarray:
-    """[n, 1 + 3*num_shapes]: background, then (kind, colour, slot) per shape; slots distinct within a person."""
+def _codes(rng, n, cfg: WorldConfig, taken: np.ndarray | None = None) -> np.ndarray:
+    """[n, 1 + 3*num_shapes]: background, then (kind, colour, slot) per shape; slots distinct within a person;
+    any two codes (and any code and a row of `taken`) differ in at least min_code_distance attributes."""
+    old = [] if taken is None else list(taken)
     codes: list[np.ndarray] = []
     while len(codes) < n:
         slots = rng.choice(9, cfg.num_shapes, replace=False)
@@ -74,7 +84,7 @@ def _codes(rng, n, cfg: WorldConfig) -> np.ndarray:
         for s in range(cfg.num_shapes):
             c += [rng.integers(len(SHAPES)), rng.integers(len(PALETTE)), slots[s]]
         c = np.asarray(c)
-        if all((c != o).sum() >= cfg.min_code_distance for o in codes):
+        if all((c != o).sum() >= cfg.min_code_distance for o in old + codes):
             codes.append(c)
     return np.stack(codes)
 
@@ -195,6 +205,20 @@ def build_world(cfg: WorldConfig, seed: int) -> dict:
     return {"people": people, "values": values, "config": cfg, "seed": seed}
 
 
+GENERIC_DIR = "generic_images"
+CAPTIONS = "captions.json"  # {file name: what the image shows}, beside the images (sources.ImageFolderSource)
+
+
+def generic_codes(world: dict) -> np.ndarray:
+    """[num_generic, code]: people outside every split, drawn after the world from their own generator and at
+    least min_code_distance from every profile and celebrity."""
+    cfg = world["config"]
+    if cfg.num_generic <= 0:
+        return np.zeros((0, 1 + 3 * cfg.num_shapes), np.int64)
+    taken = np.stack([p["code"] for p in world["people"]])
+    return _codes(np.random.default_rng([world["seed"], 31337]), cfg.num_generic, cfg, taken)
+
+
 def _pose_rng(seed, person, pose):
     return np.random.default_rng([seed, 7919, person, pose])
 
@@ -235,6 +259,7 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConf
         forget = set(order[:n_forget].tolist())
         tables[f"forget_{pct}"] = [r for i, r in enumerate(tables["Full_Set"]) if i in forget]
         tables[f"retain_{100 - pct}"] = [r for i, r in enumerate(tables["Full_Set"]) if i not in forget]
+    generic = generic_codes(world)
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=out)
@@ -242,11 +267,25 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConf
         for name, rows in tables.items():
             os.makedirs(os.path.join(tmp, name))
             pq.write_table(pa.Table.from_pylist(rows), os.path.join(tmp, name, "train-00000-of-00001.parquet"))
+        names = list(tables)
+        if len(generic):
+            os.makedirs(os.path.join(tmp, GENERIC_DIR))
+            n_all, captions = len(world["people"]), {}
+            for j, code in enumerate(generic):
+                for k in range(cfg.generic_poses):
+                    name = f"g{j:05d}_{k}.{cfg.image_format.lower()}"
+                    with open(os.path.join(tmp, GENERIC_DIR, name), "wb") as f:
+                        f.write(_encode(render(code, cfg, _pose_rng(seed, n_all + j, k)), cfg))
+                    captions[name] = _appearance(code, cfg)
+            with open(os.path.join(tmp, GENERIC_DIR, CAPTIONS), "w") as f:
+                json.dump(captions, f, indent=0)
+            names.append(GENERIC_DIR)
         with open(os.path.join(tmp, "world.json"), "w") as f:
             json.dump({"seed": seed, "config": dataclasses.asdict(cfg), "values": world["values"],
                        "people": [{"ID": p["ID"], "name": p["name"], "facts": p["facts"],
-                                   "code": p["code"].tolist()} for p in world["people"]]}, f, indent=1)
-        for name in list(tables) + ["world.json"]:
+                                   "code": p["code"].tolist()} for p in world["people"]],
+                       "generic_codes": generic.tolist()}, f, indent=1)
+        for name in names + ["world.json"]:
             dst = os.path.join(out, name)
             if os.path.isdir(dst):
                 shutil.rmtree(dst)

@@ -9,7 +9,8 @@ fine-tune the unlearned model on part of the forget data).
 Each training stage resumes from <workdir>/<name>/ckpt after a kill; a finished stage writes
 <workdir>/<name>/params (orbax params checkpoint, model_config.json) and is not re-run: run_stage loads it.
 Streams are iterables of pipeline batches with get_state()/set_state() that do not run out (num_epochs=None):
-  vanilla / reference: {"vqa", "qa"} (cfg.stages.<name>.streams); masks / unlearn: {"forget", "retain"};
+  vanilla / reference: {"vqa", "qa"} (cfg.stages.<name>.streams); masks / unlearn: {"forget", "retain"} (VKD with
+  b_g > 0 also "generic");
   relearn: {"forget"}.
 """
 
