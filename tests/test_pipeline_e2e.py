@@ -70,7 +70,7 @@ def test_results_schema_and_report(vkd_run):
     assert f"identity-free {floor:.1f}%" in report
     assert res["config"]["eval"]["cls_scoring"] == "likelihood" and "scored by option likelihood" in report
     assert "pretrain and vanilla stages also trained on captioned generic images" in report
-    assert "`vkd.b_g=30`" in report
+    assert f"`vkd.b_g={res['config']['vkd']['b_g']:g}`" in report and res["config"]["vkd"]["b_g"] > 0
     # the streams behind those lines ran: caption NLL in pretraining, generic-image distillation in unlearning
     assert '"nll_caption"' in (w / "pretrain" / "metrics.jsonl").read_text()
     assert '"kd_generic"' in (w / "unlearn" / "metrics.jsonl").read_text()

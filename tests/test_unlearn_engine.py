@@ -176,7 +176,7 @@ def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path):
     cfg, params = tiny_params()
     c = _stage_cfg(tmp_path)
     one = pt.make_mesh(None, jax.devices()[:1])
-    streams = lambda: {"forget": Stream(1), "retain": Stream(2)}  # noqa: E731
+    streams = lambda: {"forget": Stream(1), "retain": Stream(2), "generic": Stream(3)}  # noqa: E731
     full = run_stage("unlearn", c, str(tmp_path / "a"), params, streams(), model_config=cfg, mesh=one,
                      progress=False)
     killed = run_stage("unlearn", c, str(tmp_path / "b"), params, streams(), model_config=cfg, mesh=one,
@@ -290,3 +290,13 @@ def test_tensorboard_record_framing():
     assert metrics_log.crc32c(b"123456789") == 0xE3069283
     rec = metrics_log.tfrecord(b"abc")
     assert len(rec) == 8 + 4 + 3 + 4 and rec[12:15] == b"abc"
+
+
+def test_stage_without_a_stream_its_method_reads_fails_clearly(tmp_path):
+    from vkd_jax.unlearn.stages import run_stage
+    cfg, params = tiny_params()
+    c = _stage_cfg(tmp_path)
+    c.vkd.b_g = 30.0  # VKD then also reads the generic images
+    with pytest.raises(ValueError, match=r"stage 'unlearn' \(method 'vkd'\) reads streams.*missing \['generic'\]"):
+        run_stage("unlearn", c, str(tmp_path), params, {"forget": Stream(1), "retain": Stream(2)}, model_config=cfg,
+                  mesh=pt.make_mesh(None, jax.devices()[:1]), progress=False)

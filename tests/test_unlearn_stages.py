@@ -53,6 +53,8 @@ def bench(tmp_path_factory):
     c.mesh.data = 1
     c.checkpoint.update(every_steps=1000, log_every=5)
     c.mask.num_batches = 2
+    for st in ("pretrain", "vanilla", "reference"):  # the micro world has no generic images to caption
+        c.stages[st].streams = ("vqa", "qa")
     mc = config_from_model_dict(c.model.to_dict(), dtype="float32", param_dtype="float32")
     from flax import nnx
     from vkd_jax.models.llava import Llava

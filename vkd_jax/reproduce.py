@@ -225,7 +225,7 @@ def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True
     from vkd_jax import experiment
 
     shared = os.path.join(workdir, "shared")
-    table = ablations_for(cfg)
+    table = ablations_for(cfg) if ablations else {}
     unknown = [a for a in ablations if a not in table]
     if unknown:
         raise ValueError(f"unknown ablations {unknown}; for this config: {sorted(table)}")

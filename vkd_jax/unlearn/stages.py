@@ -126,6 +126,10 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
     if "streams" in scfg:
         mcfg.streams = tuple(scfg.streams)
     method = make_method(method_name, mcfg, tokenizer)
+    missing = [s for s in method.streams if s not in streams]
+    if missing:
+        raise ValueError(f"stage {name!r} (method {method_name!r}) reads streams {list(method.streams)}; missing "
+                         f"{missing} (given {sorted(streams)})")
     use_masks = masks if (method.needs_masks or scfg.get("use_masks", False)) else None
     if method.needs_reference and reference is None and cfg.npo.get("reference", "retain") == "vanilla":
         reference = params
