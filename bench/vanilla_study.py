@@ -7,7 +7,6 @@ on `cfg`), then classification and cloze accuracy on the forget/test/retain/cele
 floor; prints and writes WORKDIR/study.json. Stages are cached in WORKDIR as in `vkd_jax.main`.
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -18,14 +17,11 @@ from absl import logging
 from vkd_jax import experiment
 from vkd_jax.eval import EvalConfig, evaluate
 from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
+from vkd_jax.plan import load_config
 
 
 def main(workdir: str, overrides: str = "") -> dict:
-    spec = importlib.util.spec_from_file_location(
-        "tiny", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"))
     exec(overrides, {}, {"cfg": cfg})  # noqa: S102 - a study tool: the overrides are the user's own statements
     t = time.time()
     data = experiment.prepare_data(cfg, workdir)

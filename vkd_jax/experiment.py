@@ -135,6 +135,15 @@ def generic_images_dir(data: Data, cfg) -> str:
                      "every MLLMU-Bench split")
 
 
+def _method_streams(cfg) -> tuple[str, ...]:
+    """The streams the configured unlearning method reads (as run_stage will build it)."""
+    import ml_collections
+
+    from vkd_jax.unlearn.methods import make_method
+
+    return make_method(cfg.method, ml_collections.ConfigDict(dict(cfg.get(cfg.method, {}) or {}))).streams
+
+
 def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
     """The training streams each stage reads (infinite, resumable); VQA and QA never share a batch."""
     from vkd_jax.data.sources import ConcatSource, ImageFolderSource, PoseJoinedSource
@@ -167,7 +176,7 @@ def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
         forget = PoseJoinedSource(ft, data.load(f"forget_{data.forget_pct}"))
         retain = PoseJoinedSource(ft, data.load(retain_name))
         out.update(forget=mk(forget, ("ft",), vqa, 31), retain=mk(retain, ("ft",), vqa, 32))
-        if cfg.method == "vkd" and float(cfg.vkd.get("b_g", 0.0)) > 0:  # images outside every split
+        if name == "unlearn" and "generic" in _method_streams(cfg):  # images outside every split (VKD's b_g)
             out["generic"] = mk(ImageFolderSource(generic_images_dir(data, cfg)), ("ft",), vqa, 33)
         return out
     raise ValueError(name)
