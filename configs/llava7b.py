@@ -22,10 +22,15 @@ def get_config(arg: str | None = None):
         cls_answer="letter",  # the benchmark's answers (the tiny config trains option texts instead)
         generic_images="",    # a local folder of ordinary images outside every MLLMU-Bench split, for vkd.b_g > 0
     ))
+    # The benchmark's protocol (vkd_jax.eval.evaluator): greedy letters parsed by the official rule; Test_Set
+    # averaged over every pose (test_pose="random" is the official single random pose); few-shot off.
     c.eval = ml_collections.ConfigDict(dict(max_new_tokens=50, batch_size=8, max_questions=0, few_shot=False,
-                                            retain_max_profiles=0, cls_scoring="generate"))  # the protocol
-    c.dtype = "bfloat16"  # compute dtype
-    c.param_dtype = "bfloat16"
+                                            few_shot_cls=1, few_shot_cloze=2,
+                                            retain_max_profiles=0, cls_scoring="generate",
+                                            cls_parse="official", test_pose="mean"))
+    c.dtype = "bfloat16"  # compute dtype: weights are cast to it where they are used, never in storage
+    c.param_dtype = ""    # storage dtype of the loaded weights; "" = as hf_dir stores each tensor (llava-hf: float16)
+    c.export_dtype = ""   # hf_export dtype; "" = each tensor in its storage dtype (VKD: the LLM bitwise the input's)
     # Activation checkpointing per block (none | full | dots): the 7B memory plan (README) fits VKD at global batch
     # 32 on a v4-8 chip (11.9 / 32 GiB) and one 80 GB GPU (45.4 GiB) only with it; without, ~100 GiB per chip.
     c.remat = "full"
@@ -48,7 +53,8 @@ def get_config(arg: str | None = None):
         preset="visual",          # per stage below; presets: projector | visual_last_k | visual | full | llm | lora_llm
         vit_last_k=4,             # visual_last_k: projector + the last k ViT blocks train
         extra_rules=(),           # (regex, train|frozen|lora) checked before the preset's rules; first match wins
-        frozen_dtype="bfloat16",          # frozen params stored in this dtype ("" = as loaded)
+        frozen_dtype="",          # frozen params stored in this dtype ("" = as loaded)
+        master_dtype="float32",   # trainable params (and LoRA adapters) train as copies in this dtype
         lora=dict(rank=16, alpha=16.0, dropout=0.05),
         sharding_rules=None,      # None: partition.DEFAULT_SHARDING_RULES (param regex -> logical axes)
     ))

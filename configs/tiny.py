@@ -36,10 +36,15 @@ def get_config(arg: str | None = None):
         cls_answer="option",
         celebrity_repeat=4,   # the celebrities' share of the vanilla fine-tune (else they are forgotten: 91 -> 47%)
     ))
+    # Evaluation (vkd_jax.eval.evaluator): the official templates and parsing; Test_Set scored on every pose and
+    # averaged (test_pose="random" is the official single random pose); few-shot as the official script, off.
     c.eval = ml_collections.ConfigDict(dict(max_new_tokens=24, batch_size=32, max_questions=0, few_shot=False,
-                                            retain_max_profiles=40, cls_scoring="likelihood"))
+                                            few_shot_cls=1, few_shot_cloze=2,
+                                            retain_max_profiles=40, cls_scoring="likelihood",
+                                            cls_parse="official", test_pose="mean"))
     c.dtype = "float32"
-    c.param_dtype = "float32"
+    c.param_dtype = "float32"  # the tiny model is created in the work directory, in this dtype
+    c.export_dtype = ""        # hf_export dtype; "" = each tensor in its storage dtype
     c.remat = "none"          # activation checkpointing per block: none | full | dots (configs/llava7b.py uses full)
     c.model = ml_collections.ConfigDict(dict(
         model_type="llava",
@@ -62,6 +67,7 @@ def get_config(arg: str | None = None):
         vit_last_k=1,             # visual_last_k: projector + the last k ViT blocks train
         extra_rules=(),           # (regex, train|frozen|lora) checked before the preset's rules; first match wins
         frozen_dtype="",          # frozen params stored in this dtype ("" = as loaded)
+        master_dtype="float32",   # trainable params (and LoRA adapters) train as copies in this dtype
         lora=dict(rank=16, alpha=16.0, dropout=0.05),
         sharding_rules=None,      # None: partition.DEFAULT_SHARDING_RULES (param regex -> logical axes)
     ))

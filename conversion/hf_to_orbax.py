@@ -4,7 +4,6 @@
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -14,25 +13,20 @@ def main(argv):
     p.add_argument("--hf_dir", required=True, help="HF folder with config.json and *.safetensors")
     p.add_argument("--out", required=True, help="checkpoint folder to create")
     p.add_argument("--dtype", default=None,
-                   help="param dtype to store (float32|bfloat16|float16); default: the folder's torch_dtype")
+                   help="store every param in this dtype (float32|bfloat16|float16); default: each tensor as the "
+                        "folder stores it (bitwise)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
 
-    from vkd_jax.models.hf_io import load_hf
+    from vkd_jax.models.hf_io import load_hf, read_model_config
     from vkd_jax.models.orbax_io import save_model_orbax
 
-    dtype = a.dtype
-    if dtype is None:
-        cfg_path = os.path.join(a.hf_dir, "config.json")
-        stored = None
-        if os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
-                c = json.load(f)
-            stored = c.get("dtype") or c.get("torch_dtype")
-        dtype = stored if stored in ("float32", "bfloat16", "float16") else "float32"
-    model = load_hf(a.hf_dir, dtype=dtype)
+    main_dtype = a.dtype or read_model_config(a.hf_dir).param_dtype  # also the checkpoint's default compute dtype
+    model = load_hf(a.hf_dir, dtype=main_dtype, param_dtype=a.dtype)
     out = save_model_orbax(model, a.out, overwrite=a.overwrite)
-    print(f"wrote {out} ({dtype})")
+    extra = f", {len(model.config.param_dtype_overrides)} params in another dtype" \
+        if model.config.param_dtype_overrides else ""
+    print(f"wrote {out} ({model.config.param_dtype}{extra})")
 
 
 if __name__ == "__main__":

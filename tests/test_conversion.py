@@ -76,6 +76,71 @@ def test_half_precision_round_trip_is_bitwise(tmp_path, dtype):
     _assert_state_dicts_bitwise_equal(hf, _from_pretrained(out, dtype))
 
 
+def _safetensors_dict(folder):
+    from safetensors.numpy import load_file as load_np
+
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            out.update(load_np(os.path.join(folder, f)))
+    return out
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_hub_fp16_folder_is_kept_as_stored_bitwise(tmp_path, llama_tok_dir, mixed):
+    """A llava-hf-style fp16 folder (with `mixed`: its norms in fp32) loads with every tensor in the dtype the file
+    stores it in, through orbax and back to HF, with every tensor bitwise the input's, dtype included."""
+    from conftest import build_hub_llava
+    from vkd_jax.models.orbax_io import load_model_orbax, save_model_orbax
+
+    src = build_hub_llava(tmp_path / "src", llama_tok_dir, mixed_dtypes=mixed)
+    model = vkd_jax.load_hf(src, dtype="bfloat16")  # compute in bf16: storage stays as the file has it
+    c = model.config
+    assert c.param_dtype == "float16" and c.dtype == "bfloat16"
+    assert bool(c.param_dtype_overrides) == mixed and all(d == "float32" for _, d in c.param_dtype_overrides)
+    params = vkd_jax.models.hf_io.flat_params(model)
+    for path, v in params.items():
+        assert str(v.dtype) == c.storage_dtype("/".join(map(str, path))), path
+    ckpt = save_model_orbax(model, tmp_path / "ckpt")
+    again = load_model_orbax(ckpt)
+    assert again.config.param_dtype_overrides == c.param_dtype_overrides
+    out = vkd_jax.save_hf(again, tmp_path / "out", template_hf_dir=src)
+    a, b = _safetensors_dict(src), _safetensors_dict(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "float16"
+    # an explicit dtype casts everything, on load and on export
+    bf = vkd_jax.load_hf(src, dtype="bfloat16", param_dtype="bfloat16")
+    assert {str(v.dtype) for v in vkd_jax.models.hf_io.flat_params(bf).values()} == {"bfloat16"}
+    out32 = vkd_jax.save_hf(model, tmp_path / "out32", dtype="float32")
+    assert {v.dtype.name for v in _safetensors_dict(out32).values()} == {"float32"}
+    assert json.loads((tmp_path / "out32" / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+def test_export_is_opened_by_autoprocessor(tmp_path):
+    """Without processor files in the template, save_hf writes llava-hf's (preprocessor_config.json at the model's
+    image size, processor_config.json, generation_config.json): AutoProcessor and GenerationConfig load them."""
+    from transformers import AutoProcessor, GenerationConfig
+
+    from vkd_jax.data.tokenizer import train_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    train_tokenizer(["Who is the person in the image?", "This is Ann Lee."] * 3, tok_dir)
+    hf = tiny_hf_model(vocab=96, image_size=30, patch=6)
+    hf.save_pretrained(tmp_path / "src")
+    out = vkd_jax.save_hf(vkd_jax.load_hf(tmp_path / "src"), tmp_path / "out", template_hf_dir=tok_dir)
+    for name in ("preprocessor_config.json", "processor_config.json", "generation_config.json", "tokenizer.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    proc = AutoProcessor.from_pretrained(out)
+    assert type(proc).__name__ == "LlavaProcessor" and proc.patch_size == 6
+    from PIL import Image
+    px = proc(images=Image.fromarray(np.zeros((40, 50, 3), np.uint8)), text="USER: <image>\nhi")["pixel_values"]
+    assert tuple(np.asarray(px).shape) == (1, 3, 30, 30)
+    g = GenerationConfig.from_pretrained(out)
+    assert (g.bos_token_id, g.eos_token_id) == (1, 2)
+
+
 def test_tied_embeddings_round_trip(tmp_path):
     hf = tiny_hf_model(tie=True, projector_bias=False)
     hf.save_pretrained(tmp_path / "src")

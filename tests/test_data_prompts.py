@@ -10,37 +10,103 @@ from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
 OPTS = {"A": "Paris", "B": "Rome", "C": "Oslo", "D": "Lima"}
 
 
-def test_classification_templates():
-    assert prompts.classification_prompt("Where was the person in the image born?", OPTS, True) == (
-        "USER: <image>\nWhere was the person in the image born?\nA: Paris\nB: Rome\nC: Oslo\nD: Lima\n"
-        "Just give ONE letter representing the answer directly.\nASSISTANT:")
-    assert prompts.classification_prompt("Where was Ann Lee born?", OPTS, False) == (
-        "USER: Where was Ann Lee born?\nA: Paris\nB: Rome\nC: Oslo\nD: Lima\n"
-        "Just give ONE letter representing the answer directly.\nASSISTANT:")
+# The six official templates (shared/spec/mllmu_bench.md, "Evaluation"), as eval.py writes them.
+OFFICIAL = {
+    ("classification", True): "USER: <image>\nWhere was the person in the image born?\nA: Paris\nB: Rome\nC: Oslo\n"
+                              "D: Lima\nJust give ONE letter representing the answer directly.\nASSISTANT:",
+    ("classification", False): "USER:\nWhere was Ann Lee born?\nA: Paris\nB: Rome\nC: Oslo\nD: Lima\n"
+                               "Just give ONE letter representing the answer directly.\nASSISTANT:",
+    ("cloze", True): "USER: <image>\nThe person in the image was born in [Blank].\n"
+                     "Please **ONLY** provide the correct answer that should replace the [Blank].\nASSISTANT:",
+    ("cloze", False): "USER:\nAnn Lee was born in [Blank].\n"
+                      "Please **ONLY** provide the correct answer that should replace the [Blank].\nASSISTANT:",
+    ("generation", True): "USER: <image>\nWhat is her job?\nAnswer the question based on your trained knowledge in "
+                          "one sentence accurately in ENGLISH.\nASSISTANT: ",
+    ("generation", False): "USER: What is Ann Lee's job?\nAnswer the question based on your trained knowledge in "
+                           "one sentence in ENGLISH.\nASSISTANT:",
+}
 
 
-def test_cloze_template():
-    assert prompts.cloze_prompt("The person in the image was born in __.", True) == (
-        "USER: <image>\nThe person in the image was born in [Blank].\n"
-        "Please **ONLY** provide the correct answer that should replace the [Blank].\nASSISTANT:")
-    assert prompts.cloze_prompt("Ann Lee was born in __.", False) == (
-        "USER: Ann Lee was born in [Blank].\n"
-        "Please **ONLY** provide the correct answer that should replace the [Blank].\nASSISTANT:")
+def _official_prompt(task, vqa):
+    if task == "classification":
+        q = "Where was the person in the image born?" if vqa else "Where was Ann Lee born?"
+        return prompts.classification_prompt(q, OPTS, vqa)
+    if task == "cloze":
+        q = "The person in the image was born in __." if vqa else "Ann Lee was born in __."
+        return prompts.cloze_prompt(q, vqa)
+    return prompts.generation_prompt("What is her job?" if vqa else "What is Ann Lee's job?", vqa)
 
 
-def test_generation_templates():
-    assert prompts.generation_prompt("What is her job?", True) == (
-        "USER: <image>\nWhat is her job?\nAnswer the question based on your trained knowledge in one sentence "
-        "accurately in ENGLISH.\nASSISTANT:")
-    assert prompts.generation_prompt("What is Ann Lee's job?", False) == (
-        "USER: What is Ann Lee's job?\nAnswer the question based on your trained knowledge in one sentence in "
-        "ENGLISH.\nASSISTANT:")
+@pytest.mark.parametrize("task,vqa", sorted(OFFICIAL))
+def test_official_templates_character_for_character(task, vqa):
+    assert _official_prompt(task, vqa) == OFFICIAL[task, vqa]
+
+
+@pytest.mark.parametrize("task,vqa", sorted(OFFICIAL))
+def test_official_templates_as_token_ids(task, vqa, llama_tok_dir, hub_llava_dir):
+    """With a Llama-style tokenizer, a prompt's ids are the ones the official script feeds: LlavaProcessor for VQA
+    (images expanded to image_seq_length tokens), AutoTokenizer for QA; the generation-VQA prompt ends in a lone
+    `▁` (its trailing space), every other in `T:`."""
+    from PIL import Image
+    from transformers import AutoProcessor, AutoTokenizer
+
+    tok = load_tokenizer(llama_tok_dir)
+    p = OFFICIAL[task, vqa]
+    ours = prompts.tokenize(tok, p, None, image_seq_length=16).input_ids
+    if vqa:
+        img = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+        ref = np.asarray(AutoProcessor.from_pretrained(hub_llava_dir)(images=img, text=p)["input_ids"]).ravel()
+    else:
+        ref = np.asarray(AutoTokenizer.from_pretrained(llama_tok_dir)(p)["input_ids"])
+    np.testing.assert_array_equal(ours, ref)
+    last = tok.tok.id_to_token(int(ours[-1]))
+    assert last == ("▁" if (task, vqa) == ("generation", True) else "T:"), last
+
+
+@pytest.mark.parametrize("prompt_of", [lambda: OFFICIAL["generation", True],
+                                       lambda: prompts.plain_prompt("Who is the person in the image?", True),
+                                       lambda: OFFICIAL["classification", False]])
+def test_training_conversation_is_the_tokenizers_own_ids(prompt_of, llama_tok_dir, hub_llava_dir):
+    """A training row is the whole conversation tokenized at once (what the processor gives for it, then EOS), and
+    the loss covers exactly the answer: the boundary holds where SentencePiece-style pieces meet it (the
+    generation-VQA prompt's trailing space)."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    tok = load_tokenizer(llama_tok_dir)
+    p, answer = prompt_of(), "The birthplace of this person is Paris."
+    t = prompts.tokenize(tok, p, answer, image_seq_length=16)
+    img = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+    proc = AutoProcessor.from_pretrained(hub_llava_dir)
+    text = prompts.conversation_text(p, answer)
+    whole = proc(images=img, text=text) if "<image>" in p else proc.tokenizer(text)
+    np.testing.assert_array_equal(t.input_ids[:-1], np.asarray(whole["input_ids"]).ravel())
+    assert t.input_ids[-1] == tok.eos_id and t.loss_mask[-1]
+    assert tok.decode(t.input_ids[t.loss_mask]) == answer
+    assert not t.loss_mask[:t.prompt_len].any() and t.loss_mask[t.prompt_len:].all()
 
 
 def test_prediction_rules():
-    assert prompts.classification_prediction("  (b) Rome") == "B"
+    # official: first character of the stripped reply, A-D only
+    assert prompts.classification_prediction("  b) Rome") == "B"
+    assert prompts.classification_prediction("(b) Rome") == ""
+    assert prompts.classification_prediction("The answer is A") == ""
     assert prompts.classification_prediction("...") == ""
+    # lenient: first alphanumeric
+    assert prompts.classification_prediction("  (b) Rome", "lenient") == "B"
+    assert prompts.classification_prediction("...", "lenient") == ""
     assert prompts.cloze_correct("It is PARIS.", "Paris") and not prompts.cloze_correct("Rome", "Paris")
+
+
+def test_official_answer_extraction():
+    # the text after the first ASSISTANT:, up to a second one, stripped
+    reply = prompts.official_answer("ER:\nQ?\nASSISTANT: B\nUSER: more ASSISTANT: C", "classification")
+    assert reply == "B\nUSER: more"
+    assert prompts.official_answer("ER: Q ASSISTANT:Paris ", "cloze") == "Paris"
+    # cloze/generation fall back to "Answer:"; classification does not
+    assert prompts.official_answer("no assistant here Answer: Rome", "cloze") == "Rome"
+    assert prompts.official_answer("no assistant here Answer: Rome", "classification") == \
+        "no assistant here Answer: Rome"
 
 
 @pytest.fixture(scope="module")

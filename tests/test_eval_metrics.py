@@ -7,16 +7,21 @@ import pytest
 from vkd_jax.eval import metrics
 
 
-@pytest.mark.parametrize("text,letter", [("B", "B"), (" b) Paris", "B"), ("(C)", "C"), ("\n\nd.", "D"),
-                                         ("The answer is A", "T"), ("", ""), ("?!", ""), ("3", "3")])
-def test_classification_prediction_first_alphanumeric_upper(text, letter):
-    assert metrics.classification_prediction(text) == letter
+@pytest.mark.parametrize("text,official,lenient", [
+    ("B", "B", "B"), (" b) Paris", "B", "B"), ("(C)", "", "C"), ("\n\nd.", "D", "D"), ("The answer is A", "", "T"),
+    ("", "", ""), ("?!", "", ""), ("3", "", "3"), ("E", "", "E"), ("a", "A", "A")])
+def test_classification_prediction_rules(text, official, lenient):
+    """official (eval.py): the first character of the stripped reply, upper-cased, if it is one of A-D;
+    lenient: the first alphanumeric character, upper-cased."""
+    assert metrics.classification_prediction(text) == official
+    assert metrics.classification_prediction(text, "lenient") == lenient
 
 
 def test_classification_correct():
     assert metrics.classification_correct(" a: kalo", "A")
     assert not metrics.classification_correct("An apple", "B")
     assert not metrics.classification_correct("", "A")
+    assert not metrics.classification_correct("(a)", "A") and metrics.classification_correct("(a)", "A", "lenient")
 
 
 def test_cloze_substring_lower_cased():

@@ -143,7 +143,7 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path):
 def test_bf16_model_agrees_with_fp32_reference(tmp_path):
     """bf16 params and compute: compare next-token distributions to torch fp32 with a KL gate + top-1 agreement."""
     hf = tiny_hf_model()
-    model = vkd_jax.load_hf(_save(hf, tmp_path), dtype="bfloat16")
+    model = vkd_jax.load_hf(_save(hf, tmp_path), dtype="bfloat16", param_dtype="bfloat16")
     assert model.language_model.embed_tokens.embedding[...].dtype == jnp.bfloat16
     ids, px, mask = make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad="right")
     ref = _hf_logits(hf, ids, px, mask).logits.numpy()[mask == 1]

@@ -192,7 +192,7 @@ def test_eval_cache_written_and_reused_on_gs(gs, monkeypatch):
     monkeypatch.setattr(hf_io, "abstract_model", lambda mc: (None, {}))
     monkeypatch.setattr(hf_io, "model_from_flat_params", lambda g, p: None)
     monkeypatch.setattr(vkd_jax.eval, "evaluate",
-                        lambda *a: calls.append(1) or {"forget": {"vqa_cls_acc": 50.0, "qa_gen_rougeL": math.nan}})
+                        lambda *a, **k: calls.append(1) or {"forget": {"vqa_cls_acc": 50.0, "qa_gen_rougeL": math.nan}})
     cfg = ml_collections.ConfigDict(dict(seed=0, eval=dict(max_new_tokens=2, batch_size=1, few_shot=False,
                                                            max_questions=0)))
     w, data = f"{gs}/run", experiment.Data("", "", None, 5)

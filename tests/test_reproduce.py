@@ -26,7 +26,9 @@ def test_two_seeds_share_one_vanilla_model(tmp_path):
     summary = reproduce.reproduce(_micro_config(), str(tmp_path), ("ga",), (0, 1), (), relearn=False)
     runs = sorted(os.listdir(tmp_path / "runs"))
     assert runs == ["ga_s0", "ga_s1"]
-    assert sorted(os.listdir(tmp_path / "shared" / "eval")) == ["identity_free_floor.json", "vanilla.json"]  # once
+    assert sorted(os.listdir(tmp_path / "shared" / "eval")) == [  # once, with their per-question predictions
+        "identity_free_floor.json", "identity_free_floor.predictions.jsonl", "vanilla.json",
+        "vanilla.predictions.jsonl"]
     r0 = json.loads((tmp_path / "runs" / "ga_s0" / "results.json").read_text())
     r1 = json.loads((tmp_path / "runs" / "ga_s1" / "results.json").read_text())
     assert r0["vanilla"] == r1["vanilla"] and r1["config"]["seed"] == 1

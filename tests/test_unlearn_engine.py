@@ -57,6 +57,34 @@ def test_partition_rules_cover_every_param():
     assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
 
 
+def test_fp16_storage_trains_fp32_masters_and_keeps_frozen_params_bitwise():
+    """Params stored in fp16 (llava-hf's dtype): the trained ones become fp32 masters with fp32 Adam state, the
+    frozen LLM stays fp16 (no copy), and the stage's params come back in fp16 with every frozen tensor bitwise the
+    input's; LoRA adapters train in fp32 too."""
+    from flax import nnx
+
+    from vkd_jax.models.hf_io import flat_params
+    from vkd_jax.models.llava import Llava
+
+    cfg = tiny_config().replace(param_dtype="float16")
+    params = flat_params(Llava(cfg, rngs=nnx.Rngs(0)))
+    tr = Trainer(cfg, params, make_method("vkd", ml_collections.ConfigDict(dict(taps=("projector",), b_r=1.0))),
+                 partition_cfg=pcfg("visual"), optim_cfg=ocfg(), num_steps=2)
+    assert {str(v.dtype) for v in tr.state["trainable"].values()} == {"float32"}
+    assert {str(v.dtype) for v in tr.frozen.values()} == {"float16"}
+    assert {str(x.dtype) for x in jax.tree.leaves(tr.state["opt_state"]) if np.ndim(x) > 0} == {"float32"}
+    for b in _batches(n=2):
+        tr.step(b)
+    after, orig = _s(tr.params()), _s(params)
+    assert {str(v.dtype) for v in after.values()} == {"float16"}
+    moved = [k for k in orig if orig[k].tobytes() != after[k].tobytes()]
+    assert moved and all(k.startswith(("vision_tower", "projector")) for k in moved)
+    lora = Trainer(cfg, params, make_method("ga"), partition_cfg=pcfg("lora_llm"), optim_cfg=ocfg(), num_steps=1)
+    assert {str(v.dtype) for v in lora.state["trainable"].values()} == {"float32"}
+    lora.step(_batches()[0])
+    assert {str(v.dtype) for v in _s(lora.params()).values()} == {"float16"}
+
+
 def test_losses_match_numpy():
     rng = np.random.default_rng(0)
     b = make_batch(rng, b=3, t=10, image=False)

@@ -103,7 +103,7 @@ def _check_world(path: str, world, seed: int) -> None:
 
 def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=None, model_config=None,
               resample_options: bool = False):
-    from vkd_jax.data.pipeline import InputPipeline, PipelineConfig, image_config
+    from vkd_jax.data.pipeline import InputPipeline, PipelineConfig
 
     mc = model_config
     pcfg = PipelineConfig(tasks=tuple(tasks), types=tuple(types), train=True,
@@ -111,11 +111,28 @@ def _pipeline(data: Data, cfg, source, *, tasks, types, seed_offset: int, keys=N
                           length_buckets=tuple(cfg.data.get("length_buckets", PipelineConfig.length_buckets)),
                           padding_side="right", shuffle=True, seed=int(cfg.seed) * 1000 + seed_offset,
                           num_epochs=None, image_seq_length=mc.image_seq_length,
-                          image=image_config(mc.vision.image_size), num_threads=int(cfg.data.num_threads),
+                          image=image_processor(cfg, mc), num_threads=int(cfg.data.num_threads),
                           process_index=jax.process_index(), process_count=jax.process_count(),
                           keys=None if keys is None else tuple(keys), resample_options=resample_options,
                           cls_answer=str(cfg.data.get("cls_answer", "letter")))
     return InputPipeline(source, data.tokenizer, pcfg)
+
+
+def hf_image_processor(cfg):
+    """hf_dir's preprocessor_config.json (what its processor does to an image), or None without one."""
+    from vkd_jax.preprocess import ImageProcessorConfig
+
+    hf_dir = cfg.get("hf_dir") or ""
+    if hf_dir and os.path.isfile(os.path.join(hf_dir, "preprocessor_config.json")):
+        return ImageProcessorConfig.from_hf_dir(hf_dir)
+    return None
+
+
+def image_processor(cfg, model_config):
+    """The model's image preprocessing: hf_dir's, else CLIP's at the model's image size."""
+    from vkd_jax.data.pipeline import image_config
+
+    return hf_image_processor(cfg) or image_config(model_config.vision.image_size)
 
 
 def generic_images_dir(data: Data, cfg) -> str:
@@ -185,17 +202,18 @@ def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
 # ---- models and stages -------------------------------------------------------------------------------------
 
 def _model_config(cfg, data: Data):
-    from vkd_jax.models.config import config_from_model_dict, read_hf_config
+    from vkd_jax.models.config import config_from_model_dict
+    from vkd_jax.models.hf_io import read_model_config
 
     if cfg.hf_dir:
-        mc = read_hf_config(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        mc = read_model_config(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None)
     else:
         model = cfg.model.to_dict()
         tok = data.tokenizer
         model["text_config"].update(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id,
                                     bos_token_id=tok.bos_id)
         model["image_token_index"] = tok.image_token_id
-        mc = config_from_model_dict(model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        mc = config_from_model_dict(model, dtype=cfg.dtype, param_dtype=cfg.param_dtype or "float32")
     remat = str(cfg.get("remat", "none"))
     return mc.with_remat(remat) if remat != "none" else mc
 
@@ -210,7 +228,7 @@ def initial_params(cfg, data: Data, shared: str, model_config) -> dict:
     ckpt = os.path.join(shared, "init")
     if is_complete_dir(ckpt):
         return flat_params(load_model_orbax(ckpt))
-    model = load_hf(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype) if cfg.hf_dir else \
+    model = load_hf(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None) if cfg.hf_dir else \
         Llava(model_config, rngs=nnx.Rngs(int(cfg.seed)))
     save_model_orbax(model, ckpt)
     return flat_params(model)
@@ -252,10 +270,18 @@ def count_params(params: dict, part_preset: str, cfg, model_config) -> tuple[int
 def eval_config(cfg):
     from vkd_jax.eval import EvalConfig
 
-    return EvalConfig(max_new_tokens=int(cfg.eval.max_new_tokens), batch_size=int(cfg.eval.batch_size),
-                      seed=int(cfg.seed), few_shot=bool(cfg.eval.few_shot),
-                      max_questions=int(cfg.eval.max_questions) or None,
-                      cls_scoring=str(cfg.eval.get("cls_scoring", "generate")))
+    e = cfg.eval
+    return EvalConfig(max_new_tokens=int(e.max_new_tokens), batch_size=int(e.batch_size), seed=int(cfg.seed),
+                      image=hf_image_processor(cfg),
+                      few_shot=bool(e.few_shot), few_shot_cls=int(e.get("few_shot_cls", 1)),
+                      few_shot_cloze=int(e.get("few_shot_cloze", 2)),
+                      max_questions=int(e.max_questions) or None, cls_scoring=str(e.get("cls_scoring", "generate")),
+                      cls_parse=str(e.get("cls_parse", "official")), test_pose=str(e.get("test_pose", "mean")))
+
+
+def write_predictions(path: str, records: list[dict]) -> None:
+    """One JSON record per evaluated question (and pose), as `vkd_jax.eval.evaluator.RECORD_FIELDS`."""
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def eval_sets(data: Data, cfg):
@@ -283,11 +309,17 @@ def evaluate_cached(name: str, params: dict, cfg, data: Data, model_config, out_
         return cached
     graphdef, _ = abstract_model(model_config)
     model = model_from_flat_params(graphdef, params)
+    ecfg = eval_config(cfg)
     t = time.time()
-    res = evaluate(model, data.tokenizer, eval_sets(data, cfg), eval_config(cfg))
+    records: dict[str, list] = {}
+    res = evaluate(model, data.tokenizer, eval_sets(data, cfg), ecfg, records=records,
+                   demo_source=data.load("Full_Set") if ecfg.few_shot else None)
     logging.info("evaluated %s in %.1f s", name, time.time() - t)
     res = {s: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
            for s, m in res.items()}
+    # the predictions first: the metrics file marks the evaluation finished
+    write_predictions(os.path.join(out_dir, "eval", f"{name}.predictions.jsonl"),
+                      [r for s in res for r in records.get(s, [])])
     atomic_write_text(path, json.dumps(res, indent=2, sort_keys=True))
     return res
 
@@ -306,7 +338,9 @@ def identity_free_floor(params: dict, cfg, data: Data, model_config, shared: str
     forget = data.load(f"forget_{data.forget_pct}")
     blank = ImageReplacedSource(forget, mean_image_bytes(data.load("Full_Set")))
     model = model_from_flat_params(abstract_model(model_config)[0], params)
-    acc = evaluate_questions(model, data.tokenizer, blank, eval_config(cfg))["vqa_cls_acc"]
+    records: list[dict] = []
+    acc = evaluate_questions(model, data.tokenizer, blank, eval_config(cfg), records=records)["vqa_cls_acc"]
+    write_predictions(os.path.join(shared, "eval", "identity_free_floor.predictions.jsonl"), records)
     atomic_write_text(path, json.dumps({"forget_vqa_cls_acc": acc, "image": "mean of Full_Set images"}))
     return acc
 
@@ -335,13 +369,17 @@ def relearn_attack(cfg, data: Data, params: dict, model_config, run_dir: str) ->
         cache = os.path.join(rdir, "result.json")
         r = read_json_if_exists(cache)
         if r is None:
+            recs: list[dict] = []
             before = evaluate_questions(model_from_flat_params(graphdef, params), data.tokenizer, forget, ecfg,
-                                        exclude=used)["vqa_cls_acc"]
+                                        exclude=used, records=recs)["vqa_cls_acc"]
             stream = _pipeline(data, cfg, forget, tasks=("classification",), types=("Image_Textual",),
                                seed_offset=40 + int(frac * 100), keys=used, model_config=model_config)
             res = _stage("relearn", cfg, rdir, params, {"forget": stream}, model_config, data.tokenizer)
+            after_recs: list[dict] = []
             after = evaluate_questions(model_from_flat_params(graphdef, res.params), data.tokenizer, forget, ecfg,
-                                       exclude=used)["vqa_cls_acc"]
+                                       exclude=used, records=after_recs)["vqa_cls_acc"]
+            write_predictions(os.path.join(rdir, "predictions.jsonl"),
+                              [{**x, "model": m} for m, rs in (("before", recs), ("after", after_recs)) for x in rs])
             r = {"fraction": frac, "n_used": n, "n_eval": len(keys) - n, "before": before, "after": after}
             atomic_write_text(cache, json.dumps(r, indent=2))
         out["forget_vqa_cls_acc"].append(r["after"])
@@ -365,8 +403,10 @@ def vanilla_params(cfg, data: Data, shared: str, model_config) -> dict:
 
 def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
         local_cache: str | None = None) -> dict:
+    from vkd_jax.config_check import validate
     from vkd_jax.unlearn.methods import make_method
 
+    validate(cfg)  # every bad field at once, before anything is written
     shared = shared or workdir
     makedirs(workdir)
     t_start = time.time()
@@ -395,6 +435,7 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     results = {
         "method": cfg.method,
         "config": json.loads(cfg.to_json_best_effort()),
+        "protocol": eval_config(cfg).protocol(),
         "vanilla": evaluate_cached("vanilla", vanilla, cfg, data, model_config, shared),
         "unlearned": evaluate_cached("unlearned", unlearned, cfg, data, model_config, workdir),
     }
@@ -423,5 +464,6 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
             template = cfg.hf_dir or os.path.join(benchmark_dir(shared, local_cache), "tokenizer")
             # safetensors and shutil write local files: a remote hf_export is built locally, then uploaded
             with local_staging_dir(os.path.join(workdir, "hf_export"), overwrite=True) as out:
-                save_hf_params(unlearned, model_config, out, template_hf_dir=template, overwrite=True)
+                save_hf_params(unlearned, model_config, out, template_hf_dir=template, overwrite=True,
+                               dtype=str(cfg.get("export_dtype", "")) or None)
     return results

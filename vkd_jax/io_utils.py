@@ -241,7 +241,7 @@ class AppendFile:
         self.path = resolve(path)
         self.remote = is_remote(self.path)
         self.sync_seconds = sync_seconds
-        self._synced = 0.0
+        self._synced: float | None = None  # monotonic time of the last upload; None: never uploaded
         if not self.remote:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._f = open(self.path, mode)
@@ -265,7 +265,7 @@ class AppendFile:
 
     def flush(self, force: bool = False):
         self._f.flush()
-        if self.remote and (force or time.monotonic() - self._synced >= self.sync_seconds):
+        if self.remote and (force or self._synced is None or time.monotonic() - self._synced >= self.sync_seconds):
             with open(self._local, "rb") as f:
                 atomic_write_bytes(self.path, f.read())
             self._synced = time.monotonic()

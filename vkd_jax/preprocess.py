@@ -66,6 +66,17 @@ class ImageProcessorConfig:
             kw["pad_to_square"] = bool(d["do_pad"])
         return cls(**kw)
 
+    def to_hf_dict(self) -> dict:
+        """The preprocessor_config.json that CLIPImageProcessor reads back as this config."""
+        size = {"shortest_edge": self.shortest_edge} if self.resize_hw is None else \
+            {"height": self.resize_hw[0], "width": self.resize_hw[1]}
+        return {"image_processor_type": "CLIPImageProcessor", "processor_class": "LlavaProcessor", "size": size,
+                "crop_size": {"height": self.crop_hw[0], "width": self.crop_hw[1]}, "do_resize": self.do_resize,
+                "do_center_crop": self.do_center_crop, "do_rescale": self.do_rescale,
+                "rescale_factor": self.rescale_factor, "do_normalize": self.do_normalize,
+                "image_mean": list(self.image_mean), "image_std": list(self.image_std), "resample": self.resample,
+                "do_convert_rgb": self.do_convert_rgb, **({"do_pad": True} if self.pad_to_square else {})}
+
     @classmethod
     def from_hf_dir(cls, hf_dir: str | os.PathLike, **overrides) -> "ImageProcessorConfig":
         path = os.path.join(os.fspath(hf_dir), "preprocessor_config.json")

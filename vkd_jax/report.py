@@ -51,6 +51,25 @@ def read_curve(stage_dir: str, key: str = "loss") -> tuple[list, list]:
     return steps, vals
 
 
+def protocol_line(p: dict) -> str:
+    """One sentence on how the evaluation was scored (results.json "protocol")."""
+    if not p:
+        return "Evaluation protocol: not recorded."
+    cls = {"generate": "the greedy reply's letter", "likelihood": "option likelihood"}.get(p.get("cls_scoring"), "?")
+    parse = {"official": "the official rule (first character, A-D only)",
+             "lenient": "the lenient rule (first alphanumeric character)"}.get(p.get("cls_parse"), "?")
+    pose = {"mean": "the mean over every pose of each profile", "random": "one random pose per profile and task "
+            "(seeded; the official reading)"}.get(p.get("test_pose"), "?")
+    fs = p.get("few_shot_profiles") or {}
+    shots = (f"few-shot as the official script ({fs.get('classification')} demo profile(s) for classification, "
+             f"{fs.get('cloze')} for cloze)") if p.get("few_shot") else "zero-shot"
+    sub = f"; the first {p['max_questions']} questions of each kind" if p.get("max_questions") else ""
+    return (f"Evaluation: MLLMU-Bench's official prompts and answer extraction, greedy, {p.get('max_new_tokens')} new "
+            f"tokens, {shots}{sub}; classification by {cls}" + (f", parsed by {parse}" if p.get("cls_scoring") ==
+            "generate" else "") + f"; Test_Set scored as {pose}. Per-question predictions: "
+            "`eval/<model>.predictions.jsonl`.")
+
+
 def single_run_markdown(r: dict) -> str:
     van, unl = r["vanilla"], r["unlearned"]
     lines = [f"# Unlearning report: {r['method']}", ""]
@@ -59,10 +78,16 @@ def single_run_markdown(r: dict) -> str:
                  f"{r['efficiency']['steps']} unlearning steps. Classification accuracies in % (chance 25); "
                  "forget/test VQA should fall, forget QA stay at vanilla (text knowledge kept), "
                  "retain and celebrity stay high.")
+    lines += ["", protocol_line(r.get("protocol") or {})]
     if (cfg.get("eval") or {}).get("cls_scoring") == "likelihood":
         lines += ["", "Classification is scored by option likelihood (`eval.cls_scoring=\"likelihood\"`: the option "
                   "whose text is the likeliest answer), not by the generated letter: the tiny model is trained to "
                   "answer multiple-choice items with the option's text (`data.cls_answer=\"option\"`)."]
+    if cfg.get("export_hf"):
+        ed = cfg.get("export_dtype") or ""
+        lines += ["", "`hf_export` holds every tensor in " + (f"`{ed}` (`export_dtype`)." if ed else
+                  "its storage dtype, the input checkpoint's (`export_dtype=\"\"`): what the method did not train "
+                  "is bitwise the input.")]
     stages = cfg.get("stages") or {}
     captioned = [n for n in ("pretrain", "vanilla") if "caption" in ((stages.get(n) or {}).get("streams") or ())]
     if captioned:

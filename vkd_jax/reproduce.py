@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -230,6 +231,11 @@ def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True
     if unknown:
         raise ValueError(f"unknown ablations {unknown}; for this config: {sorted(table)}")
     plan = [(m, m, {}) for m in methods] + [(a, *table[a]) for a in ablations]
+    from vkd_jax.config_check import validate
+    for seed in seeds:  # every config that will run, before the first one starts
+        for name, method, overrides in plan:
+            if read_json_if_exists(os.path.join(workdir, "runs", f"{name}_s{seed}", "results.json")) is None:
+                validate(apply_overrides(cfg, {"seed": seed, "method": method, **overrides}))
     runs: dict[str, list[dict]] = {}
     vanilla = None
     for seed in seeds:
@@ -267,7 +273,13 @@ def main(argv):
         raise app.UsageError(f"--seeds={_SEEDS.value!r}: expected comma-separated integers") from None
     ablations = tuple(ablations_for(_CONFIG.value)) if _ABL.value else ()
     workdir = resolve(_WORKDIR.value)
-    reproduce(_CONFIG.value, workdir, methods, seeds, ablations, relearn=_RELEARN.value, local_cache=_CACHE.value)
+    from vkd_jax.cli import EXPECTED_ERRORS
+    try:
+        reproduce(_CONFIG.value, workdir, methods, seeds, ablations, relearn=_RELEARN.value,
+                  local_cache=_CACHE.value)
+    except EXPECTED_ERRORS as e:  # bad config / data / weights: one clear line, non-zero exit
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     print(read_text(os.path.join(workdir, "comparison.md")))
 
 

@@ -85,14 +85,14 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.process_index={self.process_index} not in [0, {self.process_count})")
 
 
-def _s(v) -> str:
+def as_str(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-def _profile_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
+def profile_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
     """One stored profile -> its examples (prompt text, answer, metadata) for the selected tasks and types;
     classification answers are the correct letter, or the correct option's text with cls_answer="option"."""
-    pid = _s(rec["ID"])
+    pid = as_str(rec["ID"])
     out = []
 
     def add(task, typ, item, question, prompt, answer, letter="", gt=""):
@@ -100,12 +100,12 @@ def _profile_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> li
             out.append({"id": pid, "task": task, "type": typ, "item": item, "question": question,
                         "prompt": prompt, "answer": answer, "correct_letter": letter, "ground_truth": gt})
     if "ft" in tasks and rec.get("metadata") is not None:  # rows without Q/A pairs (e.g. profiles) have no ft
-        for i, qa in enumerate(json.loads(_s(rec["metadata"])) or []):
+        for i, qa in enumerate(json.loads(as_str(rec["metadata"])) or []):
             typ = qa.get("Type", "Image_Textual")
             add("ft", typ, i, qa["Question"], prompts.plain_prompt(qa["Question"], typ == "Image_Textual"),
                 qa["Answer"], gt=qa["Answer"])
     if "classification" in tasks:
-        ct = json.loads(_s(rec["Classification_Task"])) or {}
+        ct = json.loads(as_str(rec["Classification_Task"])) or {}
         for key, typ in (("Image_Textual_Questions", "Image_Textual"), ("Pure_Text_Questions", "Pure_Text")):
             for i, q in enumerate(ct.get(key) or []):
                 add("classification", typ, i, q["Question"],
@@ -117,7 +117,7 @@ def _profile_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> li
     for task, col, make in (("generation", "Generation_Task", prompts.generation_prompt),
                             ("cloze", "Mask_Task", prompts.cloze_prompt)):
         if task in tasks:
-            for i, q in enumerate(json.loads(_s(rec[col])) or []):
+            for i, q in enumerate(json.loads(as_str(rec[col])) or []):
                 add(task, q["Type"], i, q["Question"], make(q["Question"], q["Type"] == "Image_Textual"),
                     q["Ground_Truth"], gt=q["Ground_Truth"])
     return out
@@ -136,9 +136,9 @@ class InputPipeline:
         self.examples: list[dict] = []
         for row in range(len(source)):
             rec = source[row]
-            if ids is not None and _s(rec["ID"]) not in ids:
+            if ids is not None and as_str(rec["ID"]) not in ids:
                 continue
-            for ex in _profile_examples(rec, cfg.tasks, cfg.types, cfg.cls_answer):
+            for ex in profile_examples(rec, cfg.tasks, cfg.types, cfg.cls_answer):
                 if keys is not None and (ex["id"], ex["item"]) not in keys:
                     continue
                 t = prompts.tokenize(tokenizer, ex["prompt"], ex["answer"] if cfg.train else None,
@@ -314,7 +314,7 @@ def make_pipeline(config_name: str, data_dir: str | os.PathLike, tokenizer, cfg:
 
 def forget_ids(source) -> tuple[str, ...]:
     """Profile IDs of a source (e.g. forget_5), to restrict Test_Set with `PipelineConfig(ids=...)`."""
-    return tuple(_s(source[i]["ID"]) for i in range(len(source)))
+    return tuple(as_str(source[i]["ID"]) for i in range(len(source)))
 
 
 def image_config(image_size: int) -> ImageProcessorConfig:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 
-from vkd_jax.data.pipeline import _s
+from vkd_jax.data.pipeline import as_str
 
 
 class ConcatSource:
@@ -35,8 +35,9 @@ class ConcatSource:
 class PoseJoinedSource:
     def __init__(self, ft_data, profiles):
         self.ft, self.profiles = ft_data, profiles
-        by_id = {_s(profiles[i]["ID"]): i for i in range(len(profiles))}
-        self.rows = [(j, by_id[_s(ft_data[j]["ID"])]) for j in range(len(ft_data)) if _s(ft_data[j]["ID"]) in by_id]
+        by_id = {as_str(profiles[i]["ID"]): i for i in range(len(profiles))}
+        ft_ids = [as_str(ft_data[j]["ID"]) for j in range(len(ft_data))]
+        self.rows = [(j, by_id[i]) for j, i in enumerate(ft_ids) if i in by_id]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -50,7 +51,7 @@ class PoseJoinedSource:
         return rec
 
     def ids(self) -> tuple[str, ...]:
-        return tuple(sorted({_s(self.profiles[k]["ID"]) for _, k in self.rows}))
+        return tuple(sorted({as_str(self.profiles[k]["ID"]) for _, k in self.rows}))
 
 
 class ImageReplacedSource:

@@ -49,10 +49,20 @@ class TextTokenizer:
             ids = ids[1:]
         return [self.bos_id] + ids if add_bos else ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """encode(text) and, per token, the end of its character span in `text` (0 for BOS)."""
+        enc = self.tok.encode(text, add_special_tokens=True)
+        ids, ends = list(enc.ids), [e for _, e in enc.offsets]
+        if ids and ids[0] == self.bos_id:
+            ids, ends = ids[1:], ends[1:]
+        return [self.bos_id] + ids, [0] + ends
+
     def encode_batch(self, texts: Sequence[str], add_bos: bool = True) -> list[list[int]]:
         return [self.encode(t, add_bos) for t in texts]  # per text: keeps the BOS rule in one place
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """As transformers' decode for a BPE tokenizer (Llama's, ours): the tokenizers decoder alone (transformers 5
+        never applies clean_up_tokenization_spaces to BPE tokenizers; llava-hf's config sets it False anyway)."""
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
 

@@ -1,33 +1,47 @@
-"""MLLMU-Bench evaluation (shared/spec/mllmu_bench.md): classification, cloze and generation, each as VQA (with the
-profile's image) and QA (text only), on the forget, test, retain and celebrity sets; greedy decoding
-(`vkd_jax.eval.decode`), zero-shot by default, few-shot a switch.
+"""MLLMU-Bench evaluation as the benchmark's own script (eval.py of the MLLMU-Bench repository) does it
+(shared/spec/mllmu_bench.md "Evaluation"): classification, cloze and generation, each as VQA (with the profile's
+image) and QA (text only), on the forget, test, retain and celebrity sets; greedy decoding (`vkd_jax.eval.decode`).
 
     from vkd_jax.eval import EvalConfig, benchmark_sets, evaluate
     sets = benchmark_sets(data_dir, manual_dir, forget_pct=5)   # forget_5, Test_Set (forget IDs), retain_95, Retain_Set
-    results = evaluate(model, tokenizer, sets, EvalConfig())    # {set: {metric: value}}
+    records = {}
+    results = evaluate(model, tokenizer, sets, EvalConfig(), records=records)   # {set: {metric: value}}
 
-Results schema, per set ("forget", "test", "retain", "celebrity"):
+What is the official script's, and kept exactly:
+- prompts: `vkd_jax.data.prompts.TEMPLATES`, character for character; tokenized alone (BOS first), `<image>`
+  expanded to the image tokens; 50 new tokens (`max_new_tokens`), greedy.
+- answers: the whole sequence (prompt and generation, less its first two tokens, special tokens skipped) is decoded
+  and the reply is the text after the first `ASSISTANT:` (`prompts.official_answer`).
+- classification: the first character of the stripped reply, upper-cased, must be one of A-D and equal the true
+  letter (`cls_parse="official"`; `"lenient"` takes the first alphanumeric character instead); cloze: the ground
+  truth, lower-cased, is a substring of the reply; generation: ROUGE-1/2/L F (stemmed) and sentence BLEU
+  (`vkd_jax.eval.metrics`).
+- few-shot (`few_shot=True`, off by default as in the follow-up work): `few_shot_cls` (1) / `few_shot_cloze` (2)
+  demo profiles, the script's counts for LLaVA (its 2025-03 version), drawn (seeded) from the evaluated set's own
+  IDs, every question of the task and form of those profiles taken from `demo_source` (the script's few-shot
+  file; the pipeline passes Full_Set) in the script's demo format (`prompts.classification_demo` / `cloze_demo`),
+  VQA demos with their own image; the demo profiles' own questions are skipped; demos precede classification
+  prompts on the forget, test and retain sets, cloze prompts on those and the celebrity set (the script's modes);
+  generation has none.
+What is ours, and a switch:
+- Test_Set poses (`test_pose`): "mean" (default) scores every question on every pose of its profile and averages
+  over the poses (deterministic, lower variance); "random" is the official reading, one pose per profile and task,
+  drawn (seeded) per task as the script's unseeded `random.choice` is.
+- `cls_scoring="likelihood"`: the letter whose option text is the likeliest answer (summed log-probs of its tokens
+  and EOS), for models trained to answer with the option's text (the embedded tiny model, which does not learn to
+  bind letters to options); reports say which scoring a table used.
+
+Every evaluated question (and pose) becomes a record (`RECORD_FIELDS`): set, ID, task, form, item, the exact prompt,
+the generation or the option scores, the reply, the parsed answer, the gold answer, whether it counted, and its
+scores; `metrics_from_records` computes the results from those records alone, so a saved predictions file and the
+results never disagree. Results schema, per set:
     vqa_cls_acc, qa_cls_acc, vqa_cloze_acc, qa_cloze_acc   accuracy in % (0..100)
     vqa_gen_rougeL, qa_gen_rougeL                          mean ROUGE-L F-measure (0..1)
-    extras: {vqa,qa}_gen_{rouge1,rouge2,bleu} (0..1), and {kind}_n, the number of questions behind each
-    `{kind}_*` value (kind = vqa_cls, qa_cls, vqa_cloze, qa_cloze, vqa_gen, qa_gen). A kind with no questions
-    scores NaN with n = 0.
+    extras: {vqa,qa}_gen_{rouge1,rouge2,bleu} (0..1), and {kind}_n, the number of questions behind each `{kind}_*`
+    value (kind = vqa_cls, qa_cls, vqa_cloze, qa_cloze, vqa_gen, qa_gen). A kind with no questions scores NaN, n = 0.
 
-Examples come from the same code as training (`pipeline._profile_examples` -> `prompts`), so prompts are identical;
-the Test_Set pose is chosen exactly as the input pipeline chooses it (`default_rng([seed, row])`). Batches hold one
-kind each (VQA rows one image each, QA rows none), are left-padded to a length bucket and filled to `batch_size`
-with copies of their first row, so only a few shapes are ever compiled.
-
-Classification is scored as the benchmark does (greedy answer, its first letter) unless `cls_scoring="likelihood"`:
-then the prediction is the option whose text, as the answer to the same prompt, is likeliest (summed log-probs of
-its tokens and EOS). That is for models trained to answer with the option's text (the embedded tiny model, which
-does not learn to bind letters to options); report which scoring a table used.
-
-Few-shot (`EvalConfig.few_shot`): each prompt is preceded by solved demonstrations in the same conversation
-format, `"{demo prompt} {answer}\n"`; classification uses `few_shot_cls` demo profiles (1), cloze `few_shot_cloze`
-(2), generation stays zero-shot. Demo profiles are drawn (seeded) from `demo_set` (default "retain"), from that
-profile's first question of the same kind; VQA demos carry their own image. Profiles used as demos are left out
-when the demo set itself is evaluated.
+Batches hold one kind each, are left-padded to a length bucket and filled to `batch_size` with copies of their first
+row, so only a few shapes are ever compiled; a row's answer never depends on its batch.
 """
 
 from __future__ import annotations
@@ -40,46 +54,65 @@ import numpy as np
 from flax import nnx
 
 from vkd_jax.data import prompts
-from vkd_jax.data.pipeline import _profile_examples, _s, image_config
+from vkd_jax.data.pipeline import as_str, image_config, profile_examples
 from vkd_jax.eval import metrics
 from vkd_jax.eval.decode import continuation_logprobs, greedy_decode, strip_after_eos
 from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
 
 SETS = ("forget", "test", "retain", "celebrity")
+TASKS = ("classification", "cloze", "generation")
 TASK_KEYS = {"classification": "cls", "cloze": "cloze", "generation": "gen"}
 TYPE_KEYS = {"Image_Textual": "vqa", "Pure_Text": "qa"}
 METRICS = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
 EXTRA_METRICS = tuple(f"{t}_gen_{m}" for t in ("vqa", "qa") for m in ("rouge1", "rouge2", "bleu"))
+GEN_SCORES = ("rougeL", "rouge1", "rouge2", "bleu")
+# the official script's modes: where demonstrations precede the prompt
+FEW_SHOT_SETS = {"classification": ("forget", "test", "retain"), "cloze": ("forget", "test", "retain", "celebrity")}
+RECORD_FIELDS = ("set", "id", "task", "form", "item", "question", "pose", "prompt", "generation", "option_scores",
+                 "reply", "parsed", "gold", "correct", "scores")
+TEST_POSES = ("mean", "random")
+CLS_PARSE = ("official", "lenient")
+CLS_SCORING = ("generate", "likelihood")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    tasks: tuple[str, ...] = ("classification", "cloze", "generation")
+    tasks: tuple[str, ...] = TASKS
     types: tuple[str, ...] = ("Image_Textual", "Pure_Text")
     max_new_tokens: int = 50                 # the benchmark's budget, for every task
     batch_size: int = 8
-    length_buckets: tuple[int, ...] = (64, 128, 256, 512, 768, 1024, 1536, 2048)
-    seed: int = 0                            # Test_Set pose choice (as the input pipeline) and few-shot demos
+    length_buckets: tuple[int, ...] = (64, 128, 256, 512, 768, 1024, 1536, 2048, 4096, 8192)
+    seed: int = 0                            # Test_Set pose draws (test_pose="random") and few-shot demo draws
     image: ImageProcessorConfig | None = None  # default: CLIP preprocessing at the model's image size
     few_shot: bool = False
-    few_shot_cls: int = 1
-    few_shot_cloze: int = 2
-    demo_set: str = "retain"
+    few_shot_cls: int = 1                    # demo profiles: the official script's random.sample(id_list, 1) ...
+    few_shot_cloze: int = 2                  # ... and (id_list, 2) for LLaVA
     max_questions: int | None = None         # per set and kind (first ones, in source order): quick checks
-    # "generate": the benchmark's protocol (greedy answer, first letter); "likelihood": the letter whose option text
-    # is the likeliest answer (for models trained to answer with the option, PipelineConfig.cls_answer="option")
-    cls_scoring: str = "generate"
+    cls_scoring: str = "generate"            # "generate": the protocol; "likelihood": see the module docstring
+    cls_parse: str = "official"              # "official": first character, A-D only; "lenient": first alphanumeric
+    test_pose: str = "mean"                  # Test_Set: "mean" over all poses, or "random" (the official reading)
 
     def __post_init__(self):
         bad = (set(self.tasks) - set(TASK_KEYS)) | (set(self.types) - set(TYPE_KEYS))
         if bad:
             raise ValueError(f"EvalConfig: unknown tasks/types {sorted(bad)}; tasks {tuple(TASK_KEYS)}, "
                              f"types {tuple(TYPE_KEYS)}")
-        if self.cls_scoring not in ("generate", "likelihood"):
-            raise ValueError(f"EvalConfig.cls_scoring={self.cls_scoring!r}: use 'generate' or 'likelihood'")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"EvalConfig: batch_size={self.batch_size} and max_new_tokens={self.max_new_tokens} "
-                             "must be >= 1")
+        for name, value, allowed in (("cls_scoring", self.cls_scoring, CLS_SCORING),
+                                     ("cls_parse", self.cls_parse, CLS_PARSE),
+                                     ("test_pose", self.test_pose, TEST_POSES)):
+            if value not in allowed:
+                raise ValueError(f"EvalConfig.{name}={value!r}: use one of {allowed}")
+        if min(self.batch_size, self.max_new_tokens, self.few_shot_cls, self.few_shot_cloze) < 1:
+            raise ValueError(f"EvalConfig: batch_size={self.batch_size}, max_new_tokens={self.max_new_tokens}, "
+                             f"few_shot_cls={self.few_shot_cls} and few_shot_cloze={self.few_shot_cloze} must be >= 1")
+
+    def protocol(self) -> dict:
+        """What a reader of a table needs to know about how it was scored."""
+        return {"cls_scoring": self.cls_scoring, "cls_parse": self.cls_parse, "test_pose": self.test_pose,
+                "few_shot": self.few_shot,
+                "few_shot_profiles": {"classification": self.few_shot_cls, "cloze": self.few_shot_cloze}
+                if self.few_shot else {},
+                "max_new_tokens": self.max_new_tokens, "max_questions": self.max_questions}
 
 
 @dataclasses.dataclass
@@ -104,8 +137,8 @@ def benchmark_sets(data_dir, manual_dir=None, forget_pct: int = 5) -> dict[str, 
 def question_keys(source, task: str = "classification", type: str = "Image_Textual",
                   ids: Iterable[str] | None = None) -> list[tuple[str, int]]:
     """(profile ID, item) of every question of one kind, in source order; `item` is the index within the profile's
-    questions of that task and type, as the input pipeline's `id`/`item` metadata. Used to split the forget VQA
-    questions into the ones a relearning attack trains on and the ones it is evaluated on."""
+    questions of that task and type (cloze: within Mask_Task), as the input pipeline's `id`/`item` metadata. Used
+    to split the forget VQA questions into the ones a relearning attack trains on and the ones it is scored on."""
     return [(e["id"], e["item"]) for e in _examples(EvalSet(source, _tuple(ids)), task, type)]
 
 
@@ -120,48 +153,101 @@ def _examples(es: EvalSet, task: str, typ: str) -> list[dict]:
     out = []
     for row in range(len(es.source)):
         rec = es.source[row]
-        if keep is not None and _s(rec["ID"]) not in keep:
+        if keep is not None and as_str(rec["ID"]) not in keep:
             continue
-        for ex in _profile_examples(rec, (task,), (typ,)):
+        for ex in profile_examples(rec, (task,), (typ,)):
             if ex["task"] == task:
                 ex["row"] = row
                 out.append(ex)
     return out
 
 
-def _image_bytes(source, row: int, seed: int) -> bytes:
+def _set_ids(es: EvalSet) -> list[str]:
+    if es.ids is not None:
+        return list(es.ids)
+    return [as_str(es.source[r]["ID"]) for r in range(len(es.source))]
+
+
+def _num_poses(source, row: int) -> int:
+    """Test_Set rows hold `images` (other poses); 0 for a row with one `image`."""
+    imgs = source[row].get("images")
+    return len(imgs["bytes"]) if imgs is not None and len(imgs["bytes"]) else 0
+
+
+def _image_bytes(source, row: int, pose: int | None) -> bytes:
     rec = source[row]
-    imgs = rec.get("images")
-    if imgs is not None and len(imgs["bytes"]):  # Test_Set: one pose per profile, chosen as the input pipeline does
-        return bytes(imgs["bytes"][np.random.default_rng([seed, row]).integers(len(imgs["bytes"]))])
+    if pose is not None:
+        return bytes(rec["images"]["bytes"][pose])
     return bytes(rec["image"]["bytes"])
 
 
 @dataclasses.dataclass
 class _Demos:
     prefix: str
-    images: list[tuple[Any, int]]  # (source, row) of each demo image, in prompt order
-    ids: set
+    images: list[tuple[Any, int, None]]  # (source, row, pose=None) of each demo image, in prompt order
+    skip: set                            # (ID, item) of the evaluated questions that served as demos
 
 
-def _demos(demo: EvalSet | None, task: str, typ: str, k: int, seed: int) -> _Demos:
-    if demo is None or k == 0 or task == "generation":
-        return _Demos("", [], set())
-    by_profile: dict[str, dict] = {}
-    for ex in _examples(demo, task, typ):
-        by_profile.setdefault(ex["id"], ex)
-    if len(by_profile) < k:
-        raise ValueError(f"few-shot needs {k} demo profiles with {task}/{typ} questions, the demo set has "
-                         f"{len(by_profile)}")
-    pids = sorted(by_profile)
-    chosen = [pids[i] for i in np.random.default_rng([seed, 31337]).choice(len(pids), k, replace=False)]
+NO_DEMOS = _Demos("", [], set())
+
+
+def _demos(demo_source, es: EvalSet, set_name: str, task: str, typ: str, cfg: EvalConfig) -> _Demos:
+    """The official script's demonstrations for one set, task and form (see the module docstring)."""
+    if not cfg.few_shot or task == "generation" or demo_source is None:
+        return NO_DEMOS
+    ids = _set_ids(es)
+    k = min(cfg.few_shot_cls if task == "classification" else cfg.few_shot_cloze, len(ids))
+    draw = np.random.default_rng([cfg.seed, SETS.index(set_name) if set_name in SETS else 99, TASKS.index(task)])
+    chosen = {ids[i] for i in draw.choice(len(ids), k, replace=False)}
+    demo_examples = [ex for ex in _examples(EvalSet(demo_source, tuple(sorted(chosen))), task, typ)]
     prefix, images = "", []
-    for pid in chosen:
-        ex = by_profile[pid]
-        prefix += f"{ex['prompt']} {ex['answer']}\n"
-        if typ == "Image_Textual":
-            images.append((demo.source, ex["row"]))
-    return _Demos(prefix, images, set(chosen))
+    if set_name in FEW_SHOT_SETS[task]:
+        for ex in demo_examples:
+            vqa = typ == "Image_Textual"
+            if task == "classification":
+                prefix += prompts.classification_demo(ex["question"], ex["options"], ex["correct_letter"], vqa)
+            else:
+                prefix += prompts.cloze_demo(ex["question"], ex["ground_truth"], vqa)
+            if vqa:
+                images.append((demo_source, ex["row"], None))
+    return _Demos(prefix, images, {(ex["id"], ex["item"]) for ex in demo_examples})
+
+
+@dataclasses.dataclass
+class _Query:
+    ex: dict
+    prompt: str
+    images: list          # (source, row, pose) per image of the prompt, in order (demos first)
+    pose: int | None
+
+
+def _queries(es: EvalSet, set_name: str, task: str, typ: str, cfg: EvalConfig, demos: _Demos,
+             include=None, exclude=None) -> list[_Query]:
+    items = [ex for ex in _examples(es, task, typ) if (ex["id"], ex["item"]) not in demos.skip]
+    if include is not None:
+        inc = set(map(tuple, include))
+        items = [ex for ex in items if (ex["id"], ex["item"]) in inc]
+    if exclude is not None:
+        exc = set(map(tuple, exclude))
+        items = [ex for ex in items if (ex["id"], ex["item"]) not in exc]
+    if cfg.max_questions is not None:
+        items = items[:cfg.max_questions]
+    out = []
+    for ex in items:
+        prompt = demos.prefix + ex["prompt"]
+        if typ != "Image_Textual":
+            out.append(_Query(ex, prompt, [], None))
+            continue
+        n = _num_poses(es.source, ex["row"])
+        if n == 0:
+            poses = [None]
+        elif cfg.test_pose == "mean":
+            poses = list(range(n))
+        else:  # one draw per profile and task, as the official script's random.choice per row and task
+            poses = [int(np.random.default_rng([cfg.seed, ex["row"], TASKS.index(task)]).integers(n))]
+        for pose in poses:
+            out.append(_Query(ex, prompt, demos.images + [(es.source, ex["row"], pose)], pose))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -175,7 +261,7 @@ def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
 
 
 class _Runner:
-    """Tokenizes prompts, batches them with static shapes and decodes them greedily."""
+    """Tokenizes prompts, batches them with static shapes, decodes greedily or scores continuations."""
 
     def __init__(self, model, tokenizer, cfg: EvalConfig):
         c = model.config
@@ -187,123 +273,142 @@ class _Runner:
         # pad slots are masked, but the model finds images by id: never pad with the image token
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id != self.image_token else tokenizer.eos_id
 
-    def _ids(self, prompt: str, answer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of a prompt (and answer + EOS), the tokenizer's <image> id mapped to the model's, and the
-        answer mask."""
+    def model_ids(self, prompt: str, answer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of a prompt (and answer + EOS), <image> expanded, the tokenizer's <image> id mapped to the
+        model's image token, and the answer mask."""
         t = prompts.tokenize(self.tok, prompt, answer, self.image_seq_length)
         ids = t.input_ids
-        if self.tok.image_token_id != self.image_token:  # tokenizer's <image> id -> the model's image token
+        if self.tok.image_token_id != self.image_token:
             ids = np.where(ids == self.tok.image_token_id, self.image_token, ids)
         return ids, t.loss_mask
 
-    def _pixel(self, source, row: int) -> np.ndarray:
-        key = (id(source), row)
+    def pixels(self, source, row: int, pose: int | None) -> np.ndarray:
+        key = (id(source), row, pose)
         if key not in self._pixels:
-            data = _image_bytes(source, row, self.cfg.seed)
             try:
-                self._pixels[key] = preprocess_one(data, self.image_cfg)
+                self._pixels[key] = preprocess_one(_image_bytes(source, row, pose), self.image_cfg)
             except Exception as e:  # noqa: BLE001
-                raise ValueError(f"profile {_s(source[row]['ID'])} (source row {row}): cannot decode its image "
+                raise ValueError(f"profile {as_str(source[row]['ID'])} (source row {row}): cannot decode its image "
                                  f"({type(e).__name__}: {e})") from None
         return self._pixels[key]
 
-    def _batches(self, toks: list[np.ndarray], items: list[dict], source, demos: _Demos, with_image: bool):
-        """Left-padded static-shape batches of the token rows `toks` (row j belongs to `items[j]`): yields
-        (indices into toks, ids [B, T], mask [B, T], pixel_values or None); similar lengths share a batch."""
+    def _batches(self, toks: list[np.ndarray], queries: list[_Query]):
+        """Left-padded static-shape batches of the token rows `toks` (row j belongs to `queries[j]`): yields
+        (indices into toks, rows, ids [B, T], mask [B, T], pixel_values or None); similar lengths share a batch."""
         B = self.cfg.batch_size
         order = np.argsort([len(t) for t in toks], kind="stable")
         for start in range(0, len(toks), B):
             idx = order[start:start + B]
             rows = list(idx) + [idx[0]] * (B - len(idx))  # fill with copies of the first row (static batch)
+            q0 = queries[idx[0]]
             T = _bucket(max(len(toks[i]) for i in idx), self.cfg.length_buckets,
-                        f"{items[idx[0]]['task']} question of profile {items[idx[-1]]['id']}")
+                        f"{q0.ex['task']} question of profile {queries[idx[-1]].ex['id']}")
             ids = np.full((B, T), self.pad_id, np.int32)
             mask = np.zeros((B, T), np.int32)
             for b, i in enumerate(rows):
                 ids[b, T - len(toks[i]):], mask[b, T - len(toks[i]):] = toks[i], 1
-            n_img = (1 + len(demos.images)) if with_image else 0
+            n_img = len(q0.images)
             bad = np.nonzero((ids == self.image_token).sum(1) != n_img * self.image_seq_length)[0]
             if len(bad):  # under jit the model cannot check this itself
-                raise ValueError(f"profile {items[rows[bad[0]]]['id']}: prompt holds "
+                raise ValueError(f"profile {queries[rows[bad[0]]].ex['id']}: prompt holds "
                                  f"{int((ids[bad[0]] == self.image_token).sum())} image tokens (id "
                                  f"{self.image_token}), expected {n_img} x {self.image_seq_length}")
-            px = None
-            if with_image:
-                px = np.stack([self._pixel(s, r) for i in rows
-                               for s, r in demos.images + [(source, items[i]["row"])]])
+            px = np.stack([self.pixels(*im) for i in rows for im in queries[i].images]) if n_img else None
             yield idx, rows, ids, mask, px
 
-    def generate(self, items: list[dict], source, demos: _Demos, with_image: bool) -> list[str]:
-        """items: examples with 'prompt' and 'row' -> generated texts (special tokens dropped, stripped)."""
-        toks = [self._ids(demos.prefix + ex["prompt"])[0] for ex in items]
-        texts: list[str] = [""] * len(items)
-        for idx, _, ids, mask, px in self._batches(toks, items, source, demos, with_image):
-            out = greedy_decode(self.model, ids, mask, px, max_new_tokens=self.cfg.max_new_tokens,
+    def generate(self, queries: list[_Query]) -> list[tuple[str, str]]:
+        """-> per query (generation, decoded sequence): the new tokens' text, and prompt + generation decoded as
+        the official script decodes `outputs[0][2:]` (special tokens skipped)."""
+        prompt_ids = [self.tok.encode(q.prompt) for q in queries]
+        toks = [self.model_ids(q.prompt)[0] for q in queries]
+        out: list[tuple[str, str]] = [("", "")] * len(queries)
+        for idx, _, ids, mask, px in self._batches(toks, queries):
+            gen = greedy_decode(self.model, ids, mask, px, max_new_tokens=self.cfg.max_new_tokens,
                                 eos_id=self.tok.eos_id, pad_id=self.pad_id, split=self.split)
-            for b, seq in enumerate(strip_after_eos(out[:len(idx)], self.tok.eos_id)):
-                texts[idx[b]] = self.tok.decode(seq, skip_special_tokens=True).strip()
-        return texts
+            for b, seq in enumerate(strip_after_eos(gen[:len(idx)], self.tok.eos_id)):
+                i = idx[b]
+                out[i] = (self.tok.decode(seq), self.tok.decode(prompt_ids[i][2:] + seq))
+        return out
 
-    def choose(self, items: list[dict], source, demos: _Demos, with_image: bool) -> list[str]:
-        """Multiple-choice items -> the letter whose option text is the likeliest answer: log p(" {option}" + EOS
-        | the classification prompt), summed over the answer tokens (cls_scoring="likelihood")."""
+    def option_scores(self, queries: list[_Query]) -> list[dict[str, float]]:
+        """Multiple-choice queries -> {letter: log p(" {option}" + EOS | the prompt)}, summed over the answer
+        tokens (cls_scoring="likelihood")."""
         toks, masks, owner = [], [], []
-        for j, ex in enumerate(items):
+        for j, q in enumerate(queries):
             for L in "ABCD":
-                ids, lm = self._ids(demos.prefix + ex["prompt"], ex["options"][L])
+                ids, lm = self.model_ids(q.prompt, q.ex["options"][L])
                 toks.append(ids), masks.append(lm), owner.append(j)
-        seq_items = [items[j] for j in owner]
+        seq_queries = [queries[j] for j in owner]
         scores = np.zeros(len(toks))
-        for idx, rows, ids, mask, px in self._batches(toks, seq_items, source, demos, with_image):
+        for idx, rows, ids, mask, px in self._batches(toks, seq_queries):
             tgt = np.zeros(ids.shape, bool)
             for b, i in enumerate(rows):
                 tgt[b, ids.shape[1] - len(masks[i]):] = masks[i]
             scores[idx] = continuation_logprobs(self.model, ids, mask, tgt, px, split=self.split)[:len(idx)]
-        return ["ABCD"[int(np.argmax(scores[4 * j:4 * j + 4]))] for j in range(len(items))]
+        return [{L: float(scores[4 * j + k]) for k, L in enumerate("ABCD")} for j in range(len(queries))]
 
 
 # ----------------------------------------------------------------------------------------------- scoring
 
-def _score(task: str, ex: dict, text: str) -> dict[str, float]:
-    if task == "classification":
-        return {"acc": 100.0 * metrics.classification_correct(text, ex["correct_letter"])}
-    if task == "cloze":
-        return {"acc": 100.0 * metrics.cloze_correct(text, ex["ground_truth"])}
-    return {**metrics.rouge(text, ex["ground_truth"]), "bleu": metrics.sentence_bleu(text, ex["ground_truth"])}
-
-
-def _kind_metrics(task: str, typ: str, scores: list[dict]) -> dict[str, float]:
-    kind = f"{TYPE_KEYS[typ]}_{TASK_KEYS[task]}"
-    names = ("acc",) if task != "generation" else ("rougeL", "rouge1", "rouge2", "bleu")
-    out = {f"{kind}_{m}": float(np.mean([s[m] for s in scores])) if scores else math.nan for m in names}
-    out[f"{kind}_n"] = len(scores)
-    return out
-
-
-def _eval_kind(runner: _Runner, es: EvalSet, task: str, typ: str, demos: _Demos,
-               include=None, exclude=None, records: list | None = None) -> list[dict]:
-    items = [ex for ex in _examples(es, task, typ) if ex["id"] not in demos.ids]
-    if include is not None:
-        inc = set(map(tuple, include))
-        items = [ex for ex in items if (ex["id"], ex["item"]) in inc]
-    if exclude is not None:
-        exc = set(map(tuple, exclude))
-        items = [ex for ex in items if (ex["id"], ex["item"]) not in exc]
-    if runner.cfg.max_questions is not None:
-        items = items[:runner.cfg.max_questions]
-    if not items:
-        return []
-    if task == "classification" and runner.cfg.cls_scoring == "likelihood":
-        texts = runner.choose(items, es.source, demos, typ == "Image_Textual")
+def _record(set_name: str, q: _Query, cfg: EvalConfig, generation: str | None = None, decoded: str | None = None,
+            option_scores: dict | None = None) -> dict:
+    ex, task = q.ex, q.ex["task"]
+    rec = {"set": set_name, "id": ex["id"], "task": task, "form": prompts.form(ex["type"] == "Image_Textual"),
+           "item": ex["item"], "question": ex["question"], "pose": q.pose, "prompt": q.prompt,
+           "generation": generation, "option_scores": option_scores, "reply": None, "correct": None, "scores": None}
+    if option_scores is not None:
+        rec["parsed"] = max("ABCD", key=lambda L: option_scores[L])
     else:
-        texts = runner.generate(items, es.source, demos, typ == "Image_Textual")
-    scores = [_score(task, ex, t) for ex, t in zip(items, texts)]
-    if records is not None:
-        for ex, t, s in zip(items, texts, scores):
-            records.append({"id": ex["id"], "task": task, "type": typ, "item": ex["item"],
-                            "question": ex["question"], "generated": t,
-                            "target": ex["correct_letter"] or ex["ground_truth"], **s})
-    return scores
+        rec["reply"] = prompts.official_answer(decoded, task)
+    if task == "classification":
+        if option_scores is None:
+            rec["parsed"] = prompts.classification_prediction(rec["reply"], cfg.cls_parse)
+        rec["gold"] = ex["correct_letter"]
+        rec["correct"] = rec["parsed"] == ex["correct_letter"].strip().upper()
+    elif task == "cloze":
+        rec["parsed"], rec["gold"] = rec["reply"], ex["ground_truth"]
+        rec["correct"] = metrics.cloze_correct(rec["reply"], ex["ground_truth"])
+    else:
+        rec["parsed"], rec["gold"] = rec["reply"], ex["ground_truth"]
+        rec["scores"] = {**metrics.rouge(rec["reply"], ex["ground_truth"]),
+                         "bleu": metrics.sentence_bleu(rec["reply"], ex["ground_truth"])}
+    return rec
+
+
+def _run(runner: _Runner, set_name: str, queries: list[_Query]) -> list[dict]:
+    if not queries:
+        return []
+    cfg = runner.cfg
+    if queries[0].ex["task"] == "classification" and cfg.cls_scoring == "likelihood":
+        return [_record(set_name, q, cfg, option_scores=s) for q, s in zip(queries, runner.option_scores(queries))]
+    return [_record(set_name, q, cfg, generation=g, decoded=d) for q, (g, d) in zip(queries, runner.generate(queries))]
+
+
+def _kind(rec: dict) -> str:
+    return f"{rec['form'].lower()}_{TASK_KEYS[rec['task']]}"
+
+
+def metrics_from_records(records: Iterable[dict], tasks: Sequence[str] = TASKS,
+                         types: Sequence[str] = ("Image_Textual", "Pure_Text")) -> dict[str, float]:
+    """One set's results from its records: per question (ID, item) the mean over its poses (one record unless
+    test_pose="mean" on Test_Set), then the mean over questions; accuracies in %, n = questions."""
+    per_q: dict[str, dict[tuple, list[dict]]] = {}
+    for r in records:
+        per_q.setdefault(_kind(r), {}).setdefault((r["id"], r["item"]), []).append(r)
+    out: dict[str, float] = {}
+    for task in tasks:
+        for typ in types:
+            kind = f"{TYPE_KEYS[typ]}_{TASK_KEYS[task]}"
+            qs = list(per_q.get(kind, {}).values())
+            if task == "generation":
+                for m in GEN_SCORES:
+                    vals = [np.mean([r["scores"][m] for r in rs]) for rs in qs]
+                    out[f"{kind}_{m}"] = float(np.mean(vals)) if vals else math.nan
+            else:
+                vals = [np.mean([100.0 * bool(r["correct"]) for r in rs]) for rs in qs]
+                out[f"{kind}_acc"] = float(np.mean(vals)) if vals else math.nan
+            out[f"{kind}_n"] = len(qs)
+    return out
 
 
 def _as_set(s) -> EvalSet:
@@ -311,41 +416,43 @@ def _as_set(s) -> EvalSet:
 
 
 def evaluate(model, tokenizer, sets: Mapping[str, Any], cfg: EvalConfig = EvalConfig(),
-             records: dict[str, list] | None = None) -> dict[str, dict[str, float]]:
+             records: dict[str, list] | None = None, demo_source=None) -> dict[str, dict[str, float]]:
     """{set name: {metric: value}} (schema in the module docstring) for every set given; a set is an `EvalSet` or
-    a bare source. Pass `records={}` to also get, per set, every question's generated text and score."""
+    a bare source. `records={}` also returns, per set, every question's record (`RECORD_FIELDS`). Few-shot needs
+    `demo_source` (the official script's few-shot file; the pipeline passes Full_Set)."""
+    if cfg.few_shot and demo_source is None:
+        raise ValueError("EvalConfig.few_shot needs demo_source (e.g. Full_Set): the source demo profiles are read "
+                         "from, as the official script's few-shot file")
     runner = _Runner(model, tokenizer, cfg)
-    demo_set = _as_set(sets[cfg.demo_set]) if cfg.few_shot and cfg.demo_set in sets else None
-    if cfg.few_shot and demo_set is None:
-        raise ValueError(f"few-shot needs the demo set {cfg.demo_set!r} among the sets ({sorted(sets)})")
     results = {}
     for name, s in sets.items():
         es = _as_set(s)
         runner._pixels.clear()  # preprocessed images are reused across one set's tasks only (host memory)
-        out: dict[str, float] = {}
-        rec = records.setdefault(name, []) if records is not None else None
+        recs: list[dict] = []
         for task in cfg.tasks:
-            k = {"classification": cfg.few_shot_cls, "cloze": cfg.few_shot_cloze}.get(task, 0) if cfg.few_shot else 0
             for typ in cfg.types:
-                demos = _demos(demo_set, task, typ, k, cfg.seed)
-                if name != cfg.demo_set:
-                    demos = dataclasses.replace(demos, ids=set())
-                out.update(_kind_metrics(task, typ, _eval_kind(runner, es, task, typ, demos, records=rec)))
-        results[name] = out
+                demos = _demos(demo_source, es, name, task, typ, cfg)
+                recs += _run(runner, name, _queries(es, name, task, typ, cfg, demos))
+        results[name] = metrics_from_records(recs, cfg.tasks, cfg.types)
+        if records is not None:
+            records.setdefault(name, []).extend(recs)
     return results
 
 
 def evaluate_questions(model, tokenizer, source, cfg: EvalConfig = EvalConfig(), *, task: str = "classification",
                        type: str = "Image_Textual", include: Iterable[tuple[str, int]] | None = None,
-                       exclude: Iterable[tuple[str, int]] | None = None, ids: Iterable[str] | None = None
-                       ) -> dict[str, float]:
+                       exclude: Iterable[tuple[str, int]] | None = None, ids: Iterable[str] | None = None,
+                       set_name: str = "forget", records: list | None = None) -> dict[str, float]:
     """One kind of question on a subset (keys from `question_keys`), zero-shot: e.g. forget VQA classification on
     the forget questions NOT used for relearning:
         keys = question_keys(forget_src); used = keys[:n_relearn]
         acc = evaluate_questions(model, tok, forget_src, cfg, exclude=used)["vqa_cls_acc"]"""
     runner = _Runner(model, tokenizer, dataclasses.replace(cfg, few_shot=False))
-    scores = _eval_kind(runner, EvalSet(source, _tuple(ids)), task, type, _Demos("", [], set()), include, exclude)
-    return _kind_metrics(task, type, scores)
+    es = EvalSet(source, _tuple(ids))
+    recs = _run(runner, set_name, _queries(es, set_name, task, type, runner.cfg, NO_DEMOS, include, exclude))
+    if records is not None:
+        records.extend(recs)
+    return metrics_from_records(recs, (task,), (type,))
 
 
 def forget_vqa_accuracy(model, tokenizer, forget_source, cfg: EvalConfig = EvalConfig(),

@@ -1,4 +1,4 @@
-"""MLLMU-Bench scoring: letter extraction and cloze matching (from `vkd_jax.data.prompts`, shared with training),
+"""MLLMU-Bench scoring: letter extraction and cloze matching (from `vkd_jax.data.prompts`, beside the templates),
 ROUGE-1/2/L F-measure with Porter stemming (the `rouge-score` package, target = ground truth) and sentence BLEU.
 
 BLEU follows the benchmark's public evaluation code: NLTK `sentence_bleu` with the ground truth as the single
@@ -16,8 +16,8 @@ from vkd_jax.data.prompts import classification_prediction, cloze_correct
 __all__ = ("classification_prediction", "classification_correct", "cloze_correct", "rouge", "sentence_bleu")
 
 
-def classification_correct(generated: str, correct_letter: str) -> bool:
-    return classification_prediction(generated) == correct_letter.strip().upper()
+def classification_correct(reply: str, correct_letter: str, rule: str = "official") -> bool:
+    return classification_prediction(reply, rule) == correct_letter.strip().upper()
 
 
 @functools.lru_cache(maxsize=1)

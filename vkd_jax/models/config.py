@@ -94,8 +94,11 @@ class LlavaConfig:
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
-    param_dtype: str = "float32"
-    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"  # storage dtype of the params (of every one not in param_dtype_overrides)
+    dtype: str = "float32"  # compute dtype: weights are cast to it where they are used, never in storage
+    # (our "/"-joined param path, dtype) for params stored in another dtype than param_dtype: a checkpoint read
+    # "as stored" keeps each tensor's own dtype (e.g. fp32 norms in an fp16 file)
+    param_dtype_overrides: tuple[tuple[str, str], ...] = ()
     hf_config_json: str = ""  # the HF config we were read from; written back with our fields on top
 
     def __post_init__(self):
@@ -103,6 +106,9 @@ class LlavaConfig:
             object.__setattr__(self, "vision_feature_layer", tuple(self.vision_feature_layer))
         object.__setattr__(self, "param_dtype", canonical_dtype(self.param_dtype))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        overrides = ((str(k), canonical_dtype(v)) for k, v in self.param_dtype_overrides)
+        object.__setattr__(self, "param_dtype_overrides",
+                           tuple(sorted((k, v) for k, v in overrides if v != self.param_dtype)))
         self.validate()
 
     # ---- derived -------------------------------------------------------------------------------------
@@ -118,6 +124,23 @@ class LlavaConfig:
 
     def replace(self, **kw) -> "LlavaConfig":
         return dataclasses.replace(self, **kw)
+
+    def storage_dtype(self, path: str) -> str:
+        """The dtype a param (our "/"-joined path) is stored in."""
+        return dict(self.param_dtype_overrides).get(path, self.param_dtype)
+
+    def with_storage_dtypes(self, dtypes: dict[str, str]) -> "LlavaConfig":
+        """This config with every param's storage dtype as given ({path: dtype}): the most common dtype (by tensor
+        count) becomes param_dtype, the others are overrides."""
+        if not dtypes:
+            return self
+        canon = {k: canonical_dtype(v) for k, v in dtypes.items()}
+        counts: dict[str, int] = {}
+        for v in canon.values():
+            counts[v] = counts.get(v, 0) + 1
+        main = max(sorted(counts), key=lambda d: counts[d])
+        return self.replace(param_dtype=main,
+                            param_dtype_overrides=tuple((k, v) for k, v in canon.items() if v != main))
 
     def with_remat(self, policy: str = "full", vision: bool = True, text: bool = True) -> "LlavaConfig":
         """Activation checkpointing per CLIP encoder block and per Llama decoder block (training without a KV

@@ -103,9 +103,15 @@ def hf_shape(shape: tuple, tag: str) -> tuple:
 
 
 def abstract_model(config: LlavaConfig):
-    """(graphdef, {path: ShapeDtypeStruct}) without allocating any weights."""
+    """(graphdef, {path: ShapeDtypeStruct}) without allocating any weights; each param in its storage dtype."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llava(config, rngs=nnx.Rngs(0))))
-    return graphdef, {path: v.get_value() for path, v in nnx.to_flat_state(state)}
+    out = {path: v.get_value() for path, v in nnx.to_flat_state(state)}
+    for key, dt in config.param_dtype_overrides:
+        path = tuple(int(p) if p.isdigit() else p for p in key.split("/"))
+        if path not in out:
+            raise CheckpointError(f"param_dtype_overrides names {key!r}, which is not a param of the model")
+        out[path] = jax.ShapeDtypeStruct(out[path].shape, to_jnp_dtype(dt))
+    return graphdef, out
 
 
 # ---- reading ------------------------------------------------------------------------------------------
@@ -146,15 +152,45 @@ def _summarise(title: str, items: list[str], limit: int = 25) -> str:
     return f"  {title} ({len(items)}):\n    {shown}{more}"
 
 
+def _wanted(config: LlavaConfig) -> dict[str, tuple]:
+    """hub-layout HF key -> (our path, transform tag, ShapeDtypeStruct)."""
+    graphdef, abstract = abstract_model(config)
+    return {hf_key(path)[0]: (path, hf_key(path)[1], sds) for path, sds in abstract.items()}
+
+
+def stored_dtypes(files: list[str], config: LlavaConfig) -> dict[str, str]:
+    """{our "/"-joined path: dtype name} of the model's tensors as the files store them (keys the model does not
+    have are left to the loader to report)."""
+    wanted = _wanted(config)
+    out = {}
+    for p in files:
+        h = SafetensorsFile(p)
+        for raw in h.keys():
+            key = normalize_hf_key(raw)
+            if key in wanted:
+                out["/".join(str(x) for x in wanted[key][0])] = h.dtype(raw)
+        h.close()
+    return out
+
+
+def read_model_config(hf_dir: str | os.PathLike, dtype: str = "float32", param_dtype: str | None = None
+                      ) -> LlavaConfig:
+    """config.json with the params' storage dtypes: every param in `param_dtype` when given, else each tensor in the
+    dtype the weight files store it in ("as stored": fp16 hub weights stay fp16)."""
+    hf_dir = os.fspath(hf_dir)
+    if param_dtype:
+        return read_hf_config(hf_dir, dtype=dtype, param_dtype=param_dtype)
+    config = read_hf_config(hf_dir, dtype=dtype, param_dtype="float32")
+    return config.with_storage_dtypes(stored_dtypes(weight_files(hf_dir), config))
+
+
 def load_params_from_safetensors(files: list[str], config: LlavaConfig,
                                  sharding_fn: Callable[[Path, tuple], jax.sharding.Sharding] | None = None):
-    """Stream HF tensors into {path: jax.Array} in the config's param dtype. Checks every key and shape first,
-    raising one CheckpointError that lists all missing, unexpected and mis-shaped tensors."""
-    graphdef, abstract = abstract_model(config)
-    wanted = {}
-    for path, sds in abstract.items():
-        key, tag = hf_key(path)
-        wanted[key] = (path, tag, sds)
+    """Stream HF tensors into {path: jax.Array}, each in its storage dtype (`config.storage_dtype`; a tensor already
+    in it is not converted: bitwise the file's). Checks every key and shape first, raising one CheckpointError that
+    lists all missing, unexpected and mis-shaped tensors."""
+    graphdef, _ = abstract_model(config)
+    wanted = _wanted(config)
     found: dict[str, tuple[SafetensorsFile, str]] = {}
     handles = [SafetensorsFile(p) for p in files]
     try:
@@ -185,11 +221,9 @@ def load_params_from_safetensors(files: list[str], config: LlavaConfig,
                 parts.append(_summarise("shape mismatches", bad_shape))
             raise CheckpointError("\n".join(parts))
         params = {}
-        pdtype = to_jnp_dtype(config.param_dtype)
         for key, (path, tag, sds) in wanted.items():
             h, raw = found[key]
-            # An owned copy: jax may alias host numpy memory on CPU, and the mmap behind h.get() is closed below.
-            x = np.array(to_ours(h.get(raw), tag), dtype=pdtype, copy=True)
+            x = np.array(to_ours(h.get(raw), tag), dtype=sds.dtype, copy=True)  # owned, contiguous
             sharding = sharding_fn(path, x.shape) if sharding_fn is not None else None
             params[path] = jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x)
             del x
@@ -206,10 +240,10 @@ def model_from_flat_params(graphdef, params: dict) -> Llava:
 
 def load_hf(hf_dir: str | os.PathLike, dtype: str = "float32", param_dtype: str | None = None,
             sharding_fn=None) -> Llava:
-    """HF LLaVA folder (config.json + safetensors) -> our model. `dtype` is the compute dtype, `param_dtype`
-    (default: `dtype`) the storage dtype of the weights."""
+    """HF LLaVA folder (config.json + safetensors) -> our model. `dtype` is the compute dtype; `param_dtype` the
+    storage dtype of every weight, or None: each as the files store it (`read_model_config`)."""
     hf_dir = os.fspath(hf_dir)
-    config = read_hf_config(hf_dir, dtype=dtype, param_dtype=param_dtype)
+    config = read_model_config(hf_dir, dtype=dtype, param_dtype=param_dtype)
     graphdef, params = load_params_from_safetensors(weight_files(hf_dir), config, sharding_fn)
     return model_from_flat_params(graphdef, params)
 
@@ -222,15 +256,17 @@ def flat_params(model: Llava) -> dict:
 
 def write_hf_weights(params: dict, config: LlavaConfig, folder: str,
                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None) -> None:
-    """Write {path: array} as HF safetensors (sharded with an index when larger than max_shard_bytes)."""
-    np_dtype = np.dtype(to_jnp_dtype(dtype or config.param_dtype))
+    """Write {path: array} as HF safetensors (sharded with an index when larger than max_shard_bytes): every tensor
+    in `dtype` when given, else in its storage dtype (`config.storage_dtype`), so a param that was never trained
+    is written bitwise as it was read."""
     entries = []
     for path in sorted(params, key=lambda p: hf_key(p)[0]):
         key, tag = hf_key(path)
-        entries.append((key, hf_shape(tuple(params[path].shape), tag), np_dtype, path, tag))
+        dt = np.dtype(to_jnp_dtype(dtype or config.storage_dtype("/".join(str(x) for x in path))))
+        entries.append((key, hf_shape(tuple(params[path].shape), tag), dt, path, tag))
     shards, cur, cur_bytes = [], [], 0
     for e in entries:
-        nbytes = int(np.prod(e[1], dtype=np.int64)) * np_dtype.itemsize
+        nbytes = int(np.prod(e[1], dtype=np.int64)) * e[2].itemsize
         if cur and cur_bytes + nbytes > max_shard_bytes:
             shards.append(cur)
             cur, cur_bytes = [], 0
@@ -259,8 +295,10 @@ def write_hf_weights(params: dict, config: LlavaConfig, folder: str,
 def save_hf_params(params: dict, config: LlavaConfig, out_dir: str | os.PathLike, *,
                    template_hf_dir: str | os.PathLike | None = None, overwrite: bool = False,
                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None) -> str:
+    if dtype:
+        config = config.replace(param_dtype=canonical_dtype(dtype), param_dtype_overrides=())
     with atomic_dir(out_dir, overwrite) as tmp:
-        hf_cfg = config_to_hf_dict(config.replace(param_dtype=canonical_dtype(dtype or config.param_dtype)))
+        hf_cfg = config_to_hf_dict(config)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_cfg, f, indent=2, sort_keys=True)
         write_hf_weights(params, config, tmp, max_shard_bytes, dtype)
@@ -269,7 +307,28 @@ def save_hf_params(params: dict, config: LlavaConfig, out_dir: str | os.PathLike
                 src = os.path.join(os.fspath(template_hf_dir), name)
                 if os.path.isfile(src):
                     shutil.copy2(src, os.path.join(tmp, name))
+        for name, content in processor_files(config).items():
+            if not os.path.isfile(os.path.join(tmp, name)):  # the template's own files win
+                with open(os.path.join(tmp, name), "w") as f:
+                    json.dump(content, f, indent=2, sort_keys=True)
     return os.path.abspath(os.fspath(out_dir))
+
+
+def processor_files(config: LlavaConfig) -> dict[str, dict]:
+    """preprocessor_config.json (CLIP preprocessing at the model's image size), processor_config.json and
+    generation_config.json as llava-hf ships them, for an export whose template lacks them (the embedded world's
+    tokenizer folder): `AutoProcessor.from_pretrained` then loads the export, and `generate` stops at its EOS."""
+    from vkd_jax.preprocess import ImageProcessorConfig
+
+    size = config.vision.image_size
+    image = ImageProcessorConfig(shortest_edge=size, crop_hw=(size, size))
+    t = config.text
+    return {"preprocessor_config.json": image.to_hf_dict(),
+            "processor_config.json": {"processor_class": "LlavaProcessor", "image_token": "<image>",
+                                      "patch_size": config.vision.patch_size, "num_additional_image_tokens": 1,
+                                      "vision_feature_select_strategy": config.vision_feature_select_strategy},
+            "generation_config.json": {"_from_model_config": True, "bos_token_id": t.bos_token_id,
+                                       "eos_token_id": t.eos_token_id, "pad_token_id": t.pad_token_id}}
 
 
 def save_hf(model: Llava, out_dir: str | os.PathLike, *, template_hf_dir=None, overwrite: bool = False,

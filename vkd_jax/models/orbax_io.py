@@ -1,7 +1,7 @@
 """Params-only orbax checkpoints of the model, with the HF-style model config the training code reads.
 
 Layout of a checkpoint folder C:
-  C/model_config.json  HF config.json contents plus {"vkd_jax": {"dtype", "param_dtype"}}
+  C/model_config.json  HF config.json contents plus {"vkd_jax": {"dtype", "param_dtype", "param_dtype_overrides"}}
   C/params/            orbax StandardCheckpointer pytree: {"vision_tower/layers/0/mlp/fc1/kernel": array, ...}
 The folder appears atomically (built under a temp name, then renamed).
 """
@@ -33,7 +33,8 @@ def save_model_orbax(model: Llava, ckpt_dir: str | os.PathLike, *, overwrite: bo
 def save_params_orbax(params: dict, config: LlavaConfig, ckpt_dir, *, overwrite: bool = False) -> str:
     with atomic_dir(ckpt_dir, overwrite, collective=True) as tmp:
         cfg = config_to_hf_dict(config)
-        cfg["vkd_jax"] = {"dtype": config.dtype, "param_dtype": config.param_dtype}
+        cfg["vkd_jax"] = {"dtype": config.dtype, "param_dtype": config.param_dtype,
+                          "param_dtype_overrides": [list(kv) for kv in config.param_dtype_overrides]}
         as_path(tmp).joinpath(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(as_path(tmp) / "params", {path_key(p): v for p, v in params.items()})
@@ -47,8 +48,11 @@ def read_orbax_config(ckpt_dir, dtype: str | None = None, param_dtype: str | Non
         raise FileNotFoundError(f"{path}: not a vkd_jax params checkpoint (no {CONFIG_FILE})")
     cfg = json.loads(path.read_text())
     ours = cfg.pop("vkd_jax", {})
-    return config_from_hf_dict(cfg, dtype=dtype or ours.get("dtype", "float32"),
-                               param_dtype=param_dtype or ours.get("param_dtype"), source=str(path))
+    config = config_from_hf_dict(cfg, dtype=dtype or ours.get("dtype", "float32"),
+                                 param_dtype=param_dtype or ours.get("param_dtype"), source=str(path))
+    if param_dtype:  # every param restored in the dtype asked for
+        return config
+    return config.replace(param_dtype_overrides=tuple(tuple(kv) for kv in ours.get("param_dtype_overrides", ())))
 
 
 def load_model_orbax(ckpt_dir, *, dtype: str | None = None, param_dtype: str | None = None,

@@ -1,27 +1,25 @@
-"""Minimal streaming safetensors reader/writer on numpy (bf16 via ml_dtypes), one tensor at a time.
+"""safetensors files: reading through the `safetensors` package (`safe_open(framework="numpy")`, bf16 as ml_dtypes),
+one tensor at a time; writing by a small streaming writer of our own.
 
-Why our own: the `safetensors` numpy backend has no bfloat16, and the flax backend would materialise jax arrays
-before we can transform them. The format is simple: u64 header length, JSON header {name: {dtype, shape,
-data_offsets}}, then the raw little-endian bytes. Reading memory-maps the file (no copy until a tensor is
-transformed); writing streams tensors in order after a precomputed header.
+Why our own writer: `safetensors.numpy.save_file` takes a dict of every tensor of the file, so a 5 GB shard of a 7B
+export would need all of it in host memory at once (plus the device-to-host copies); `write_safetensors` writes the
+header first (it only needs shapes and dtypes) and then streams each tensor as the caller produces it. The files
+are read back by the package in the tests (tests/test_conversion.py), so the format is checked by the library.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
-import os
 import struct
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import ml_dtypes
 import numpy as np
 
-ST_TO_NP = {
+NP_TO_ST = {np.dtype(v).name: k for k, v in {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
-NP_TO_ST = {np.dtype(v).name: k for k, v in ST_TO_NP.items()}
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}.items()}
+ST_TO_NAME = {v: k for k, v in NP_TO_ST.items()}
 
 
 class SafetensorsError(ValueError):
@@ -29,63 +27,38 @@ class SafetensorsError(ValueError):
 
 
 class SafetensorsFile:
-    """Lazily readable safetensors file: `keys()`, `shape(k)`, `dtype(k)`, `get(k)` (a view on the mmap)."""
+    """A readable safetensors file: `keys()`, `shape(k)`, `dtype(k)` (numpy dtype name), `get(k)` (a numpy
+    array). Opening checks the header; a bad file raises SafetensorsError naming it."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        size = os.path.getsize(self.path)
-        if size < 8:
-            raise SafetensorsError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
-        with open(self.path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise SafetensorsError(f"{self.path}: truncated safetensors file (header of {n} bytes, "
-                                       f"file has {size})")
-            try:
-                header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise SafetensorsError(f"{self.path}: corrupt safetensors header ({e})") from None
-        self.metadata = header.pop("__metadata__", None) or {}
-        self._entries = header
-        self._data_start = 8 + n
-        end = max((e["data_offsets"][1] for e in header.values()), default=0)
-        if self._data_start + end > size:
-            raise SafetensorsError(f"{self.path}: truncated safetensors file (tensors need "
-                                   f"{self._data_start + end} bytes, file has {size})")
-        for k, e in header.items():
-            if e.get("dtype") not in ST_TO_NP:
-                raise SafetensorsError(f"{self.path}: tensor {k!r} has unsupported dtype {e.get('dtype')!r}")
-        self._mm = None
+    def __init__(self, path):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = str(path)
+        try:
+            self._f = safe_open(self.path, framework="numpy")
+            self._keys = list(self._f.keys())
+            self._meta = {k: self._f.get_slice(k) for k in self._keys}
+        except SafetensorError as e:
+            raise SafetensorsError(f"{self.path}: truncated safetensors file or corrupt header "
+                                   f"(safetensors: {e})") from None
+        for k, sl in self._meta.items():
+            if sl.get_dtype() not in ST_TO_NAME:
+                raise SafetensorsError(f"{self.path}: tensor {k!r} has unsupported dtype {sl.get_dtype()!r}")
 
     def keys(self) -> list[str]:
-        return list(self._entries)
+        return list(self._keys)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._entries[key]["shape"])
+        return tuple(self._meta[key].get_shape())
 
-    def dtype(self, key: str) -> np.dtype:
-        return np.dtype(ST_TO_NP[self._entries[key]["dtype"]])
+    def dtype(self, key: str) -> str:
+        return ST_TO_NAME[self._meta[key].get_dtype()]
 
     def get(self, key: str) -> np.ndarray:
-        if self._mm is None:
-            with open(self.path, "rb") as f:
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        e = self._entries[key]
-        start, stop = e["data_offsets"]
-        dt = self.dtype(key)
-        count = int(np.prod(e["shape"], dtype=np.int64))
-        if (stop - start) != count * dt.itemsize:
-            raise SafetensorsError(f"{self.path}: tensor {key!r} has {stop - start} bytes for shape "
-                                   f"{e['shape']} {e['dtype']}")
-        return np.frombuffer(self._mm, dtype=dt, count=count, offset=self._data_start + start).reshape(e["shape"])
+        return self._f.get_tensor(key)
 
     def close(self):
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:  # a caller still holds a view; the map closes when that view dies
-                pass
-            self._mm = None
+        self._f = self._meta = None
 
 
 def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtype]],
@@ -107,12 +80,3 @@ def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtyp
             if tuple(t.shape) != tuple(shape) or t.dtype != np.dtype(dt):
                 raise SafetensorsError(f"{path}: tensor {name!r} is {t.shape} {t.dtype}, header says {shape} {dt}")
             f.write(memoryview(t.reshape(-1).view(np.uint8)))
-
-
-def iter_files(paths: list[str]) -> Iterator[SafetensorsFile]:
-    for p in paths:
-        f = SafetensorsFile(p)
-        try:
-            yield f
-        finally:
-            f.close()

@@ -4,8 +4,14 @@ Params travel as flat dicts keyed by "/"-joined paths ("language_model/layers/0/
 optax and orbax all treat as ordinary pytrees. Rules are ordered `(regex, rule)` lists; the first `re.search` match
 wins and a param no rule matches is an error that names it (no silent default).
 
+Dtypes: every param enters in its storage dtype (the checkpoint's, `LlavaConfig.storage_dtype`); trainable params
+and LoRA adapters are trained as `master_dtype` copies (float32), frozen params stay as stored (or `frozen_dtype`
+when a config asks), and `merge_lora` (the export form) gives every param back in its storage dtype, so a param that
+never trained leaves a stage bitwise as it entered. The compute dtype is the model's and applies where weights are
+used (never in storage).
+
 Trainable rules: "train" (gets gradients and optimizer state), "frozen" (no gradient computation, no optimizer
-state, optionally stored in `frozen_dtype`), "lora" (the 2-D kernel is frozen; adapters `<path>/lora_a` [din, r] and
+state), "lora" (the 2-D kernel is frozen; adapters `<path>/lora_a` [din, r] and
 `<path>/lora_b` [r, dout] train and are merged functionally, W + (alpha / r) A @ B, inside the loss and on export).
 Sharding rules map a param to logical axes; `mesh.axis_rules` maps logical axes to the mesh axes data/fsdp/tensor.
 """
@@ -105,6 +111,7 @@ class Partition:
     logical: dict[str, tuple]                  # leaf -> logical axes
     lora: LoraConfig
     frozen_dtype: Any = None
+    master_dtype: Any = None                   # trainable params and adapters train in this dtype (None: as stored)
 
     @property
     def trainable_keys(self) -> list[str]:
@@ -143,10 +150,12 @@ def make_partition(abstract: dict, pcfg) -> Partition:
             din, dout = sds.shape
             for name, shp in ((LORA_A, (din, lora.rank)), (LORA_B, (lora.rank, dout))):
                 key = f"{k}/{name}"
-                shapes[key] = jax.ShapeDtypeStruct(shp, sds.dtype)
+                shapes[key] = jax.ShapeDtypeStruct(shp, sds.dtype)  # master_dtype while training
                 logical[key] = tuple(first_match(shard_rules, key, "sharding"))
     fd = pcfg.get("frozen_dtype", "") or None
-    return Partition(decided, shapes, logical, lora, to_jnp_dtype(fd) if fd else None)
+    md = pcfg.get("master_dtype", "float32") or None
+    return Partition(decided, shapes, logical, lora, to_jnp_dtype(fd) if fd else None,
+                     to_jnp_dtype(md) if md else None)
 
 
 def split_params(params: dict, part: Partition, rng=None) -> tuple[dict, dict]:
@@ -160,16 +169,17 @@ def split_params(params: dict, part: Partition, rng=None) -> tuple[dict, dict]:
     rng = jax.random.PRNGKey(0) if rng is None else rng
     for i, (k, rule) in enumerate(sorted(part.rules.items())):
         v = params[k]
+        master = part.master_dtype or v.dtype
         if rule == "train":
-            trainable[k] = v
+            trainable[k] = v.astype(master)
             continue
         frozen[k] = v.astype(part.frozen_dtype) if part.frozen_dtype is not None else v
         if rule == "lora":
             din, dout = v.shape
             r = part.lora.rank
             trainable[f"{k}/{LORA_A}"] = (jax.random.normal(jax.random.fold_in(rng, i), (din, r), jnp.float32)
-                                          / np.sqrt(r)).astype(v.dtype)
-            trainable[f"{k}/{LORA_B}"] = jnp.zeros((r, dout), v.dtype)
+                                          / np.sqrt(r)).astype(master)
+            trainable[f"{k}/{LORA_B}"] = jnp.zeros((r, dout), master)
     return trainable, frozen
 
 
@@ -204,8 +214,11 @@ def merge_params(trainable: dict, frozen: dict, part: Partition, lora_dropout_rn
 
 
 def merge_lora(trainable: dict, frozen: dict, part: Partition) -> dict:
-    """Export: the plain model params with LoRA folded into the weights (no adapters left)."""
-    return jax.jit(lambda t, f: merge_params(t, f, part))(trainable, frozen)
+    """Export: the plain model params with LoRA folded into the weights (no adapters left), each in its storage
+    dtype (trained masters rounded to it once, here; frozen params as they were)."""
+    def export(t, f):
+        return {k: v.astype(part.shapes[k].dtype) for k, v in merge_params(t, f, part).items()}
+    return jax.jit(export)(trainable, frozen)
 
 
 # ---- sharding ---------------------------------------------------------------------------------------------

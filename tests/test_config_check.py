@@ -1,0 +1,81 @@
+"""The whole config is checked before any work: one error that names every bad field, exit 1, nothing written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vkd_jax.config_check import validate
+from vkd_jax.models.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name, arg=None):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def test_shipped_configs_are_valid(hub_llava_dir, tmp_path):
+    validate(_config("tiny"))
+    c = _config("llava7b")
+    c.hf_dir, c.data.manual_dir = hub_llava_dir, str(tmp_path)
+    validate(c)
+
+
+def test_every_bad_field_is_named_at_once():
+    c = _config("tiny")
+    c.method = "foo"
+    c.forget_ratio = 7
+    c.vkd.taps = ("vision:9", "llm:-4", "projector", "pixels")
+    c.vkd.distance = "l3"
+    c.vkd.b_r = -1.0
+    c.stages.relearn.fractions = (0.0, 0.5, 1.5)
+    c.stages.vanilla.num_steps = -3
+    c.stages.vanilla.streams = ("vqa", "audio")
+    c.stages.unlearn.optim.lr = 0.0
+    c.stages.unlearn.optim.schedule = "cyclic"
+    c.dtype = "float8"
+    c.method_partition.gd = "visul"
+    c.eval.cls_parse = "fuzzy"
+    c.eval.test_pose = "all"
+    c.mask.top_p = 1.0
+    c.data.generic_images = "/no/such/folder"
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    msg = str(e.value)
+    for needle in ("config.method='foo'", "config.forget_ratio=7", "tap 'vision:9' is out of range",
+                   "tap 'llm:-4' is out of range", "unknown feature tap 'pixels'", "config.vkd.distance='l3'",
+                   "config.vkd.b_r=-1.0", "fractions: 0.0 is not in (0, 1)", "fractions: 1.5 is not in (0, 1)",
+                   "config.stages.vanilla.num_steps=-3", "unknown streams ['audio']",
+                   "config.stages.unlearn.optim.lr=0.0", "config.stages.unlearn.optim.schedule='cyclic'",
+                   "config.dtype='float8'", "config.method_partition.gd='visul'", "config.eval.cls_parse='fuzzy'",
+                   "config.eval.test_pose='all'", "config.mask.top_p=1.0", "config.data.generic_images="):
+        assert needle in msg, (needle, msg)
+    assert msg.startswith("config has 19 bad fields"), msg.splitlines()[0]
+
+
+def test_real_benchmark_paths_are_checked(tmp_path):
+    c = _config("llava7b")
+    c.hf_dir = str(tmp_path / "missing")
+    c.data.manual_dir = ""
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    assert "config.hf_dir=" in str(e.value) and "config.data.manual_dir=''" in str(e.value)
+
+
+def test_main_fails_before_writing_anything(tmp_path):
+    work = tmp_path / "work"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/tiny.py"),
+                        "--workdir", str(work), "--config.method=foo", "--config.vkd.taps=('vision:7',)",
+                        "--config.stages.relearn.fractions=(1.0,)"], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "config has 3 bad fields" in r.stderr and "config.method='foo'" in r.stderr, r.stderr[-2000:]
+    assert not work.exists()

@@ -1,0 +1,201 @@
+"""Validate a whole pipeline config before any work: one ConfigError that lists every bad field by its `config.`
+name, raised in seconds (config.json of hf_dir is the only file read), before anything is written.
+
+    from vkd_jax.config_check import validate
+    validate(cfg)   # raises ConfigError("config has N bad fields:\\n  config.method='foo': ...")
+
+What is checked: the unlearning method and every method section's switches; partition presets (per method and per
+stage) and vit_last_k; feature taps against the model's layer counts; distances; stage names, methods, streams,
+steps and optimiser fields; relearning fractions in (0, 1); dtypes; the forget ratio; the data source, its paths
+(hf_dir, data.manual_dir, data.generic_images) and switches; the evaluation switches; masks; remat; the mesh.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vkd_jax.models.config import ConfigError, canonical_dtype
+
+UNLEARN_METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
+PRESETS = ("projector", "visual_last_k", "visual", "full", "llm", "lora_llm", "none")
+TRAIN_STAGES = ("pretrain", "vanilla", "reference", "unlearn", "relearn")
+STAGE_STREAMS = {"pretrain": ("vqa", "qa", "caption"), "vanilla": ("vqa", "qa", "caption"),
+                 "reference": ("vqa", "qa", "caption"), "relearn": ("forget",)}
+OPTIM_FIELDS = ("lr", "schedule", "warmup_steps", "end_lr_factor", "b1", "b2", "eps", "weight_decay", "clip_norm",
+                "grad_accum", "max_skipped_steps")
+CHOICES = {  # field -> allowed values
+    "data.source": ("embedded", "mllmu"),
+    "data.cls_answer": ("letter", "option"),
+    "eval.cls_scoring": ("generate", "likelihood"),
+    "eval.cls_parse": ("official", "lenient"),
+    "eval.test_pose": ("mean", "random"),
+    "remat": ("none", "full", "dots"),
+    "vkd.distance": ("mse", "cosine", "smooth_l1"),
+    "vkd.forget_loss": ("none", "ga", "npo"),
+    "vkd.forget_kd": ("none", "push", "target"),
+    "vkd.target_image": ("mean", "blur", "retain"),
+    "npo.reference": ("retain", "vanilla"),
+    "optim.schedule": ("constant", "linear", "cosine"),
+}
+
+
+def _get(cfg, dotted: str, default=None):
+    node = cfg
+    for part in dotted.split("."):
+        if node is None or not hasattr(node, "get"):
+            return default
+        node = node.get(part, None)
+    return default if node is None else node
+
+
+def _model_layers(cfg, errs) -> tuple[int, int] | None:
+    """(vision layers, text layers) of the model the run will use, or None when they cannot be read."""
+    from vkd_jax.models.config import config_from_model_dict, read_hf_config
+
+    try:
+        if cfg.get("hf_dir"):
+            mc = read_hf_config(cfg.hf_dir)
+        else:
+            mc = config_from_model_dict(cfg.model.to_dict())
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        errs.append(f"config.{'hf_dir' if cfg.get('hf_dir') else 'model'}: {e}")
+        return None
+    return mc.vision.num_hidden_layers, mc.text.num_hidden_layers
+
+
+def _check_taps(taps, layers, field: str, errs) -> None:
+    for tap in taps or ():
+        kind, _, idx = str(tap).partition(":")
+        if tap == "projector":
+            continue
+        if kind not in ("vision", "llm") or not idx.lstrip("-").isdigit():
+            errs.append(f"config.{field}: unknown feature tap {tap!r} (use 'vision:i', 'projector' or 'llm:j')")
+            continue
+        if layers is None:
+            continue
+        n = layers[0] if kind == "vision" else layers[1]
+        if not -(n + 1) <= int(idx) <= n:
+            errs.append(f"config.{field}: tap {tap!r} is out of range: the model's {kind} tower has {n} layers "
+                        f"(hidden states {-(n + 1)}..{n})")
+
+
+def _check_optim(o, field: str, errs) -> None:
+    if o is None:
+        return
+    for k in o.keys():
+        if k not in OPTIM_FIELDS:
+            errs.append(f"config.{field}.{k}: unknown optimiser field (known: {', '.join(OPTIM_FIELDS)})")
+    if "schedule" in o and o["schedule"] not in CHOICES["optim.schedule"]:
+        errs.append(f"config.{field}.schedule={o['schedule']!r}: use one of {CHOICES['optim.schedule']}")
+    if "lr" in o and not float(o["lr"]) > 0:
+        errs.append(f"config.{field}.lr={o['lr']!r}: must be > 0")
+    if "grad_accum" in o and int(o["grad_accum"]) < 1:
+        errs.append(f"config.{field}.grad_accum={o['grad_accum']!r}: must be >= 1")
+
+
+def validate(cfg) -> None:
+    errs: list[str] = []
+
+    def choice(field):
+        v = _get(cfg, field)
+        if v is not None and v not in CHOICES[field]:
+            errs.append(f"config.{field}={v!r}: use one of {CHOICES[field]}")
+
+    method = cfg.get("method")
+    if method not in UNLEARN_METHODS:
+        errs.append(f"config.method={method!r}: unknown unlearning method (known: {', '.join(UNLEARN_METHODS)})")
+    if cfg.get("forget_ratio") not in (5, 10, 15):
+        errs.append(f"config.forget_ratio={cfg.get('forget_ratio')!r}: MLLMU-Bench has forget_5, forget_10, "
+                    "forget_15")
+    if int(_get(cfg, "unlearn.steps", 1)) < 0:
+        errs.append(f"config.unlearn.steps={_get(cfg, 'unlearn.steps')!r}: must be >= 0")
+    for field in CHOICES:
+        if not field.startswith("optim."):
+            choice(field)
+    for field in ("dtype", "param_dtype", "export_dtype", "partition.frozen_dtype", "partition.master_dtype"):
+        v = _get(cfg, field, "")
+        if v or field == "dtype":
+            try:
+                canonical_dtype(v)
+            except ConfigError:
+                errs.append(f"config.{field}={v!r}: use float32, bfloat16 or float16" +
+                            ("" if field == "dtype" else ", or '' (as stored)"))
+    layers = _model_layers(cfg, errs)
+    # partitions
+    for m, preset in (cfg.get("method_partition") or {}).items():
+        if preset not in PRESETS:
+            errs.append(f"config.method_partition.{m}={preset!r}: unknown preset (known: {', '.join(PRESETS)})")
+    k = int(_get(cfg, "partition.vit_last_k", 0))
+    used = list((cfg.get("method_partition") or {}).values()) + [
+        s.get("partition") for s in (cfg.get("stages") or {}).values() if hasattr(s, "get")]
+    if layers is not None and "visual_last_k" in used and not 0 <= k <= layers[0]:
+        errs.append(f"config.partition.vit_last_k={k}: the vision tower has {layers[0]} layers")
+    # stages
+    stages = cfg.get("stages") or {}
+    for name in stages.keys():
+        if name not in TRAIN_STAGES:
+            errs.append(f"config.stages.{name}: unknown stage (stages: {', '.join(TRAIN_STAGES)}; masks follow "
+                        "config.mask)")
+            continue
+        s = stages[name]
+        if int(s.get("num_steps", 0)) < 0:
+            errs.append(f"config.stages.{name}.num_steps={s.get('num_steps')!r}: must be >= 0")
+        if name != "unlearn":
+            if s.get("method", "ft") not in UNLEARN_METHODS + ("ft",):
+                errs.append(f"config.stages.{name}.method={s.get('method')!r}: unknown method")
+            if s.get("partition", "full") not in PRESETS:
+                errs.append(f"config.stages.{name}.partition={s.get('partition')!r}: unknown preset "
+                            f"(known: {', '.join(PRESETS)})")
+            bad = [x for x in s.get("streams", ()) if x not in STAGE_STREAMS[name]]
+            if bad:
+                errs.append(f"config.stages.{name}.streams: unknown streams {bad} (this stage has "
+                            f"{', '.join(STAGE_STREAMS[name])})")
+        _check_optim(s.get("optim"), f"stages.{name}.optim", errs)
+    for f in _get(cfg, "stages.relearn.fractions", ()) or ():
+        if not 0 < float(f) < 1:
+            errs.append(f"config.stages.relearn.fractions: {f!r} is not in (0, 1)")
+    _check_optim(cfg.get("optim"), "optim", errs)
+    # methods
+    _check_taps(_get(cfg, "vkd.taps", ()), layers, "vkd.taps", errs)
+    for w in ("a_f", "a_r", "b_r", "b_f", "b_g", "ga_bound"):
+        v = _get(cfg, f"vkd.{w}")
+        if v is not None and float(v) < 0:
+            errs.append(f"config.vkd.{w}={v!r}: must be >= 0")
+    if not float(_get(cfg, "npo.beta", 0.4)) > 0:
+        errs.append(f"config.npo.beta={_get(cfg, 'npo.beta')!r}: must be > 0")
+    # masks
+    if not float(_get(cfg, "mask.tau", 1.0)) > 0:
+        errs.append(f"config.mask.tau={_get(cfg, 'mask.tau')!r}: must be > 0")
+    if not 0 <= float(_get(cfg, "mask.top_p", 0.0)) < 1:
+        errs.append(f"config.mask.top_p={_get(cfg, 'mask.top_p')!r}: must be in [0, 1) (0: the tau rule)")
+    mod = _get(cfg, "mask.modules", "unlearn")
+    if mod != "unlearn" and mod not in PRESETS:
+        errs.append(f"config.mask.modules={mod!r}: 'unlearn' (the unlearning partition) or a preset")
+    # data, paths
+    for field in ("data.batch_size", "eval.batch_size", "eval.max_new_tokens"):
+        if int(_get(cfg, field, 1)) < 1:
+            errs.append(f"config.{field}={_get(cfg, field)!r}: must be >= 1")
+    hf_dir = cfg.get("hf_dir") or ""
+    if hf_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        errs.append(f"config.hf_dir={hf_dir!r}: no config.json there (a local HF LLaVA folder is needed; nothing "
+                    "is downloaded)")
+    if _get(cfg, "data.source") == "mllmu":
+        manual = _get(cfg, "data.manual_dir", "")
+        if not manual or not os.path.isdir(manual):
+            errs.append(f"config.data.manual_dir={manual!r}: the downloaded MLLMU-Bench folder is needed (nothing "
+                        "is downloaded at run time)")
+        if not hf_dir:
+            errs.append("config.hf_dir='': the HF LLaVA folder (weights and tokenizer) is needed for "
+                        "data.source='mllmu'")
+        if float(_get(cfg, "vkd.b_g", 0)) > 0 and method == "vkd" and not _get(cfg, "data.generic_images", ""):
+            errs.append("config.data.generic_images='': vkd.b_g > 0 needs a local folder of images outside every "
+                        "MLLMU-Bench split")
+    gen = _get(cfg, "data.generic_images", "")
+    if gen and not os.path.isdir(gen):
+        errs.append(f"config.data.generic_images={gen!r}: not a folder")
+    for axis in ("data", "fsdp", "tensor"):
+        v = int(_get(cfg, f"mesh.{axis}", 1))
+        if v == 0 or v < -1:
+            errs.append(f"config.mesh.{axis}={v}: a size >= 1, or -1 (the remaining devices)")
+    if errs:
+        raise ConfigError(f"config has {len(errs)} bad field{'s' if len(errs) > 1 else ''}:\n  " + "\n  ".join(errs))
