@@ -41,6 +41,34 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 7) -> dict:
     return out
 
 
+def matmul_peak_runners(n: int = 2048) -> list[tuple[str, object, float]]:
+    """(name, callable, FLOPs) of an n^3 fp32 matmul in XLA and in torch. Time them in the same interleaved rounds
+    as the runs whose "% of peak" they divide (a peak measured at another time, under another load, can put a run
+    above 100%); `peak_of` turns their times into the peak."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    f = jax.jit(lambda x, y: x @ y)
+    out = [("xla", lambda: f(a, a).block_until_ready(), 2.0 * n ** 3)]
+    try:
+        import torch
+
+        ta = torch.randn(n, n)
+        out.append(("torch", lambda: ta @ ta, 2.0 * n ** 3))
+    except ImportError:
+        pass
+    return out
+
+
+def peak_of(times: dict[str, list[float]], flops: dict[str, float]) -> dict:
+    """{"xla", "torch", "peak"} FLOP/s from the interleaved matmul times (medians; the higher is the peak)."""
+    out = {k: flops[k] / statistics.median(v) for k, v in times.items() if v}
+    out["peak"] = max(out.values())
+    return out
+
+
 def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), Python {platform.python_version()}"
 

@@ -80,10 +80,10 @@ def median(fn, repeats):
 def run(size: str, batch: int, max_new: int, repeats: int, with_image: bool, tmp: str) -> dict:
     import jax
     import torch
+    from flax import nnx
 
     import vkd_jax
     from vkd_jax.eval.decode import greedy_decode, strip_after_eos
-    from flax import nnx
 
     hf = build_hf(size)
     d = os.path.join(tmp, size)

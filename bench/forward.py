@@ -10,7 +10,6 @@ peak on the ~50M config.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -37,10 +36,9 @@ MODEL_50M = dict(
 
 
 def tiny_model_dict():
-    spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "configs", "tiny.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config().model.to_dict()
+    from vkd_jax.config_base import load_config
+
+    return load_config(os.path.join(ROOT, "configs", "tiny.py")).model.to_dict()
 
 
 def bench_one(name: str, model_dict: dict, batch: int, repeats: int) -> dict:

@@ -8,10 +8,10 @@ CPU smoke test: python bench/gpu_7b.py --config configs/tiny.py --batch 4 --step
                 (or --config configs/llava7b.py --layers 1,1 --batch 2 --steps 1 --skip_forward: a 7B-width proxy)
 
 Per variant (--variants NAME[:BATCH],...: vkd_jax/plan.py VARIANTS; default vkd_remat at --batch, vkd at 8),
-`plan.plan_one` builds and compiles the real train step on a 1x1x1 mesh of this device and the compiled step is
-taken from it (jax.jit is wrapped meanwhile): what is timed is what the plan counts. Params are made on the device
-by one jitted function (normal x 0.02, norm scales 1, biases 0; frozen ones in the partition's frozen dtype, the
-teacher a copy of the trainable ones); the state is plan_one's init. --warmup 2 + --steps timed steps, each blocked
+`plan.planned_step` builds the train step with the engine's `build_step` (as the Trainer does) on a 1x1x1 mesh of
+this device; the plan row and the timing use the same compiled step. Params are made on the device by one jitted
+function (normal x 0.02, norm scales 1, biases 0; frozen ones in the partition's frozen dtype, the teacher a copy
+of the trainable ones); the state is the built step's init. --warmup 2 + --steps timed steps, each blocked
 on. Reported: median step s, tokens/s (rows x seq len, all streams), matmul FLOPs (bench/step.py dot_flops on the
 step's jaxpr: remat recompute included) / s, MFU against --peak_flops (989e12, H100/H200 dense bf16: an
 assumption), XLA's memory analysis (peak = argument + output - alias + temp) beside the plan's analytic peak_est,
@@ -23,7 +23,6 @@ rewritten after each one.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -31,38 +30,15 @@ import statistics
 import sys
 import time
 import traceback
-import types
 import zlib
+
+from absl import app, flags
+from ml_collections import config_flags
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # before jax starts: plan est. of 7B vkd b8 115 GiB
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 GIB = 1 << 30
-
-
-class CaptureStep:
-    """Wraps jax.jit while plan_one runs; keeps the train step it jits, the jit kwargs, lower()'s args, compiled."""
-
-    def __enter__(self):
-        import jax
-        self.real = real = jax.jit
-
-        def jit(*a, **k):
-            j, fn = real(*a, **k), (a[0] if a else k.get("fun"))
-            if getattr(fn, "__qualname__", "") != "make_step.<locals>.step":
-                return j
-            self.fn, self.kw = fn, k
-            return types.SimpleNamespace(lower=lambda *args: self._lower(j, args))
-        jax.jit = jit
-        return self
-
-    def _lower(self, j, args):
-        self.args, low = args, j.lower(*args)
-        return types.SimpleNamespace(compile=lambda: setattr(self, "compiled", low.compile()) or self.compiled)
-
-    def __exit__(self, *exc):
-        import jax
-        jax.jit = self.real
 
 
 def materialize(abstract: dict, shardings: dict, seed: int = 0) -> dict:
@@ -101,50 +77,37 @@ def mem_stats() -> dict:
 
 def measure_step(cfg, mc, variant: str, batch: int, args, platform, dev) -> dict:
     import jax
-    import jax.numpy as jnp
-    import ml_collections
     import numpy as np
 
     from vkd_jax import plan
-    from vkd_jax.unlearn import stages
-    from vkd_jax.unlearn.methods import make_method
-    from vkd_jax.unlearn.train import make_optimizer, prepare_batch
 
-    with CaptureStep() as cap:  # plan_one builds, shards and compiles the step on [dev]
-        row = plan.plan_one(cfg, mc, platform, batch, variant, args.text_len, [dev], compile=True)
-    state_abs, batch_abs, frozen_abs, aux_abs = cap.args
-    sh_state, sh_batch, sh_frozen, sh_aux = cap.kw["in_shardings"]
+    ps = plan.planned_step(cfg, mc, platform, batch, variant, args.text_len, [dev])  # the engine's built step
+    t0 = time.perf_counter()
+    compiled = ps.lower().compile()
+    row = plan.plan_row(ps, platform, batch, variant, compiled, time.perf_counter() - t0)
+    built = ps.built
     out = {"variant": variant, "batch": batch, "plan_row": row}
-    # concrete inputs of the same shapes: plan_one's method, dummy batch and optimizer
-    name = cfg.stages.unlearn.method if plan.VARIANTS[variant][0] == "unlearn" else "ga"
-    method = make_method(name, ml_collections.ConfigDict(dict(cfg.get(name, {}) or {})))
-    host = {s: prepare_batch(plan.dummy_batch(mc, batch, args.text_len), method, s) for s in method.streams}
-    sig = lambda t: jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), t)  # noqa: E731
-    if sig(host) != sig(batch_abs):
-        raise ValueError("the dummy batch differs from the batch plan_one compiled for")
-    tx, _ = make_optimizer(stages.optim_cfg(cfg, cfg.stages.unlearn), 100, None)
-    b = jax.device_put(host, sh_batch)
-    frozen = materialize(frozen_abs, sh_frozen)
-    aux = {"teacher": materialize(aux_abs["teacher"], sh_aux["teacher"])} if aux_abs else {}
-    trainable = materialize(state_abs["trainable"], sh_state["trainable"])  # teacher = same names -> same values
-    init = lambda tr, key: {"step": jnp.zeros((), jnp.int32), "trainable": tr,  # noqa: E731  plan_one's init
-                            "opt_state": tx.init(tr), "rng": key, "skipped": jnp.zeros((), jnp.int32)}
-    state = jax.jit(init, out_shardings=sh_state)(trainable, jax.random.PRNGKey(0))
+    b = jax.device_put(ps.host_batch, built.batch_shardings(ps.host_batch))
+    frozen = materialize(built.abstract_frozen, built.frozen_shardings)
+    aux = {name: materialize(tree, built.aux_shardings[name]) for name, tree in built.abstract_aux.items()}
+    trainable = materialize(built.abstract_state.trainable, built.trainable_shardings)  # teacher: same values
+    state = built.init(trainable, jax.random.PRNGKey(0))
     del trainable
     out["mem_after_init"] = mem_stats()
     box = [state, None]
 
     def one():
-        box[0], box[1] = cap.compiled(box[0], b, frozen, aux)
+        box[0], box[1] = compiled(box[0], b, frozen, aux)
         jax.block_until_ready(box)
     times = timed(one, args.warmup, args.steps)
     m = {k: float(v) for k, v in box[1].items()}
-    tokens = sum(int(np.prod(s["input_ids"].shape)) for s in host.values())
+    tokens = sum(int(np.prod(s["input_ids"].shape)) for s in ps.host_batch.values())
     med = statistics.median(times)
     out.update(step_s=med, step_times=times, tokens_per_step=tokens, tokens_per_s=tokens / med,
                loss=m.get("loss"), skipped=m.get("skipped"), compile_s=row["compile_s"],
-               mem_after_run=mem_stats(), xla_flops=_xla_flops(cap.compiled),
-               **flop_rates(cap.fn, (state_abs, batch_abs, frozen_abs, aux_abs), med, args.peak_flops))
+               mem_after_run=mem_stats(), xla_flops=_xla_flops(compiled),
+               **flop_rates(built.step, (built.abstract_state, ps.batch, built.abstract_frozen, built.abstract_aux),
+                            med, args.peak_flops))
     for x in jax.tree.leaves((box, b, frozen, aux)):
         x.delete()
     return out
@@ -177,18 +140,16 @@ def measure_forward(mc, batch: int, args, dev) -> dict:
 
     from vkd_jax import plan
     from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
-    from vkd_jax.unlearn.partition import path_str
 
     fmc = mc.replace(dtype="bfloat16", param_dtype="bfloat16").with_remat("none")
     graphdef, abstract = abstract_model(fmc)
-    paths = {path_str(p): p for p in abstract}
     sh = SingleDeviceSharding(dev)
-    params = materialize({k: abstract[p] for k, p in paths.items()}, {k: sh for k in paths})
+    params = materialize(abstract, {k: sh for k in abstract})
     h = plan.dummy_batch(fmc, batch, args.text_len)
     inputs = jax.device_put((h["input_ids"], h["pixel_values"], h["attention_mask"], h["positions"]), sh)
 
     def fwd(params, ids, px, mask, pos):
-        model = model_from_flat_params(graphdef, {paths[k]: v for k, v in params.items()})
+        model = model_from_flat_params(graphdef, params)
         return model.forward(ids, px, mask, position_ids=pos, last_logits_only=True).logits
     t0 = time.perf_counter()
     f = jax.jit(fwd).lower(params, *inputs).compile()
@@ -207,29 +168,34 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e)[:1500]} | {traceback.format_exc(limit=4)[-1500:]}"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "llava7b.py"))
-    ap.add_argument("--out", default=os.path.join(os.environ["OUT"], "gpu_7b.json") if os.environ.get("OUT") else "")
-    ap.add_argument("--batch", type=int, default=32, help="global batch of a variant given without :BATCH")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--variants", default="vkd_remat,vkd:8", help="NAME[:BATCH],... (vkd_jax/plan.py VARIANTS)")
-    ap.add_argument("--layers", default="", help="TEXT,VISION: proxy with the config's widths, as vkd_jax/plan.py")
-    ap.add_argument("--param_dtype", default="float32", help="master weights (as the memory plan); frozen: bf16")
-    ap.add_argument("--text_len", type=int, default=64)
-    ap.add_argument("--forward_batch", type=int, default=8)
-    ap.add_argument("--skip_forward", action="store_true")
-    ap.add_argument("--peak_flops", type=float, default=989e12, help="dense bf16 peak for MFU (H100/H200 SXM)")
-    args = ap.parse_args(argv)
+def define_flags() -> None:
+    """The CLI's flags (defined only when it runs: other benches import this module)."""
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "llava7b.py"),
+                                    "ml_collections config file (path[:variant])", lock_config=False)
+    flags.DEFINE_string("out", os.path.join(os.environ["OUT"], "gpu_7b.json") if os.environ.get("OUT") else "",
+                        "write the results JSON here")
+    flags.DEFINE_integer("batch", 32, "global batch of a variant given without :BATCH")
+    flags.DEFINE_integer("steps", 10, "timed steps")
+    flags.DEFINE_integer("warmup", 2, "untimed steps first")
+    flags.DEFINE_string("variants", "vkd_remat,vkd:8", "NAME[:BATCH],... (vkd_jax/plan.py VARIANTS)")
+    flags.DEFINE_string("layers", "", "TEXT,VISION: proxy with the config's widths, as vkd_jax/plan.py")
+    flags.DEFINE_string("param_dtype", "float32", "master weights (as the memory plan); frozen: bf16")
+    flags.DEFINE_integer("text_len", 64, "text tokens per row")
+    flags.DEFINE_integer("forward_batch", 8, "batch of the forward measurement")
+    flags.DEFINE_bool("skip_forward", False, "skip the forward measurement")
+    flags.DEFINE_float("peak_flops", 989e12, "dense bf16 peak for MFU (H100/H200 SXM)")
+
+
+def main(argv) -> int:
+    del argv
+    args = flags.FLAGS
     t_start = time.perf_counter()
 
     import jax
 
     from vkd_jax import plan
     from vkd_jax.unlearn.stages import model_config_of
-    cfg = plan.load_config(args.config)
-    cfg.unlock()  # the proxy / dtype edits of plan.run_plan
+    cfg = flags.FLAGS.config
     cfg.param_dtype = args.param_dtype
     if args.layers:
         cfg.model.text_config.num_hidden_layers, cfg.model.vision_config.num_hidden_layers = \
@@ -239,7 +205,7 @@ def main(argv=None) -> int:
     limit = (dev.memory_stats() or {}).get("bytes_limit")
     platform = plan.Platform(dev.platform, 1, limit / GIB if limit else 139, str(dev.device_kind))
     res = {"device": str(dev.device_kind), "backend": jax.default_backend(), "jax": jax.__version__,
-           "config": args.config, "layers": args.layers or "full", "param_dtype": args.param_dtype,
+           "config": args["config"].config_filename, "layers": args.layers or "full", "param_dtype": args.param_dtype,
            "compute_dtype": mc.dtype, "peak_flops_assumed": args.peak_flops, "steps": [], "forward": None}
     print(f"{res['device']} ({res['backend']}, jax {res['jax']}); MFU against {args.peak_flops / 1e12:.0f} TFLOP/s "
           f"(assumed dense bf16 peak); {mc.text.num_hidden_layers}+{mc.vision.num_hidden_layers} layers", flush=True)
@@ -284,4 +250,5 @@ def save(res: dict, path: str, t_start: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

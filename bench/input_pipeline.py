@@ -11,7 +11,6 @@ length bucket. Each VQA example decodes its image again (no caching), the worst 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys

@@ -45,7 +45,7 @@ def temp_gib(layers: int, mode: str, dtype) -> float:
             x, _ = jax.lax.scan(lambda x, w: (jax.checkpoint(block)(x, w), None), x, ws)
         else:
             for i in range(layers):
-                m = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], ws))
+                m = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], ws))
                 x = remat_call(m, "full" if mode == "loop" else "none", x, cos, sin, mask)[0]
         return jnp.sum(x.astype(jnp.float32) ** 2)
     x = jax.ShapeDtypeStruct((ROWS, T, c.hidden_size), dtype)

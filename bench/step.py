@@ -1,6 +1,6 @@
 """Unlearning train-step time: VKD (LLM frozen) vs full-model GA/GD vs LoRA, and ours vs a PyTorch reference step.
 
-  python bench/step.py [--batch 2] [--repeats 5] [--no-compile] [--write bench/RESULTS.md]
+  python bench/step.py [--batch 2] [--repeats 5] [--no_compile] [--write bench/RESULTS.md] [--config ...]
 
 Same ~50M model as bench/forward.py, one forget and one retain VQA batch of `batch` rows each (256 image tokens +
 32 text tokens). Steps (all AdamW, clip 1.0):
@@ -17,7 +17,6 @@ shapes in our step's jaxpr, against the measured fp32 matmul peak.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
@@ -26,10 +25,12 @@ import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.common import append_section, machine, matmul_peak_flops  # noqa: E402
+from bench.common import append_section, machine, matmul_peak_runners, peak_of  # noqa: E402
 from bench.forward import MODEL_50M, TEXT_LEN  # noqa: E402
 
 
@@ -98,11 +99,13 @@ def ours(model, name, method, preset, batch, frozen_dtype=""):
     """Build the trainer, compile its step, count its FLOPs; returns (row, step callable)."""
     import jax
     import ml_collections
+
     from vkd_jax.models.hf_io import flat_params
     from vkd_jax.unlearn.methods import make_method
     from vkd_jax.unlearn.train import Trainer
 
-    pc = ml_collections.ConfigDict(dict(preset=preset, vit_last_k=0, num_vit_layers=model.config.vision.num_hidden_layers,
+    n_vit = model.config.vision.num_hidden_layers
+    pc = ml_collections.ConfigDict(dict(preset=preset, vit_last_k=0, num_vit_layers=n_vit,
                                         lora=dict(rank=16, alpha=16.0, dropout=0.0), frozen_dtype=frozen_dtype))
     oc = ml_collections.ConfigDict(dict(lr=1e-5, schedule="constant", clip_norm=1.0))
     mcfg = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=10.0)) \
@@ -115,10 +118,10 @@ def ours(model, name, method, preset, batch, frozen_dtype=""):
     tr.step(batch)["loss"].block_until_ready()
     compile_s = time.perf_counter() - t0
     b = tr.prepare(batch)
-    jaxpr = jax.make_jaxpr(tr._step)(tr.state, b, tr.frozen, tr.aux).jaxpr
-    train_shapes = {tuple(v.shape) for v in tr.state["trainable"].values()}
+    jaxpr = jax.make_jaxpr(tr.built.step)(tr.state, b, tr.frozen, tr.aux).jaxpr
+    train_shapes = {tuple(v.shape) for v in tr.state.trainable.values()}
     frozen_shapes = {tuple(v.shape) for v in tr.frozen.values() if v.ndim == 2} - train_shapes
-    n_train = sum(int(np.prod(v.shape)) for v in tr.state["trainable"].values())
+    n_train = sum(int(np.prod(v.shape)) for v in tr.state.trainable.values())
     row = dict(name=name, impl="ours (jit)", flops=dot_flops(jaxpr), compile=compile_s, trainable=n_train,
                wgrad=frozen_weight_grad_dots(jaxpr, frozen_shapes | {s[::-1] for s in frozen_shapes}),
                times=[])
@@ -126,47 +129,37 @@ def ours(model, name, method, preset, batch, frozen_dtype=""):
 
 
 def step_flops_abstract(model_config, batch, method, preset, frozen_dtype="") -> float:
-    """jaxpr FLOPs of one train step from shapes alone (abstract params, nothing allocated): used for the
-    LLaVA-1.5-7B projection, where running the step on this machine is out of reach."""
+    """jaxpr FLOPs of one train step from shapes alone (the engine's built step on abstract params, nothing
+    allocated): used for the LLaVA-1.5-7B projection, where running the step on this machine is out of reach."""
     import jax
     import ml_collections
-    from vkd_jax.models.hf_io import abstract_model
-    from vkd_jax.unlearn import partition as pt
-    from vkd_jax.unlearn.methods import Ctx, make_method
-    from vkd_jax.unlearn.train import make_optimizer, make_step, prepare_batch
 
-    graphdef, abstract = abstract_model(model_config)
+    from vkd_jax.unlearn import partition as pt
+    from vkd_jax.unlearn.methods import make_method
+    from vkd_jax.unlearn.step import build_step
+    from vkd_jax.unlearn.train import prepare_batch
+
     pc = ml_collections.ConfigDict(dict(preset=preset, vit_last_k=0,
                                         num_vit_layers=model_config.vision.num_hidden_layers,
                                         lora=dict(rank=16, alpha=16.0, dropout=0.0), frozen_dtype=frozen_dtype))
-    part = pt.make_partition(abstract, pc)
-    ctx = Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part)
     mcfg = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=10.0)) \
         if method == "vkd" else None
     m = make_method(method, mcfg)
     if method == "ga":
         batch = {"forget": {k: np.concatenate([batch["forget"][k], batch["retain"][k]]) for k in batch["forget"]}}
-    shapes = {pt.path_str(k): v for k, v in abstract.items()}
-    trainable = {k: part.shapes[k] for k in part.trainable_keys}
-    frozen = {k: shapes[k] for k in part.frozen_keys}
-    aux = {"teacher": {k: shapes[k] for k in part.trainable_keys if k in part.rules}} if m.needs_teacher else {}
-    tx, sched = make_optimizer(None, 10)
-    state = {"step": jax.ShapeDtypeStruct((), np.int32), "trainable": trainable,
-             "opt_state": jax.eval_shape(tx.init, trainable), "rng": jax.ShapeDtypeStruct((2,), np.uint32),
-             "skipped": jax.ShapeDtypeStruct((), np.int32)}
+    built = build_step(model_config, m, partition_cfg=pc, optim_cfg=None, num_steps=10,
+                       mesh=pt.make_mesh(None, jax.devices()[:1]))
     b = {s: prepare_batch(v) for s, v in batch.items() if s in m.streams}
-    return dot_flops(jax.make_jaxpr(make_step(ctx, m, tx, sched))(state, b, frozen, aux).jaxpr)
+    return dot_flops(jax.make_jaxpr(built.step)(built.abstract_state, b, built.abstract_frozen,
+                                                built.abstract_aux).jaxpr)
 
 
-def llava7b_projection(text_len=64, answer=16) -> list[str]:
-    """VKD / full-model FLOP ratios for LLaVA-1.5-7B shapes (576 image tokens, `text_len` text tokens)."""
-    import importlib.util
+def llava7b_projection(cfg, text_len=64, answer=16) -> list[str]:
+    """VKD / full-model FLOP ratios for the config's model (LLaVA-1.5-7B: 576 image tokens, `text_len` text
+    tokens)."""
     from vkd_jax.models.config import config_from_model_dict
 
-    spec = importlib.util.spec_from_file_location("l7", os.path.join(ROOT, "configs", "llava7b.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mc = config_from_model_dict(mod.get_config().model.to_dict(), dtype="float32", param_dtype="float32")
+    mc = config_from_model_dict(cfg.model.to_dict(), dtype="float32", param_dtype="float32")
     b = batches(mc, 1, text_len=text_len, answer=answer)
     f = {n: step_flops_abstract(mc, b, m, p) for n, m, p in (("vkd", "vkd", "visual"),
                                                               ("vkd_projector", "vkd", "projector"),
@@ -224,8 +217,9 @@ def torch_steps(hf, batch, kind, compiled, compile_timeout=600):
     else:
         def loss_fn():
             f, r = tb["forget"], tb["retain"]
-            lf = nll(hf(input_ids=f["input_ids"], pixel_values=f["pixel_values"], attention_mask=f["attention_mask"]), f)
-            lr = nll(hf(input_ids=r["input_ids"], pixel_values=r["pixel_values"], attention_mask=r["attention_mask"]), r)
+            def run(s):
+                return hf(input_ids=s["input_ids"], pixel_values=s["pixel_values"], attention_mask=s["attention_mask"])
+            lf, lr = nll(run(f), f), nll(run(r), r)
             return -lf + lr
     params = [p for p in hf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
@@ -255,25 +249,31 @@ def torch_steps(hf, batch, kind, compiled, compile_timeout=600):
     return row, step
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--compile-timeout", type=int, default=600)
-    p.add_argument("--write", default=None)
-    p.add_argument("--projection-only", action="store_true", help="print the LLaVA-1.5-7B FLOP projection only")
-    a = p.parse_args()
+def define_flags() -> None:
+    """The CLI's flags (defined only when it runs: other benches import this module)."""
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "llava7b.py"),
+                                    "the config whose model the FLOP projection uses (path[:variant])",
+                                    lock_config=False)
+    flags.DEFINE_integer("batch", 2, "forget rows (and as many retain rows) per step")
+    flags.DEFINE_integer("repeats", 5, "timed rounds (after one warm-up round)")
+    flags.DEFINE_bool("no_compile", False, "skip torch.compile")
+    flags.DEFINE_bool("no_torch", False, "skip the PyTorch reference")
+    flags.DEFINE_integer("compile_timeout", 600, "seconds torch.compile may take for its first step")
+    flags.DEFINE_string("write", None, "results file to update (section 'Train step (issue 4)')")
+    flags.DEFINE_bool("projection_only", False, "print the FLOP projection of the config's model only")
+
+
+def main(argv):
+    del argv
+    a = flags.FLAGS
     if a.projection_only:
-        print("\n".join(llava7b_projection()))
+        print("\n".join(llava7b_projection(flags.FLAGS.config)))
         return
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     import vkd_jax
     torch.set_num_threads(os.cpu_count())
-    peak = matmul_peak_flops()
     torch.manual_seed(0)
     hf = LlavaForConditionalGeneration(LlavaConfig(**MODEL_50M))
     with tempfile.TemporaryDirectory() as d:
@@ -297,12 +297,20 @@ def main():
             except Exception as e:  # noqa: BLE001  torch.compile may not work on this machine: record why
                 errors.append(f"{kind} torch compile: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                 print(errors[-1], flush=True)
-    for i in range(a.repeats + 1):  # interleaved: every variant once per round, the first round is warm-up
+    peak_runs = matmul_peak_runners()
+    peak_times = {name: [] for name, _, _ in peak_runs}
+    for i in range(a.repeats + 1):  # interleaved: every variant, and the peak matmuls, once per round; round 0 warms up
         for r, fn in runs:
             t0 = time.perf_counter()
             fn()
             if i:
                 r["times"].append(time.perf_counter() - t0)
+        for name, fn, _ in peak_runs:
+            t0 = time.perf_counter()
+            fn()
+            if i:
+                peak_times[name].append(time.perf_counter() - t0)
+    peak = peak_of(peak_times, {name: f for name, _, f in peak_runs})
     rows = [r for r, _ in runs]
     for r in rows:
         r["time"] = statistics.median(r["times"])
@@ -317,7 +325,8 @@ def main():
              f"batch {a.batch} forget + {a.batch} retain VQA rows, {model.config.image_seq_length} image + {TEXT_LEN} "
              f"text tokens (answer: the last 8); AdamW, clip 1.0. All variants built first, then stepped "
              f"interleaved ({a.repeats} rounds after a warm-up round, each variant once per round); times are "
-             f"medians, ratios are medians of per-round ratios. fp32 matmul peak {peak['peak'] / 1e9:.1f} GFLOP/s "
+             f"medians, ratios are medians of per-round ratios. fp32 matmul peak (2048^3, timed in the same rounds) "
+             f"{peak['peak'] / 1e9:.1f} GFLOP/s "
              f"(XLA {peak['xla'] / 1e9:.1f}, torch {peak.get('torch', 0) / 1e9:.1f}). FLOPs: matmul/conv FLOPs "
              f"counted from the shapes of every dot_general in our step's jaxpr (forward + backward as we compute "
              f"them); torch rows are credited with the same count for the same math (the useful work; the "
@@ -339,7 +348,7 @@ def main():
         if best is not None:
             lines.append(f"- {kind}: best torch / ours = {best / t[(kind, 'ours (jit)')]:.2f} (target >= 1)")
     lines += [f"- {e}" for e in errors]
-    lines += llava7b_projection()
+    lines += llava7b_projection(flags.FLAGS.config)
     body = "\n".join(lines)
     print(body)
     if a.write:
@@ -347,4 +356,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -1,10 +1,11 @@
 """How well the tiny vanilla model learns the embedded benchmark under config overrides (issue 5 item 6 study).
 
-    python bench/vanilla_study.py WORKDIR 'cfg.data.cls_answer = "option"; cfg.eval.cls_scoring = "likelihood"'
+    python bench/vanilla_study.py --workdir W --config configs/tiny.py --config.data.cls_answer=option \
+        --config.eval.cls_scoring=likelihood
 
-Runs data generation, pretraining and the vanilla fine-tune of configs/tiny.py (the overrides are Python statements
-on `cfg`), then classification and cloze accuracy on the forget/test/retain/celebrity sets and the identity-free
-floor; prints and writes WORKDIR/study.json. Stages are cached in WORKDIR as in `vkd_jax.main`.
+Runs data generation, pretraining and the vanilla fine-tune of the config, then classification and cloze accuracy
+on the forget/test/retain/celebrity sets and the identity-free floor; prints and writes W/study.json. Stages are
+cached in W as in `vkd_jax.main`.
 """
 
 import json
@@ -12,20 +13,24 @@ import os
 import sys
 import time
 
-from absl import logging
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from vkd_jax import experiment
-from vkd_jax.eval import EvalConfig, evaluate
-from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
-from vkd_jax.plan import load_config
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vkd_jax import experiment  # noqa: E402
+from vkd_jax.eval import EvalConfig, evaluate  # noqa: E402
+from vkd_jax.models.hf_io import abstract_model, model_from_flat_params  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"),
+    "ml_collections config file (path[:variant])", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "work directory", required=True)
 
 
-def main(workdir: str, overrides: str = "") -> dict:
-    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"))
-    exec(overrides, {}, {"cfg": cfg})  # noqa: S102 - a study tool: the overrides are the user's own statements
+def study(cfg, workdir: str) -> dict:
     t = time.time()
     data = experiment.prepare_data(cfg, workdir)
-    mc = experiment._model_config(cfg, data)
+    mc = experiment.build_model_config(cfg, data)
     params = experiment.vanilla_params(cfg, data, workdir, mc)
     train_s = time.time() - t
     model = model_from_flat_params(abstract_model(mc)[0], params)
@@ -35,13 +40,18 @@ def main(workdir: str, overrides: str = "") -> dict:
         cls_scoring=str(cfg.eval.get("cls_scoring", "generate"))))
     res = {s: {k: round(v, 1) for k, v in m.items() if k.endswith("acc")} for s, m in out.items()}
     res.update(train_s=round(train_s), floor=experiment.identity_free_floor(params, cfg, data, mc, workdir),
-               overrides=overrides)
+               config=json.loads(cfg.to_json_best_effort()))
     with open(os.path.join(workdir, "study.json"), "w") as f:
         json.dump(res, f, indent=1)
-    print(json.dumps(res))
+    print(json.dumps({k: v for k, v in res.items() if k != "config"}))
     return res
 
 
-if __name__ == "__main__":
+def main(argv):
+    del argv
     logging.set_verbosity(logging.INFO)
-    main(*sys.argv[1:])
+    study(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

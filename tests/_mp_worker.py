@@ -6,7 +6,8 @@ MODE "multi": joins `jax.distributed` on 127.0.0.1:PORT; each process feeds only
 MODE "single": one process, all rows. Both build the tiny LLaVA from the same seed, put a (data=2, fsdp=2) mesh on
 the 4 global devices and run VKD (visual tower trains, LLM frozen) for NUM_STEPS steps through `Trainer.fit`. The
 multi run is killed after KILL_AT steps (checkpoint at step CKPT_EVERY written by all processes together), then `fit`
-restores that checkpoint (replacing the step-3 state in memory) and finishes. Process 0 writes the gathered final params to OUT_DIR.
+restores that checkpoint (replacing the step-3 state in memory) and finishes. Process 0 writes the gathered final
+params to OUT_DIR.
 The XLA_FLAGS device count is set by the parent before this file imports jax.
 """
 
@@ -32,7 +33,7 @@ class LocalSlice:
     """This process's rows of a deterministic global stream (what the data pipeline's process slicing gives)."""
 
     def __init__(self, seed, index, count):
-        from _unlearn_fixtures import Stream
+        from conftest import Stream
         self.inner, self.index, self.count = Stream(seed, b=GLOBAL_BATCH), index, count
 
     def __iter__(self):
@@ -53,7 +54,8 @@ class LocalSlice:
 def main(out_dir, mode, port=None, pid=0, nproc=1):
     if mode == "multi":
         distributed.initialize(distributed.detect(f"127.0.0.1:{port}", int(nproc), int(pid)))
-    from _unlearn_fixtures import ocfg, pcfg, tiny_params
+    from conftest import ocfg, pcfg, tiny_params
+
     from vkd_jax.unlearn import partition as pt
     from vkd_jax.unlearn.methods import make_method
     from vkd_jax.unlearn.train import Trainer
@@ -88,10 +90,10 @@ def main(out_dir, mode, port=None, pid=0, nproc=1):
     if mode == "multi":  # every process saves the final params together into one folder (the stage output)
         from vkd_jax.models.orbax_io import save_params_orbax
         save_params_orbax(tr.params(), cfg, os.path.join(out_dir, "final"), overwrite=True)
-    full = multihost_utils.process_allgather(tr.params(tuple_keys=False), tiled=True)
+    full = multihost_utils.process_allgather(tr.params(), tiled=True)
     if jax.process_index() == 0:
         np.savez(os.path.join(out_dir, f"{mode}.npz"), **{"param/" + k: np.asarray(v) for k, v in full.items()},
-                 loss=np.asarray(last["loss"]), step=np.asarray(int(tr.state["step"])),
+                 loss=np.asarray(last["loss"]), step=np.asarray(int(tr.state.step)),
                  ckpt_steps=np.asarray(restored, np.int64), processes=np.asarray(jax.process_count()))
     if mode == "multi":
         multihost_utils.sync_global_devices("done")

@@ -1,23 +1,264 @@
-"""Shared fixtures. Parity tests need exact fp32 matmuls on CPU.
+"""Shared fixtures (the helpers behind them live here too, and nowhere else). Parity tests need exact fp32
+matmuls on CPU.
 
-- `llama_tok_dir`: a Llama-style tokenizer folder built as llava-hf's tokenizer.json is (SentencePiece-converted
-  BPE with byte fallback, the legacy `Prepend("▁") + Replace(" ", "▁")` normalizer, no pre-tokenizer, `<s>` BOS
-  template, `<image>` and `<pad>` added as special tokens after the vocabulary), trained locally.
-- `hub_llava_dir`: a tiny random LLaVA saved by transformers in float16 in the hub layout
+- `hf_tiny`: tiny random HF LLaVA models built locally with transformers + torch (no download): `tiny_hf_config`,
+  `tiny_hf_model`, `make_inputs`, `VOCAB`.
+- `ukit`: the unlearning engine's tiny LLaVA, synthetic forget/retain batches and a resumable stream: `tiny_config`,
+  `tiny_params`, `make_batch`, `Stream`, `pcfg`, `ocfg`, `VOCAB`, `IMG_TOK`, `N_IMG`.
+- `mllmu_parquet`: a hand-written MLLMU-Bench fixture in the exact parquet schema: `SCHEMA`, `TEST_SCHEMA`,
+  `FT_SCHEMA`, `png`, `profile`, `write_fixture`.
+- `llama_tok_dir` / `make_llama_tokenizer`: a Llama-style tokenizer folder built as llava-hf's tokenizer.json is
+  (SentencePiece-converted BPE with byte fallback, the legacy `Prepend("▁") + Replace(" ", "▁")` normalizer, no
+  pre-tokenizer, `<s>` BOS template, `<image>` and `<pad>` added as special tokens after the vocabulary).
+- `hub_llava_dir` / `make_hub_llava`: a tiny random LLaVA saved by transformers in float16 in the hub layout
   (`vision_tower.vision_model.*` keys, `torch_dtype` in config.json) with that tokenizer and llava-hf's processor
   files (preprocessor_config.json, processor_config.json) beside it.
+- `load_cfg`: configs/<name>.py[:variant] through `vkd_jax.config_base.load_config`.
+Scripts run outside pytest (tests/_mp_worker.py, tests/golden/make_golden.py) import the helpers from here.
 """
 
+from __future__ import annotations
+
+import io
 import json
 import os
+import types
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vkd_jax.models.config import config_from_model_dict  # noqa: E402
+from vkd_jax.models.hf_io import flat_params  # noqa: E402
+from vkd_jax.models.llava import Llava  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- tiny HF LLaVA (transformers + torch) ------------------------------------------------------------
+
+VOCAB = 96
+
+
+def tiny_hf_config(*, image_token_index=VOCAB - 1, vision_feature_layer=-2, strategy="default",
+                   projector_bias=True, num_kv_heads=2, head_dim=None, tie=False, rope="v5", image_size=30,
+                   patch=6, vision_layers=3, text_layers=2, vocab=VOCAB, hidden=64, vhidden=32, attention_bias=False):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    n_patches = (image_size // patch) ** 2
+    text_kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden // 2 + 8,
+                   num_hidden_layers=text_layers, num_attention_heads=4, num_key_value_heads=num_kv_heads,
+                   rms_norm_eps=1e-5, max_position_embeddings=256, tie_word_embeddings=tie,
+                   attention_bias=attention_bias, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if head_dim is not None:
+        text_kw["head_dim"] = head_dim
+    text = LlamaConfig(**text_kw)
+    if rope == "v5":
+        text.rope_parameters = {"rope_type": "default", "rope_theta": 5000.0}
+    vision = CLIPVisionConfig(hidden_size=vhidden, intermediate_size=2 * vhidden + 4, num_hidden_layers=vision_layers,
+                              num_attention_heads=4, image_size=image_size, patch_size=patch, projection_dim=16)
+    cfg = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=image_token_index,
+                      image_seq_length=n_patches + (1 if strategy == "full" else 0),
+                      vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,
+                      multimodal_projector_bias=projector_bias, tie_word_embeddings=tie)
+    return cfg
+
+
+def tiny_hf_model(seed=0, **kw):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = tiny_hf_config(**kw)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    # Random init leaves norms at 1/0 and some biases at 0: perturb everything so that every weight matters.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def make_inputs(cfg, batch=2, text_len=7, n_images_rows=(0, 1), pad="none", seed=0, image_token_index=None):
+    """input_ids with image blocks in the given rows, pixel values, attention mask (left/right padding)."""
+    rng = np.random.default_rng(seed)
+    img_tok = cfg.image_token_index if image_token_index is None else image_token_index
+    n_img = cfg.image_seq_length
+    vocab = cfg.text_config.vocab_size
+    rows = []
+    for b in range(batch):
+        ids = list(rng.integers(3, min(vocab, img_tok) - 1, size=text_len))
+        if b in n_images_rows:
+            ids = ids[:2] + [img_tok] * n_img + ids[2:]
+        rows.append(ids)
+    lens = [len(r) for r in rows]
+    extra = [0] * batch
+    if pad != "none":
+        extra = [b * 3 for b in range(batch)]
+    total = max(n + e for n, e in zip(lens, extra))
+    ids = np.zeros((batch, total), np.int64)
+    mask = np.zeros((batch, total), np.int64)
+    for b, r in enumerate(rows):
+        n = len(r)
+        if pad == "left":
+            ids[b, total - n:], mask[b, total - n:] = r, 1
+        else:
+            ids[b, :n], mask[b, :n] = r, 1
+    size = cfg.vision_config.image_size
+    pixels = rng.standard_normal((len(n_images_rows), 3, size, size)).astype(np.float32)
+    return ids, pixels, mask
+
+
+# ---- the engine's tiny LLaVA and batches ------------------------------------------------------------
+
+UNL_VOCAB, IMG_TOK, N_IMG = 64, 63, 4
+
+
+def tiny_config(vision_layers=2, dtype="float32"):
+    d = dict(model_type="llava",
+             vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=vision_layers,
+                                num_attention_heads=2, image_size=16, patch_size=8, hidden_act="quick_gelu"),
+             text_config=dict(vocab_size=UNL_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                              pad_token_id=0, bos_token_id=1, eos_token_id=2),
+             image_token_index=IMG_TOK, image_seq_length=N_IMG, vision_feature_layer=-1,
+             vision_feature_select_strategy="default", tie_word_embeddings=False)
+    return config_from_model_dict(d, dtype=dtype, param_dtype=dtype)
+
+
+def tiny_params(seed=0, **kw):
+    cfg = tiny_config(**kw)
+    return cfg, flat_params(Llava(cfg, rngs=nnx.Rngs(seed)))
+
+
+def make_batch(rng: np.random.Generator, b=4, t=12, image=True, answer=3):
+    """Right-padded rows: [BOS, (image tokens), prompt..., answer..., EOS, pad...]."""
+    ids = np.zeros((b, t), np.int32)
+    att = np.zeros((b, t), np.int32)
+    lm = np.zeros((b, t), np.float32)
+    for r in range(b):
+        n = t - int(rng.integers(0, 3))
+        row = [1] + ([IMG_TOK] * N_IMG if image else []) + list(rng.integers(4, 60, n - 1 - (N_IMG if image else 0)))
+        row[n - 1] = 2
+        ids[r, :n], att[r, :n] = row[:n], 1
+        lm[r, n - 1 - answer:n] = 1
+    out = {"input_ids": ids, "attention_mask": att, "positions": np.maximum(np.cumsum(att, 1) - 1, 0).astype(np.int32),
+           "labels": np.where(lm > 0, ids, 0).astype(np.int32), "loss_mask": lm, "valid": np.ones(b, bool),
+           "has_image": np.full(b, image)}
+    if image:
+        out["pixel_values"] = rng.normal(size=(b, 3, 16, 16)).astype(np.float32)
+    return out
+
+
+class Stream:
+    """Deterministic infinite batch stream with grain-like get_state/set_state."""
+
+    def __init__(self, seed, **kw):
+        self.seed, self.kw, self.i = seed, kw, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = make_batch(np.random.default_rng([self.seed, self.i]), **self.kw)
+        self.i += 1
+        return b
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, st):
+        self.i = int(st["i"])
+
+
+def pcfg(preset="visual", **kw):
+    return ml_collections.ConfigDict(dict(preset=preset, vit_last_k=kw.pop("vit_last_k", 1),
+                                          num_vit_layers=kw.pop("num_vit_layers", 2),
+                                          lora=dict(rank=4, alpha=8.0, dropout=0.0), frozen_dtype="", **kw))
+
+
+def ocfg(**kw):
+    d = dict(lr=1e-2, schedule="constant", warmup_steps=0, clip_norm=1.0, weight_decay=0.0, grad_accum=1,
+             max_skipped_steps=2)
+    d.update(kw)
+    return ml_collections.ConfigDict(d)
+
+
+# ---- an MLLMU-Bench parquet fixture ------------------------------------------------------------
+
+IMAGE_T = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+QUESTION_T = pa.struct([("Question", pa.string()),
+                        ("Options", pa.struct([(k, pa.string()) for k in "ABCD"])),
+                        ("Correct_Answer", pa.string())])
+TASK_T = pa.list_(pa.struct([("Question", pa.string()), ("Ground_Truth", pa.string()), ("Type", pa.string())]))
+SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string()), ("Directory", pa.string()),
+                    ("biography", pa.string()), ("question", pa.string()), ("answer", pa.string()),
+                    ("Classification_Task", pa.struct([("Image_Textual_Questions", pa.list_(QUESTION_T)),
+                                                       ("Pure_Text_Questions", pa.list_(QUESTION_T))])),
+                    ("Generation_Task", TASK_T), ("Mask_Task", TASK_T)])
+TEST_SCHEMA = pa.schema([("images", pa.list_(IMAGE_T))] + [f for f in SCHEMA if f.name != "image"])
+FT_SCHEMA = pa.schema([("image", IMAGE_T), ("ID", pa.string()), ("metadata", pa.string())])
+
+
+def png(seed: int, size: int = 20) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def profile(i: int, image_col: str = "image") -> dict:
+    name = f"Person {i}"
+    q = lambda text, letter: {"Question": text, "Options": {"A": f"a{i}", "B": f"b{i}", "C": f"c{i}", "D": f"d{i}"},
+                              "Correct_Answer": letter}
+    row = {"ID": f"{i:03d}", "Directory": f"dir/{i}",
+           "biography": json.dumps({"Name": name, "Birthplace": f"town{i}", "appearance_detail": "tall"}),
+           "question": f"Who is {name}?", "answer": f"{name} is a fixture.",
+           "Classification_Task": {"Image_Textual_Questions": [q("Where was the person in the image born?", "B")],
+                                   "Pure_Text_Questions": [q(f"Where was {name} born?", "C"),
+                                                           q(f"What does {name} do?", "A")]},
+           "Generation_Task": [{"Question": "What is this person's job?", "Ground_Truth": f"A job {i}.",
+                                "Type": "Image_Textual"},
+                               {"Question": f"What is {name}'s job?", "Ground_Truth": f"A job {i}.",
+                                "Type": "Pure_Text"}],
+           "Mask_Task": [{"Question": "The person in the image was born in __.", "Ground_Truth": f"town{i}",
+                          "Type": "Image_Textual"}]}
+    if image_col == "images":
+        row["images"] = [{"bytes": png(100 * i + k), "path": f"{i}_{k}.png"} for k in range(3)]
+    else:
+        row["image"] = {"bytes": png(i), "path": f"{i}.png"}
+    return row
+
+
+def write_fixture(manual_dir, config="forget_5", n=6, shards=1, rows=None, schema=None):
+    """<manual_dir>/<config>/train-0000k-of-0000N.parquet in the MLLMU-Bench schema; returns the rows."""
+    if rows is None:
+        if config == "ft_Data":
+            rows = [{"image": {"bytes": png(i), "path": f"{i}.png"}, "ID": f"{i:03d}",
+                     "metadata": json.dumps([{"Question": "Who is this?", "Answer": f"Person {i}."}])}
+                    for i in range(n)]
+        else:
+            rows = [profile(i, "images" if config == "Test_Set" else "image") for i in range(n)]
+    if schema is None:
+        schema = {"Test_Set": TEST_SCHEMA, "ft_Data": FT_SCHEMA}.get(config, SCHEMA)
+    d = os.path.join(os.fspath(manual_dir), config)
+    os.makedirs(d, exist_ok=True)
+    for k, part in enumerate(np.array_split(np.arange(len(rows)), shards)):
+        pq.write_table(pa.Table.from_pylist([rows[j] for j in part], schema=schema),
+                       os.path.join(d, f"train-{k:05d}-of-{shards:05d}.parquet"))
+    return rows
+
+
+# ---- Llama-style tokenizer and hub-style LLaVA folder ----------------------------------------
 
 LLAMA_TOKENIZER_TEXTS = (
     "USER: ASSISTANT: Question: Correct Answer: A: B: C: D: [Blank] What is the birthplace occupation hobby pet "
@@ -30,8 +271,10 @@ LLAMA_TOKENIZER_TEXTS = (
 )
 
 
-def build_llama_tokenizer(out_dir, texts=LLAMA_TOKENIZER_TEXTS, vocab_size=600) -> str:
-    """A llava-hf-style tokenizer folder (see the module docstring); returns its path."""
+def build_llama_tokenizer(out_dir, extra_texts=(), vocab_size=600) -> str:
+    """A llava-hf-style tokenizer folder (see the module docstring), trained on the prompt words and
+    `extra_texts`; returns its path."""
+    texts = LLAMA_TOKENIZER_TEXTS + tuple(extra_texts)
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     os.makedirs(out_dir, exist_ok=True)
@@ -63,11 +306,8 @@ def build_llama_tokenizer(out_dir, texts=LLAMA_TOKENIZER_TEXTS, vocab_size=600) 
 def build_hub_llava(out_dir, tok_dir, *, image_size=32, patch=8, seed=0, mixed_dtypes=False) -> str:
     """A tiny random LLaVA in float16 (with mixed_dtypes: its norms in float32) as llava-hf ships LLaVA-1.5."""
     import shutil
-
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
-
-    from hf_tiny import tiny_hf_model
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     vocab = len(tok)
@@ -104,6 +344,35 @@ def build_hub_llava(out_dir, tok_dir, *, image_size=32, patch=8, seed=0, mixed_d
                    "processor_class": "LlavaProcessor", "vision_feature_select_strategy": "default"}, f, indent=2)
     return str(out_dir)
 
+# ---- fixtures ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def hf_tiny():
+    return types.SimpleNamespace(VOCAB=VOCAB, tiny_hf_config=tiny_hf_config, tiny_hf_model=tiny_hf_model,
+                                 make_inputs=make_inputs)
+
+
+@pytest.fixture(scope="session")
+def ukit():
+    return types.SimpleNamespace(VOCAB=UNL_VOCAB, IMG_TOK=IMG_TOK, N_IMG=N_IMG, tiny_config=tiny_config,
+                                 tiny_params=tiny_params, make_batch=make_batch, Stream=Stream, pcfg=pcfg, ocfg=ocfg)
+
+
+@pytest.fixture(scope="session")
+def mllmu_parquet():
+    return types.SimpleNamespace(SCHEMA=SCHEMA, TEST_SCHEMA=TEST_SCHEMA, FT_SCHEMA=FT_SCHEMA, png=png,
+                                 profile=profile, write_fixture=write_fixture)
+
+
+@pytest.fixture(scope="session")
+def make_llama_tokenizer():
+    return build_llama_tokenizer
+
+
+@pytest.fixture(scope="session")
+def make_hub_llava():
+    return build_hub_llava
+
 
 @pytest.fixture(scope="session")
 def llama_tok_dir(tmp_path_factory):
@@ -113,3 +382,13 @@ def llama_tok_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hub_llava_dir(tmp_path_factory, llama_tok_dir):
     return build_hub_llava(tmp_path_factory.mktemp("hub_llava"), llama_tok_dir)
+
+
+@pytest.fixture(scope="session")
+def load_cfg():
+    from vkd_jax.config_base import load_config
+
+    def load(name: str):
+        path, _, arg = name.partition(":")
+        return load_config(os.path.join(ROOT, "configs", f"{path}.py") + (f":{arg}" if arg else ""))
+    return load

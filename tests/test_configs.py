@@ -1,11 +1,12 @@
-"""Configs build the model they describe: the 7B abstractly, checked key by key against transformers."""
+"""Configs build the model they describe (the 7B abstractly, checked key by key against transformers); variants
+in the big_vision way; one meaning per field."""
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
+from vkd_jax import config_base
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.hf_io import abstract_model, hf_key
 
@@ -13,10 +14,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return config_base.load_config(os.path.join(ROOT, "configs", f"{name}.py"))
+
+
+def test_variants_and_independent_stage_sections():
+    c = config_base.load_config(os.path.join(ROOT, "configs", "tiny.py") + ":method=ga,forget=5,seed=2,steps=7")
+    assert (c.method, c.forget_ratio, c.seed, c.stages.unlearn.num_steps) == ("ga", 5, 2, 7)
+    with pytest.raises(ValueError, match="key one of"):
+        config_base.load_config(os.path.join(ROOT, "configs", "tiny.py") + ":lr=3")
+    for name in ("tiny", "llava7b"):
+        c = load_config(name)
+        c.stages.unlearn.optim.lr = 0.5  # one stage's optimiser section is its own object
+        assert {s: c.stages[s].optim.lr for s in c.stages if s != "unlearn"} == {
+            s: load_config(name).stages[s].optim.lr for s in c.stages if s != "unlearn"}
+        # the removed duplicates stay removed: one place per meaning
+        assert "unlearn" not in c and "method" not in c.stages.unlearn and "partition" not in c.stages.unlearn
+        assert "preset" not in c.partition and "lr" not in c.optim
 
 
 @pytest.mark.parametrize("name", ["llava7b", "tiny"])
@@ -25,7 +38,7 @@ def test_abstract_model_matches_transformers_param_count_and_shapes(name):
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     cfg = load_config(name)
-    ours = config_from_model_dict(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    ours = config_from_model_dict(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype or "float32")
     _, abstract = abstract_model(ours)  # jax.eval_shape: nothing allocated
     with torch.device("meta"):
         hf = LlavaForConditionalGeneration(LlavaConfig(**cfg.model.to_dict()))
@@ -55,5 +68,5 @@ def test_config_remat_reaches_the_model():
     for name, want in (("llava7b", "full"), ("tiny", "none")):
         cfg = load_config(name)
         cfg.hf_dir = ""
-        mc = experiment._model_config(cfg, data)
+        mc = experiment.build_model_config(cfg, data)
         assert (mc.vision.remat, mc.text.remat) == (want, want), name

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import vkd_jax
-from hf_tiny import make_inputs, tiny_hf_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,14 +47,14 @@ def _assert_state_dicts_bitwise_equal(a, b):
 
 
 @pytest.mark.parametrize("layout", ["v5", "hub", "memory"])
-def test_round_trip_is_bitwise_and_reloads_in_transformers(tmp_path, layout):
-    hf = tiny_hf_model()
+def test_round_trip_is_bitwise_and_reloads_in_transformers(tmp_path, layout, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     src = _write_layout(hf, tmp_path / "src", layout)
     model = vkd_jax.load_hf(src)
     out = vkd_jax.save_hf(model, tmp_path / "out")
     back = _from_pretrained(out, "float32")
     _assert_state_dicts_bitwise_equal(hf, back)
-    ids, px, mask = make_inputs(hf.config, batch=2, n_images_rows=(0, 1))
+    ids, px, mask = hf_tiny.make_inputs(hf.config, batch=2, n_images_rows=(0, 1))
     with torch.no_grad():
         l1 = hf(input_ids=torch.tensor(ids), pixel_values=torch.tensor(px), attention_mask=torch.tensor(mask)).logits
         l2 = back(input_ids=torch.tensor(ids), pixel_values=torch.tensor(px), attention_mask=torch.tensor(mask)).logits
@@ -67,8 +66,8 @@ def test_round_trip_is_bitwise_and_reloads_in_transformers(tmp_path, layout):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_round_trip_is_bitwise(tmp_path, dtype):
-    hf = tiny_hf_model().to(TORCH_DTYPES[dtype])
+def test_half_precision_round_trip_is_bitwise(tmp_path, dtype, hf_tiny):
+    hf = hf_tiny.tiny_hf_model().to(TORCH_DTYPES[dtype])
     hf.save_pretrained(tmp_path / "src")
     model = vkd_jax.load_hf(tmp_path / "src", dtype=dtype)
     assert model.config.param_dtype == dtype
@@ -87,20 +86,20 @@ def _safetensors_dict(folder):
 
 
 @pytest.mark.parametrize("mixed", [False, True])
-def test_hub_fp16_folder_is_kept_as_stored_bitwise(tmp_path, llama_tok_dir, mixed):
+def test_hub_fp16_folder_is_kept_as_stored_bitwise(tmp_path, llama_tok_dir, make_hub_llava, mixed):
     """A llava-hf-style fp16 folder (with `mixed`: its norms in fp32) loads with every tensor in the dtype the file
     stores it in, through orbax and back to HF, with every tensor bitwise the input's, dtype included."""
-    from conftest import build_hub_llava
+
     from vkd_jax.models.orbax_io import load_model_orbax, save_model_orbax
 
-    src = build_hub_llava(tmp_path / "src", llama_tok_dir, mixed_dtypes=mixed)
+    src = make_hub_llava(tmp_path / "src", llama_tok_dir, mixed_dtypes=mixed)
     model = vkd_jax.load_hf(src, dtype="bfloat16")  # compute in bf16: storage stays as the file has it
     c = model.config
     assert c.param_dtype == "float16" and c.dtype == "bfloat16"
     assert bool(c.param_dtype_overrides) == mixed and all(d == "float32" for _, d in c.param_dtype_overrides)
     params = vkd_jax.models.hf_io.flat_params(model)
     for path, v in params.items():
-        assert str(v.dtype) == c.storage_dtype("/".join(map(str, path))), path
+        assert str(v.dtype) == c.storage_dtype(path), path
     ckpt = save_model_orbax(model, tmp_path / "ckpt")
     again = load_model_orbax(ckpt)
     assert again.config.param_dtype_overrides == c.param_dtype_overrides
@@ -118,7 +117,7 @@ def test_hub_fp16_folder_is_kept_as_stored_bitwise(tmp_path, llama_tok_dir, mixe
     assert json.loads((tmp_path / "out32" / "config.json").read_text())["torch_dtype"] == "float32"
 
 
-def test_export_is_opened_by_autoprocessor(tmp_path):
+def test_export_is_opened_by_autoprocessor(tmp_path, hf_tiny):
     """Without processor files in the template, save_hf writes llava-hf's (preprocessor_config.json at the model's
     image size, processor_config.json, generation_config.json): AutoProcessor and GenerationConfig load them."""
     from transformers import AutoProcessor, GenerationConfig
@@ -127,7 +126,7 @@ def test_export_is_opened_by_autoprocessor(tmp_path):
 
     tok_dir = tmp_path / "tok"
     train_tokenizer(["Who is the person in the image?", "This is Ann Lee."] * 3, tok_dir)
-    hf = tiny_hf_model(vocab=96, image_size=30, patch=6)
+    hf = hf_tiny.tiny_hf_model(vocab=96, image_size=30, patch=6)
     hf.save_pretrained(tmp_path / "src")
     out = vkd_jax.save_hf(vkd_jax.load_hf(tmp_path / "src"), tmp_path / "out", template_hf_dir=tok_dir)
     for name in ("preprocessor_config.json", "processor_config.json", "generation_config.json", "tokenizer.json"):
@@ -141,8 +140,8 @@ def test_export_is_opened_by_autoprocessor(tmp_path):
     assert (g.bos_token_id, g.eos_token_id) == (1, 2)
 
 
-def test_tied_embeddings_round_trip(tmp_path):
-    hf = tiny_hf_model(tie=True, projector_bias=False)
+def test_tied_embeddings_round_trip(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model(tie=True, projector_bias=False)
     hf.save_pretrained(tmp_path / "src")
     model = vkd_jax.load_hf(tmp_path / "src")
     assert not hasattr(model, "lm_head")
@@ -150,8 +149,8 @@ def test_tied_embeddings_round_trip(tmp_path):
     _assert_state_dicts_bitwise_equal(hf, back)
 
 
-def test_sharded_in_and_out(tmp_path):
-    hf = tiny_hf_model()
+def test_sharded_in_and_out(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     hf.save_pretrained(tmp_path / "src", max_shard_size="40KB")
     assert os.path.isfile(tmp_path / "src" / "model.safetensors.index.json")
     model = vkd_jax.load_hf(tmp_path / "src")
@@ -165,8 +164,8 @@ def test_sharded_in_and_out(tmp_path):
     _assert_state_dicts_bitwise_equal(hf, _from_pretrained(out, "float32"))
 
 
-def test_save_refuses_to_clobber_and_leaves_nothing_half_written(tmp_path):
-    hf = tiny_hf_model()
+def test_save_refuses_to_clobber_and_leaves_nothing_half_written(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     hf.save_pretrained(tmp_path / "src")
     model = vkd_jax.load_hf(tmp_path / "src")
     (tmp_path / "out").mkdir()
@@ -184,8 +183,8 @@ def _cli(script, *args):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
-def test_cli_round_trip_with_template(tmp_path):
-    hf = tiny_hf_model()
+def test_cli_round_trip_with_template(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     src = tmp_path / "src"
     hf.save_pretrained(src)
     (src / "tokenizer_config.json").write_text('{"model_max_length": 64}')
@@ -203,8 +202,8 @@ def test_cli_round_trip_with_template(tmp_path):
     _assert_state_dicts_bitwise_equal(hf, _from_pretrained(out, "float32"))
 
 
-def _broken_folder(tmp_path, kind):
-    hf = tiny_hf_model()
+def _broken_folder(hf_tiny, tmp_path, kind):
+    hf = hf_tiny.tiny_hf_model()
     d = tmp_path / kind
     hf.save_pretrained(d)
     path = d / "model.safetensors"
@@ -239,10 +238,10 @@ def _broken_folder(tmp_path, kind):
     ("bin_only", r"only pickled weights found \(pytorch_model\.bin\); refusing"),
     ("token_count", r"config\.json: image_seq_length=7 does not match the vision tower"),
 ])
-def test_cli_bad_inputs_fail_clearly(tmp_path, kind, message):
+def test_cli_bad_inputs_fail_clearly(tmp_path, kind, message, hf_tiny):
     import re
 
-    src = _broken_folder(tmp_path, kind)
+    src = _broken_folder(hf_tiny, tmp_path, kind)
     r = _cli("hf_to_orbax.py", "--hf_dir", src, "--out", tmp_path / "ckpt")
     assert r.returncode != 0
     assert re.search(message, r.stderr, re.S), r.stderr
@@ -251,8 +250,8 @@ def test_cli_bad_inputs_fail_clearly(tmp_path, kind, message):
     assert [p for p in os.listdir(tmp_path) if "ckpt" in p] == []
 
 
-def test_all_problems_reported_at_once(tmp_path):
-    hf = tiny_hf_model()
+def test_all_problems_reported_at_once(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     d = tmp_path / "src"
     hf.save_pretrained(d)
     sd = load_file(d / "model.safetensors")

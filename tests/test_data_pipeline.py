@@ -187,7 +187,7 @@ def test_resampled_options_hide_the_person_but_keep_the_answer(env):
     for b, text in zip(served, texts):
         ans = tok.decode([int(t) for t, m in zip(b["input_ids"][0], b["loss_mask"][0]) if m]).strip()
         letter = ans[0]
-        line = [l for l in text.splitlines() if l.startswith(f"{letter}: ")][0]
+        line = [x for x in text.splitlines() if x.startswith(f"{letter}: ")][0]
         assert line == f"{letter}: {true}"
     again = [b for b in InputPipeline(src, tok, cfg) if b["item"][0] == ex0["item"] and b["id"][0] == ex0["id"]]
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(served, again))

@@ -174,6 +174,7 @@ def test_llava_style_folder_is_read_with_tokenizers_only(tmp_path):
     """A Llama/LLaVA-like tokenizer.json (Metaspace BPE, `<image>` added, special tokens given as AddedToken dicts
     in tokenizer_config.json, pad token `<pad>`) is read without transformers."""
     import json
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import vkd_jax
-from hf_tiny import make_inputs, tiny_hf_model
 from vkd_jax.eval.decode import greedy_decode, strip_after_eos
 
 PAD = 0
@@ -14,8 +13,8 @@ N_NEW = 12
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    hf = tiny_hf_model()
+def models(tmp_path_factory, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     # A random model could generate the image token, which HF refuses without an image: give it logit 0, below the
     # maximum of the other 95 random logits.
     with torch.no_grad():
@@ -93,8 +92,8 @@ def test_a_row_decodes_the_same_alone_and_in_a_batch(models):
     np.testing.assert_array_equal(alone[0], batch[1])
 
 
-def test_right_padding_is_refused(models):
+def test_right_padding_is_refused(models, hf_tiny):
     hf, ours = models
-    ids, _, mask = make_inputs(hf.config, batch=2, n_images_rows=(), pad="right")
+    ids, _, mask = hf_tiny.make_inputs(hf.config, batch=2, n_images_rows=(), pad="right")
     with pytest.raises(ValueError, match="LEFT-padded"):
         greedy_decode(ours, ids, mask, None, max_new_tokens=2, eos_id=2, pad_id=PAD)

@@ -3,7 +3,6 @@ are computed from, the official answer extraction, Test_Set poses, few-shot as t
 likelihood scoring checked against plain forwards."""
 
 import dataclasses
-import importlib.util
 import math
 import pathlib
 
@@ -11,11 +10,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vkd_jax.config_base import load_config
 from vkd_jax.data import prompts, synthetic
 from vkd_jax.data.tokenizer import train_tokenizer
-from vkd_jax.eval import (EXTRA_METRICS, METRICS, SETS, EvalConfig, benchmark_sets, evaluate, evaluate_questions,
-                          forget_vqa_accuracy, question_keys)
-from vkd_jax.eval import evaluator
+from vkd_jax.eval import (
+    EXTRA_METRICS,
+    METRICS,
+    SETS,
+    EvalConfig,
+    benchmark_sets,
+    evaluate,
+    evaluate_questions,
+    evaluator,
+    forget_vqa_accuracy,
+    question_keys,
+)
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.llava import Llava
 
@@ -30,11 +39,7 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalbench")
     synthetic.generate(root / "manual", seed=0, cfg=WORLD)
     tok = train_tokenizer(synthetic.benchmark_texts(root / "manual"), root / "tok")
-    spec = importlib.util.spec_from_file_location(
-        "tiny_cfg", pathlib.Path(__file__).parents[1] / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(str(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"))
     c.model.text_config.vocab_size = tok.vocab_size
     c.model.image_token_index = tok.vocab_size + 3  # outside the vocabulary, and not the tokenizer's <image> id
     model = Llava(config_from_model_dict(c.model, dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(0))

@@ -34,7 +34,7 @@ def test_tpu_pod_dry_run():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("gcloud compute tpus tpu-vm create vkd --zone us-central2-b --accelerator-type v4-32")
-    assert any("--worker=all" in l and "pip\\ install" in l for l in lines)
+    assert any("--worker=all" in x and "pip\\ install" in x for x in lines)
     main = lines[-1]
     assert "--worker=all" in main and "vkd_jax.main" in main and "gs://bucket/run" in main
     assert "--config.hf_dir=/mnt/llava" in main

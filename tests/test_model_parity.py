@@ -1,12 +1,11 @@
 """Our Flax LLaVA against transformers' LlavaForConditionalGeneration (torch, fp32, CPU) on tiny random models."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-import jax.numpy as jnp
 import vkd_jax
-from hf_tiny import VOCAB, make_inputs, tiny_hf_model
 
 TOL = 1e-4
 
@@ -40,10 +39,10 @@ def _positions(mask):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("pad", ["right", "left"])
-def test_logits_match_transformers(tmp_path, variant, pad):
-    hf = tiny_hf_model(**VARIANTS[variant])
+def test_logits_match_transformers(tmp_path, variant, pad, hf_tiny):
+    hf = hf_tiny.tiny_hf_model(**VARIANTS[variant])
     model = vkd_jax.load_hf(_save(hf, tmp_path))
-    ids, px, mask = make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad=pad)
+    ids, px, mask = hf_tiny.make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad=pad)
     # HF's plain forward counts pad slots in positions; HF generate (and we) count real tokens only.
     ref = _hf_logits(hf, ids, px, mask, _positions(mask)).logits.numpy()
     ours = np.asarray(model(ids, px, mask))
@@ -52,11 +51,11 @@ def test_logits_match_transformers(tmp_path, variant, pad):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=TOL, rtol=0)
 
 
-def test_padding_side_never_changes_a_row(tmp_path):
-    hf = tiny_hf_model()
+def test_padding_side_never_changes_a_row(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     model = vkd_jax.load_hf(_save(hf, tmp_path))
-    ids_r, px, mask_r = make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad="right")
-    ids_l, _, mask_l = make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad="left")
+    ids_r, px, mask_r = hf_tiny.make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad="right")
+    ids_l, _, mask_l = hf_tiny.make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad="left")
     right = np.asarray(model(ids_r, px, mask_r))
     left = np.asarray(model(ids_l, px, mask_l))
     for b in range(3):
@@ -66,36 +65,36 @@ def test_padding_side_never_changes_a_row(tmp_path):
     np.testing.assert_allclose(alone[0], right[1][mask_r[1] == 1], atol=1e-5)
 
 
-def test_text_only_batch_matches(tmp_path):
-    hf = tiny_hf_model()
+def test_text_only_batch_matches(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     model = vkd_jax.load_hf(_save(hf, tmp_path))
-    ids, _, mask = make_inputs(hf.config, batch=2, n_images_rows=(), pad="right")
+    ids, _, mask = hf_tiny.make_inputs(hf.config, batch=2, n_images_rows=(), pad="right")
     ref = _hf_logits(hf, ids, None, mask).logits.numpy()
     np.testing.assert_allclose(np.asarray(model(ids, None, mask))[mask == 1], ref[mask == 1], atol=TOL)
 
 
-def test_image_token_outside_vocabulary(tmp_path):
+def test_image_token_outside_vocabulary(tmp_path, hf_tiny):
     """An image token id >= vocab_size: those slots are overwritten by image features, so the result equals HF
     run with an in-vocabulary image id on the same weights."""
-    hf_in = tiny_hf_model(image_token_index=VOCAB - 1)
+    hf_in = hf_tiny.tiny_hf_model(image_token_index=hf_tiny.VOCAB - 1)
     ref_dir = _save(hf_in, tmp_path, "in_vocab")
-    hf_in.config.image_token_index = VOCAB + 7
+    hf_in.config.image_token_index = hf_tiny.VOCAB + 7
     out_dir = _save(hf_in, tmp_path, "out_of_vocab")
-    hf_in.config.image_token_index = VOCAB - 1
+    hf_in.config.image_token_index = hf_tiny.VOCAB - 1
     ours = vkd_jax.load_hf(out_dir)
-    assert ours.config.image_token_index == VOCAB + 7
-    ids, px, mask = make_inputs(hf_in.config, batch=2, n_images_rows=(0, 1), pad="right")
+    assert ours.config.image_token_index == hf_tiny.VOCAB + 7
+    ids, px, mask = hf_tiny.make_inputs(hf_in.config, batch=2, n_images_rows=(0, 1), pad="right")
     ref = _hf_logits(hf_in, ids, px, mask).logits.numpy()
-    ids_oov = np.where(ids == VOCAB - 1, VOCAB + 7, ids)
+    ids_oov = np.where(ids == hf_tiny.VOCAB - 1, hf_tiny.VOCAB + 7, ids)
     np.testing.assert_allclose(np.asarray(ours(ids_oov, px, mask))[mask == 1], ref[mask == 1], atol=TOL)
-    assert vkd_jax.load_hf(ref_dir).config.image_token_index == VOCAB - 1
+    assert vkd_jax.load_hf(ref_dir).config.image_token_index == hf_tiny.VOCAB - 1
 
 
 @pytest.mark.parametrize("variant", ["default", "vfl_list", "mha_vfl_pos_full"])
-def test_features_match_hidden_states(tmp_path, variant):
-    hf = tiny_hf_model(**VARIANTS[variant])
+def test_features_match_hidden_states(tmp_path, variant, hf_tiny):
+    hf = hf_tiny.tiny_hf_model(**VARIANTS[variant])
     model = vkd_jax.load_hf(_save(hf, tmp_path))
-    ids, px, mask = make_inputs(hf.config, batch=2, n_images_rows=(0, 1), pad="right")
+    ids, px, mask = hf_tiny.make_inputs(hf.config, batch=2, n_images_rows=(0, 1), pad="right")
     out = _hf_logits(hf, ids, px, mask)
     n_llm = hf.config.text_config.num_hidden_layers
     taps = ("vision:0", "vision:-2", "vision:2", "projector", "llm:0", "llm:1", f"llm:{n_llm - 1}")
@@ -115,10 +114,10 @@ def test_features_match_hidden_states(tmp_path, variant):
     np.testing.assert_allclose(np.asarray(only.features["llm:1"]), np.asarray(res.features["llm:1"]), atol=1e-6)
 
 
-def test_kv_cache_decoding_matches_full_forward(tmp_path):
-    hf = tiny_hf_model()
+def test_kv_cache_decoding_matches_full_forward(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     model = vkd_jax.load_hf(_save(hf, tmp_path))
-    ids, px, mask = make_inputs(hf.config, batch=2, n_images_rows=(0, 1), pad="left")
+    ids, px, mask = hf_tiny.make_inputs(hf.config, batch=2, n_images_rows=(0, 1), pad="left")
     full = np.asarray(model(ids, px, mask))
     t = ids.shape[1]
     prompt = t - 3
@@ -140,12 +139,12 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path):
     assert int(cache.index) == t
 
 
-def test_bf16_model_agrees_with_fp32_reference(tmp_path):
+def test_bf16_model_agrees_with_fp32_reference(tmp_path, hf_tiny):
     """bf16 params and compute: compare next-token distributions to torch fp32 with a KL gate + top-1 agreement."""
-    hf = tiny_hf_model()
+    hf = hf_tiny.tiny_hf_model()
     model = vkd_jax.load_hf(_save(hf, tmp_path), dtype="bfloat16", param_dtype="bfloat16")
     assert model.language_model.embed_tokens.embedding[...].dtype == jnp.bfloat16
-    ids, px, mask = make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad="right")
+    ids, px, mask = hf_tiny.make_inputs(hf.config, batch=3, n_images_rows=(0, 2), pad="right")
     ref = _hf_logits(hf, ids, px, mask).logits.numpy()[mask == 1]
     ours = np.asarray(model(ids, px, mask).astype(jnp.float32))[mask == 1]
     logp = torch.log_softmax(torch.tensor(ref), -1)
@@ -155,9 +154,9 @@ def test_bf16_model_agrees_with_fp32_reference(tmp_path):
     assert (ref.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
 
 
-def test_token_count_mismatch_is_a_clear_error(tmp_path):
-    hf = tiny_hf_model()
+def test_token_count_mismatch_is_a_clear_error(tmp_path, hf_tiny):
+    hf = hf_tiny.tiny_hf_model()
     model = vkd_jax.load_hf(_save(hf, tmp_path))
-    ids, px, mask = make_inputs(hf.config, batch=2, n_images_rows=(0, 1))
+    ids, px, mask = hf_tiny.make_inputs(hf.config, batch=2, n_images_rows=(0, 1))
     with pytest.raises(ValueError, match="image tokens and image features do not match"):
         model(ids, px[:1], mask)

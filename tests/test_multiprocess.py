@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from _unlearn_fixtures import tiny_params
-from vkd_jax.unlearn import partition as pt
+pytestmark = pytest.mark.slow  # minutes: end to end / several processes (CI runs it)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_mp_worker.py")
@@ -44,7 +44,7 @@ def _wait(procs, logs):
         assert p.returncode == 0, f"{p.args[2:]} exited {p.returncode}:\n{log.read()[-4000:]}"
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, ukit):
     port = _free_port()
     logs = [open(tmp_path / f"log{i}.txt", "w+") for i in range(3)]
     cmd = [sys.executable, WORKER, str(tmp_path)]
@@ -58,8 +58,8 @@ def test_two_processes_match_one(tmp_path):
     # the checkpoints both processes wrote: step 2 (restored after the kill at step 3) and the final step 4
     assert list(multi["ckpt_steps"]) == [2, 4]
     np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-6)
-    _, init = tiny_params(seed=0)
-    init = {pt.path_str(k): np.asarray(v) for k, v in init.items()}
+    _, init = ukit.tiny_params(seed=0)
+    init = {k: np.asarray(v) for k, v in init.items()}
     keys = [k for k in multi.files if k.startswith("param/")]
     assert sorted(keys) == sorted(k for k in single.files if k.startswith("param/")) and len(keys) == len(init)
     moved = 0
@@ -76,7 +76,7 @@ def test_two_processes_match_one(tmp_path):
     # the final params both processes saved together: one complete folder, no temp folders left, the same values
     from vkd_jax.models.hf_io import flat_params
     from vkd_jax.models.orbax_io import load_model_orbax
-    saved = {pt.path_str(k): np.asarray(v) for k, v in flat_params(load_model_orbax(tmp_path / "final")).items()}
+    saved = {k: np.asarray(v) for k, v in flat_params(load_model_orbax(tmp_path / "final")).items()}
     assert sorted("param/" + k for k in saved) == sorted(keys)
     for k in keys:
         np.testing.assert_array_equal(saved[k[len("param/"):]], multi[k], err_msg=k)

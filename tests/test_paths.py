@@ -121,6 +121,24 @@ def test_local_staging_dir_uploads_to_gs(gs, tmp_path):
     assert io_utils.read_text(f"{out}/sub/tokenizer.json") == "{}"
 
 
+def test_orbax_dir_on_gs_writes_in_place_and_marks_last(gs, monkeypatch):
+    """An orbax folder on an object store is written where it will stay (orbax commits its own checkpoints), so a
+    7B checkpoint is never copied a second time; `_COMPLETE` comes last, and an overwrite removes it first."""
+    out = f"{gs}/run/unlearn/params"
+    copies = []
+    monkeypatch.setattr(epath.Path, "rename", lambda self, dst: copies.append((self, dst)))
+    with io_utils.orbax_dir(out, overwrite=True) as d:
+        assert d == out and not io_utils.is_complete_dir(out)
+        io_utils.atomic_write_text(f"{d}/params/shard", "x")
+    assert io_utils.is_complete_dir(out) and copies == []
+    assert _ls(f"{gs}/run/unlearn") == ["params"]  # no temp prefix beside it
+    with pytest.raises(RuntimeError):
+        with io_utils.orbax_dir(out, overwrite=True) as d:
+            assert not io_utils.is_complete_dir(out)  # the old marker went first
+            raise RuntimeError("killed mid-save")
+    assert not io_utils.is_complete_dir(out)  # a killed save is never taken for a finished one
+
+
 def test_metrics_log_on_gs(gs):
     from vkd_jax.unlearn.metrics_log import MetricsLogger
 

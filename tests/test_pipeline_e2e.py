@@ -14,12 +14,14 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # minutes: end to end / several processes (CI runs it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MICRO = [
     "--config.data.world.num_people=20", "--config.data.world.num_celebrities=8", "--config.data.world.num_facts=3",
     "--config.data.world.ft_poses=2", "--config.data.batch_size=8", "--config.stages.pretrain.num_steps=3",
-    "--config.stages.vanilla.num_steps=3", "--config.unlearn.steps=3", "--config.stages.relearn.num_steps=2",
+    "--config.stages.vanilla.num_steps=3", "--config.stages.unlearn.num_steps=3", "--config.stages.relearn.num_steps=2",
     "--config.stages.relearn.fractions=(0.5,)", "--config.eval.max_questions=3", "--config.eval.batch_size=4",
     "--config.eval.max_new_tokens=6", "--config.mask.num_batches=2", "--config.checkpoint.every_steps=2",
 ]

@@ -3,6 +3,8 @@ meshes, writes JSON, and its exact per-device byte counts equal the shards a rea
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from vkd_jax import plan
+from vkd_jax.config_base import load_config
 from vkd_jax.models.hf_io import flat_params
 from vkd_jax.models.llava import Llava
 from vkd_jax.unlearn import partition as pt
@@ -26,11 +29,13 @@ def _device0_bytes(tree) -> int:
     return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev)
 
 
-def test_plan_tiny_two_meshes(tmp_path, monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main() sets the fake device count
+def test_plan_tiny_two_meshes(tmp_path):
     out = tmp_path / "plan.json"
-    assert plan.main(["--config", TINY, "--platforms", "gpu1x80,v4-8", "--batches", "4", "--variants",
-                      "vkd,ga_full", "--text_len", "8", "--out", str(out)]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI sets the fake device count
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.plan", "--config", TINY, "--config.seed=3", "--platforms",
+                        "gpu1x80,v4-8", "--batches", "4", "--variants", "vkd,ga_full", "--text_len", "8", "--out",
+                        str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(out.read_text())
     assert d["seq_len"] == 1 + 16 + 8 and d["param_dtype"] == "float32"
     rows = {(r["platform"], r["variant"]): r for r in d["rows"]}
@@ -54,19 +59,19 @@ def test_plan_tiny_two_meshes(tmp_path, monkeypatch):
         "params_trainable"]  # FSDP shards the params over the 4 chips
 
     # the same shards, materialised by the engine: a real Trainer with the plan's partition on the v4-8 mesh
-    cfg = plan.load_config(TINY)
+    cfg = load_config(TINY)
     mc = stages.model_config_of(cfg)
-    pc = stages.partition_cfg(cfg, cfg.stages.unlearn.partition, mc)
+    pc = stages.partition_cfg(cfg, stages.stage_partition(cfg, "unlearn"), mc)
     pc.frozen_dtype = "bfloat16"
     mesh = pt.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=4, tensor=1)), jax.devices()[:4])
     params = flat_params(Llava(mc, rngs=__import__("flax").nnx.Rngs(0)))
     tr = Trainer(mc, params, make_method("vkd", cfg.vkd), partition_cfg=pc, optim_cfg=stages.optim_cfg(
         cfg, cfg.stages.unlearn), num_steps=2, mesh=mesh)
     b = rows["v4-8", "vkd"]["bytes"]
-    assert b["params_trainable"] == _device0_bytes(tr.state["trainable"])
+    assert b["params_trainable"] == _device0_bytes(tr.state.trainable)
     assert b["params_frozen"] == _device0_bytes(tr.frozen)
     assert b["teacher"] == _device0_bytes(tr.aux["teacher"])
-    assert b["opt_state"] == _device0_bytes(tr.state["opt_state"])
+    assert b["opt_state"] == _device0_bytes(tr.state.opt_state)
     total = sum(int(np.prod(s.shape)) for s in jax.eval_shape(lambda: params).values())
     assert d["model"]["params"] == total
 
@@ -74,7 +79,7 @@ def test_plan_tiny_two_meshes(tmp_path, monkeypatch):
 def test_plan_activation_estimate_per_layer(monkeypatch):
     """The analytic activation column: remat keeps exactly each block's inputs per layer (the residual x, RoPE
     cos/sin, the mask), no remat keeps far more; measured as the slope between 2- and 4-layer proxies."""
-    cfg = plan.load_config(TINY)
+    cfg = load_config(TINY)
     devices = jax.devices()[:4]
     saved = {}
     for layers in ((2, 2), (4, 2), (2, 4)):
@@ -104,7 +109,7 @@ def test_activation_pins_follow_the_batch_sharding():
     """Inside a train step the model pins its activations to the batch sharding (data x fsdp), so GSPMD
     all-gathers FSDP weights instead of the batch; outside one (inference) the pins are absent."""
     from vkd_jax.models.layers import activation_sharding
-    cfg = plan.load_config(TINY)
+    cfg = load_config(TINY)
     mc = stages.model_config_of(cfg)
     model = Llava(mc, rngs=__import__("flax").nnx.Rngs(0))
     b = plan.dummy_batch(mc, 4, 8)

@@ -13,13 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import LLAMA_TOKENIZER_TEXTS, build_hub_llava, build_llama_tokenizer
 from vkd_jax.data import synthetic
+
+pytestmark = pytest.mark.slow  # minutes: end to end / several processes (CI runs it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = synthetic.WorldConfig(num_people=20, num_celebrities=4, num_facts=2, values_per_fact=4, ft_poses=2,
                               test_poses=2)
-OVERRIDES = ["--config.stages.vanilla.num_steps=0", "--config.unlearn.steps=2", "--config.data.batch_size=4",
+OVERRIDES = ["--config.stages.vanilla.num_steps=0", "--config.stages.unlearn.num_steps=2", "--config.data.batch_size=4",
              "--config.data.max_len=128", "--config.data.num_threads=1", "--config.eval.batch_size=4",
              "--config.eval.max_questions=2", "--config.eval.max_new_tokens=8", "--config.stages.relearn.num_steps=2",
              "--config.stages.relearn.fractions=(0.5,)", "--config.checkpoint.every_steps=2",
@@ -43,12 +44,11 @@ def _mllmu_folder(out):
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
+def real_run(tmp_path_factory, make_llama_tokenizer, make_hub_llava):
     root = tmp_path_factory.mktemp("real_path")
     manual = _mllmu_folder(root / "MLLMU-Bench")
-    tok = build_llama_tokenizer(root / "tok", texts=LLAMA_TOKENIZER_TEXTS + tuple(synthetic.benchmark_texts(manual)),
-                                vocab_size=800)
-    hf_dir = build_hub_llava(root / "llava-hf", tok)
+    tok = make_llama_tokenizer(root / "tok", extra_texts=synthetic.benchmark_texts(manual), vocab_size=800)
+    hf_dir = make_hub_llava(root / "llava-hf", tok)
     work = root / "work"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/llava7b.py"),

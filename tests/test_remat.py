@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from _unlearn_fixtures import make_batch, tiny_params
 from vkd_jax.models.config import ConfigError, config_from_hf_dict, config_to_hf_dict
 from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 
@@ -25,9 +24,9 @@ def _loss_fn(cfg):
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
-def test_remat_gradients_match(policy):
-    cfg, params = tiny_params(seed=3)
-    b = {k: jnp.asarray(v) for k, v in make_batch(np.random.default_rng(0)).items() if k != "has_image"}
+def test_remat_gradients_match(policy, ukit):
+    cfg, params = ukit.tiny_params(seed=3)
+    b = {k: jnp.asarray(v) for k, v in ukit.make_batch(np.random.default_rng(0)).items() if k != "has_image"}
     plain = jax.jit(jax.value_and_grad(_loss_fn(cfg)))(params, b)
     rcfg = cfg.with_remat(policy)
     remat = jax.jit(jax.value_and_grad(_loss_fn(rcfg)))(params, b)
@@ -40,8 +39,8 @@ def test_remat_gradients_match(policy):
     assert "remat" not in str(jax.make_jaxpr(jax.grad(_loss_fn(cfg)))(params, b))
 
 
-def test_remat_is_runtime_only():
-    cfg, _ = tiny_params()
+def test_remat_is_runtime_only(ukit):
+    cfg, _ = ukit.tiny_params()
     rcfg = cfg.with_remat("dots", vision=False)
     assert rcfg.vision.remat == "none" and rcfg.text.remat == "dots"
     assert config_to_hf_dict(rcfg) == config_to_hf_dict(cfg)
@@ -50,12 +49,12 @@ def test_remat_is_runtime_only():
         cfg.with_remat("everything")
 
 
-def test_remat_pins_forward_and_recompute_order():
+def test_remat_pins_forward_and_recompute_order(ukit):
     """Every rematted block carries two optimization barriers in the gradient: its forward waits for its inputs
     (FSDP all-gathers of its weights happen when it runs) and its recompute waits for its incoming cotangent
     (else a scheduler may hoist all recomputes to the start of the backward pass and remat saves nothing)."""
-    cfg, params = tiny_params(seed=3)
-    b = {k: jnp.asarray(v) for k, v in make_batch(np.random.default_rng(0)).items() if k != "has_image"}
+    cfg, params = ukit.tiny_params(seed=3)
+    b = {k: jnp.asarray(v) for k, v in ukit.make_batch(np.random.default_rng(0)).items() if k != "has_image"}
     jaxpr = str(jax.make_jaxpr(jax.grad(_loss_fn(cfg.with_remat("full"))))(params, b))
     n_blocks = cfg.vision.num_hidden_layers + cfg.text.num_hidden_layers
     assert jaxpr.count("optimization_barrier") >= 2 * n_blocks

@@ -1,24 +1,23 @@
 """vkd_jax.reproduce: several runs from one shared vanilla model, summarised as mean ± std over seeds."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
 from vkd_jax import reproduce
+from vkd_jax.config_base import load_config
+
+pytestmark = pytest.mark.slow  # minutes: end to end / several processes (CI runs it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _micro_config():
-    spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "configs", "tiny.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return reproduce.apply_overrides(mod.get_config(), {
+    return reproduce.apply_overrides(load_config(os.path.join(ROOT, "configs", "tiny.py")), {
         "data.world.num_people": 20, "data.world.num_celebrities": 8, "data.world.num_facts": 3,
         "data.world.ft_poses": 2, "data.batch_size": 8, "stages.pretrain.num_steps": 2,
-        "stages.vanilla.num_steps": 2, "unlearn.steps": 2, "eval.max_questions": 2, "eval.batch_size": 4,
+        "stages.vanilla.num_steps": 2, "stages.unlearn.num_steps": 2, "eval.max_questions": 2, "eval.batch_size": 4,
         "eval.max_new_tokens": 4, "checkpoint.every_steps": 2, "stages.relearn.fractions": ()})
 
 

@@ -1,7 +1,6 @@
 """Unlearning engine on 8 fake CPU devices: partition, VKD invariants, masks, losses vs numpy, sharding,
 kill-and-resume, NaN guard, gradient accumulation, LoRA, every method's step, TensorBoard framing."""
 
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from _unlearn_fixtures import N_IMG, Stream, make_batch, ocfg, pcfg, tiny_config, tiny_params
+from vkd_jax.config_base import load_config
 from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 from vkd_jax.unlearn import masks as masks_lib
 from vkd_jax.unlearn import partition as pt
@@ -23,32 +22,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _s(params):
-    return {pt.path_str(k) if not isinstance(k, str) else k: np.asarray(v) for k, v in params.items()}
+    return {k: np.asarray(v) for k, v in params.items()}
 
 
-def _batches(seed=0, n=1):
+def _batches(ukit, seed=0, n=1):
     rng = np.random.default_rng(seed)
-    return [{"forget": make_batch(rng), "retain": make_batch(rng)} for _ in range(n)]
+    return [{"forget": ukit.make_batch(rng), "retain": ukit.make_batch(rng)} for _ in range(n)]
 
 
 def _text_logits(cfg, params, batch):
     graphdef, _ = abstract_model(cfg)
-    m = model_from_flat_params(graphdef, {k if isinstance(k, tuple) else None: v for k, v in params.items()})
+    m = model_from_flat_params(graphdef, params)
     return np.asarray(m(batch["input_ids"], None, batch["attention_mask"].astype(bool)))
 
 
-def test_partition_rules_cover_every_param():
-    cfg = tiny_config()
+def test_partition_rules_cover_every_param(ukit):
+    cfg = ukit.tiny_config()
     _, abstract = abstract_model(cfg)
     rules = (("^(projector|vision_tower|lm_head)/", "train"), ("^language_model/(layers|norm)", "frozen"))
     with pytest.raises(pt.PartitionError, match="language_model/embed_tokens/embedding"):
-        pt.make_partition(abstract, pcfg("none", extra_rules=rules))
-    part = pt.make_partition(abstract, pcfg("visual_last_k", vit_last_k=1))
+        pt.make_partition(abstract, ukit.pcfg("none", extra_rules=rules))
+    part = pt.make_partition(abstract, ukit.pcfg("visual_last_k", vit_last_k=1))
     train = set(part.trainable_keys)
     assert "vision_tower/layers/1/mlp/fc1/kernel" in train and "projector/linear_2/bias" in train
     assert "vision_tower/layers/0/mlp/fc1/kernel" not in train
     assert not any(k.startswith(("language_model", "lm_head")) for k in train)
-    lora = pt.make_partition(abstract, pcfg("lora_llm"))
+    lora = pt.make_partition(abstract, ukit.pcfg("lora_llm"))
     assert lora.rules["language_model/layers/0/self_attn/q_proj/kernel"] == "lora"
     assert lora.shapes["language_model/layers/0/mlp/up_proj/kernel/lora_a"].shape == (32, 4)
     assert all(k.endswith(("lora_a", "lora_b")) for k in lora.trainable_keys)
@@ -57,7 +56,7 @@ def test_partition_rules_cover_every_param():
     assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
 
 
-def test_fp16_storage_trains_fp32_masters_and_keeps_frozen_params_bitwise():
+def test_fp16_storage_trains_fp32_masters_and_keeps_frozen_params_bitwise(ukit):
     """Params stored in fp16 (llava-hf's dtype): the trained ones become fp32 masters with fp32 Adam state, the
     frozen LLM stays fp16 (no copy), and the stage's params come back in fp16 with every frozen tensor bitwise the
     input's; LoRA adapters train in fp32 too."""
@@ -66,28 +65,29 @@ def test_fp16_storage_trains_fp32_masters_and_keeps_frozen_params_bitwise():
     from vkd_jax.models.hf_io import flat_params
     from vkd_jax.models.llava import Llava
 
-    cfg = tiny_config().replace(param_dtype="float16")
+    cfg = ukit.tiny_config().replace(param_dtype="float16")
     params = flat_params(Llava(cfg, rngs=nnx.Rngs(0)))
     tr = Trainer(cfg, params, make_method("vkd", ml_collections.ConfigDict(dict(taps=("projector",), b_r=1.0))),
-                 partition_cfg=pcfg("visual"), optim_cfg=ocfg(), num_steps=2)
-    assert {str(v.dtype) for v in tr.state["trainable"].values()} == {"float32"}
+                 partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(), num_steps=2)
+    assert {str(v.dtype) for v in tr.state.trainable.values()} == {"float32"}
     assert {str(v.dtype) for v in tr.frozen.values()} == {"float16"}
-    assert {str(x.dtype) for x in jax.tree.leaves(tr.state["opt_state"]) if np.ndim(x) > 0} == {"float32"}
-    for b in _batches(n=2):
+    assert {str(x.dtype) for x in jax.tree.leaves(tr.state.opt_state) if np.ndim(x) > 0} == {"float32"}
+    for b in _batches(ukit, n=2):
         tr.step(b)
     after, orig = _s(tr.params()), _s(params)
     assert {str(v.dtype) for v in after.values()} == {"float16"}
     moved = [k for k in orig if orig[k].tobytes() != after[k].tobytes()]
     assert moved and all(k.startswith(("vision_tower", "projector")) for k in moved)
-    lora = Trainer(cfg, params, make_method("ga"), partition_cfg=pcfg("lora_llm"), optim_cfg=ocfg(), num_steps=1)
-    assert {str(v.dtype) for v in lora.state["trainable"].values()} == {"float32"}
-    lora.step(_batches()[0])
+    lora = Trainer(cfg, params, make_method("ga"), partition_cfg=ukit.pcfg("lora_llm"), optim_cfg=ukit.ocfg(),
+                   num_steps=1)
+    assert {str(v.dtype) for v in lora.state.trainable.values()} == {"float32"}
+    lora.step(_batches(ukit)[0])
     assert {str(v.dtype) for v in _s(lora.params()).values()} == {"float16"}
 
 
-def test_losses_match_numpy():
+def test_losses_match_numpy(ukit):
     rng = np.random.default_rng(0)
-    b = make_batch(rng, b=3, t=10, image=False)
+    b = ukit.make_batch(rng, b=3, t=10, image=False)
     logits = rng.normal(size=(3, 10, 64)).astype(np.float32)
     t_logits = rng.normal(size=(3, 10, 64)).astype(np.float32)
     lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -112,15 +112,15 @@ def test_losses_match_numpy():
                                np.mean(np.where(a < 1, 0.5 * a * a, a - 0.5)), rtol=1e-5)
 
 
-def test_vkd_keeps_frozen_params_and_text_logits_bitwise():
-    cfg, params = tiny_params()
-    text = make_batch(np.random.default_rng(9), image=False)
+def test_vkd_keeps_frozen_params_and_text_logits_bitwise(ukit):
+    cfg, params = ukit.tiny_params()
+    text = ukit.make_batch(np.random.default_rng(9), image=False)
     before = _text_logits(cfg, params, text)
     vkd_cfg = ml_collections.ConfigDict(dict(taps=("projector", "vision:-1", "llm:1"), a_f=1.0, a_r=0.5, b_r=10.0,
                                              b_f=0.5, forget_kd="push"))
-    tr = Trainer(cfg, params, make_method("vkd", vkd_cfg), partition_cfg=pcfg("visual"), optim_cfg=ocfg(),
+    tr = Trainer(cfg, params, make_method("vkd", vkd_cfg), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(),
                  num_steps=3)
-    for b in _batches(n=3):
+    for b in _batches(ukit, n=3):
         m = tr.step(b)
     assert np.isfinite(float(m["loss"])) and float(m["kd_retain"]) > 0
     after = _s(tr.params())
@@ -133,18 +133,18 @@ def test_vkd_keeps_frozen_params_and_text_logits_bitwise():
     np.testing.assert_array_equal(_text_logits(cfg, tr.params(), text), before)
     # no optimizer state for frozen params: every param-shaped leaf sits under a trainable key
     keys = set()
-    for path, _ in jax.tree_util.tree_leaves_with_path(tr.state["opt_state"]):
+    for path, _ in jax.tree_util.tree_leaves_with_path(tr.state.opt_state):
         keys |= {p.key for p in path if isinstance(getattr(p, "key", None), str)}
     assert keys and keys <= set(tr.part.trainable_keys)
     assert not any(k.startswith("language_model") for k in keys)
 
 
-def test_saliency_mask_freezes_masked_weights():
-    cfg, params = tiny_params()
-    part = pt.make_partition(abstract_model(cfg)[1], pcfg("visual"))
+def test_saliency_mask_freezes_masked_weights(ukit):
+    cfg, params = ukit.tiny_params()
+    part = pt.make_partition(abstract_model(cfg)[1], ukit.pcfg("visual"))
     trainable, frozen = pt.split_params(_s(params), part)
-    ctx = common.Ctx(abstract_model(cfg)[0], {pt.path_str(p): p for p in abstract_model(cfg)[1]}, part)
-    bs = _batches(n=2)
+    ctx = common.Ctx(abstract_model(cfg)[0], part)
+    bs = _batches(ukit, n=2)
     ff = masks_lib.fisher(ctx, trainable, frozen, [b["forget"] for b in bs])
     fr = masks_lib.fisher(ctx, trainable, frozen, [b["retain"] for b in bs])
     top = masks_lib.ratio_masks(ff, fr, top_p=0.3)
@@ -152,9 +152,10 @@ def test_saliency_mask_freezes_masked_weights():
     assert abs(frac["all"] - 0.3) < 0.01 and "projector" in frac and "vision_tower/layers/1" in frac
     masks = masks_lib.ratio_masks(ff, fr, tau=1.0)
     assert 0 < masks_lib.kept_fraction(masks)["all"] < 1
-    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=pcfg("visual"), optim_cfg=ocfg(weight_decay=0.1),
+    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=ukit.pcfg("visual"),
+                 optim_cfg=ukit.ocfg(weight_decay=0.1),
                  num_steps=3, masks=masks)
-    for b in _batches(n=2):
+    for b in _batches(ukit, n=2):
         tr.step(b)
     after, orig = _s(tr.params()), _s(params)
     n_moved = 0
@@ -163,34 +164,31 @@ def test_saliency_mask_freezes_masked_weights():
         np.testing.assert_array_equal(after[k][~m], orig[k][~m])
         n_moved += int((after[k][m] != orig[k][m]).sum())
     assert n_moved > 0
-    saved = jax.tree.leaves(tr.state["opt_state"][-1].mask)
+    saved = jax.tree.leaves(tr.state.opt_state[-1].mask)
     assert len(saved) == len(masks)  # the mask rides in the optimizer state, hence in every checkpoint
 
 
-def test_sharded_step_equals_single_device():
+def test_sharded_step_equals_single_device(ukit):
     assert jax.device_count() == 8
-    cfg, params = tiny_params()
+    cfg, params = ukit.tiny_params()
     outs = []
     for mesh in (pt.make_mesh(None, jax.devices()[:1]),
                  pt.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))):
-        tr = Trainer(cfg, params, make_method("gd"), partition_cfg=pcfg("full"), optim_cfg=ocfg(lr=1e-3),
+        tr = Trainer(cfg, params, make_method("gd"), partition_cfg=ukit.pcfg("full"), optim_cfg=ukit.ocfg(lr=1e-3),
                      num_steps=2, mesh=mesh)
-        for b in _batches(n=2):
+        for b in _batches(ukit, n=2):
             m = tr.step(b)
         outs.append((_s(tr.params()), float(m["loss"])))
-    sharded = tr.state["trainable"]["language_model/layers/0/mlp/up_proj/kernel"].sharding
+    sharded = tr.state.trainable["language_model/layers/0/mlp/up_proj/kernel"].sharding
     assert sharded.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)
     for k in outs[0][0]:
         np.testing.assert_allclose(outs[0][0][k], outs[1][0][k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-def _stage_cfg(tmp_path, steps=4):
-    spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs", "tiny.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    cfg = tiny_config()
+def _stage_cfg(ukit, tmp_path, steps=4):
+    c = load_config(os.path.join(ROOT, "configs", "tiny.py"))
+    cfg = ukit.tiny_config()
     c.model = ml_collections.ConfigDict(json.loads(cfg.hf_config_json)) if cfg.hf_config_json else c.model
     c.stages.unlearn.num_steps = steps
     c.checkpoint.every_steps = 2
@@ -199,12 +197,12 @@ def _stage_cfg(tmp_path, steps=4):
     return c
 
 
-def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path):
+def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path, ukit):
     from vkd_jax.unlearn.stages import run_stage
-    cfg, params = tiny_params()
-    c = _stage_cfg(tmp_path)
+    cfg, params = ukit.tiny_params()
+    c = _stage_cfg(ukit, tmp_path)
     one = pt.make_mesh(None, jax.devices()[:1])
-    streams = lambda: {"forget": Stream(1), "retain": Stream(2), "generic": Stream(3)}  # noqa: E731
+    streams = lambda: {"forget": ukit.Stream(1), "retain": ukit.Stream(2), "generic": ukit.Stream(3)}  # noqa: E731
     full = run_stage("unlearn", c, str(tmp_path / "a"), params, streams(), model_config=cfg, mesh=one,
                      progress=False)
     killed = run_stage("unlearn", c, str(tmp_path / "b"), params, streams(), model_config=cfg, mesh=one,
@@ -216,61 +214,62 @@ def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path):
     assert any(not np.array_equal(a[x], k[x]) for x in a)
     for x in a:
         np.testing.assert_array_equal(a[x], b[x], err_msg=x)
-    log = [json.loads(l) for l in open(tmp_path / "a" / "unlearn" / "metrics.jsonl")]
+    log = [json.loads(x) for x in open(tmp_path / "a" / "unlearn" / "metrics.jsonl")]
     assert {"loss", "grad_norm", "param_norm", "update_norm"} <= set(log[-1])
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "a" / "unlearn" / "tb"))
     # the step-4 checkpoint of run "a" restores onto a 2x2x2 mesh with equal values
     mesh8 = pt.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
     from vkd_jax.unlearn.checkpoint import StageCheckpointer
-    tr = Trainer(cfg, params, make_method("vkd", c.vkd), partition_cfg=pcfg("visual"), optim_cfg=ocfg(),
+    tr = Trainer(cfg, params, make_method("vkd", c.vkd), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(),
                  num_steps=4, mesh=mesh8)
     ck = StageCheckpointer(str(tmp_path / "a" / "unlearn" / "ckpt"))
     assert ck.latest_step() == 4
-    state, data = ck.restore(tr._abstract_state, tr.sh_state)
-    assert data["forget"] == {"i": 4} and int(state["step"]) == 4
-    w = state["trainable"]["projector/linear_1/kernel"]
+    state, data = ck.restore(tr.built.abstract_state, tr.built.state_shardings)
+    assert data["forget"] == {"i": 4} and int(state.step) == 4
+    w = state.trainable["projector/linear_1/kernel"]
     assert len(w.sharding.device_set) == 8
-    for x, v in state["trainable"].items():
+    for x, v in state.trainable.items():
         np.testing.assert_array_equal(np.asarray(v), a[x], err_msg=x)
 
 
-def test_nan_guard_skips_counts_and_aborts():
-    cfg, params = tiny_params()
-    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=pcfg("projector"), optim_cfg=ocfg(max_skipped_steps=1),
+def test_nan_guard_skips_counts_and_aborts(ukit):
+    cfg, params = ukit.tiny_params()
+    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=ukit.pcfg("projector"),
+                 optim_cfg=ukit.ocfg(max_skipped_steps=1),
                  num_steps=5)
-    bad = _batches(n=1)[0]
+    bad = _batches(ukit, n=1)[0]
     bad["forget"]["pixel_values"][:] = np.nan
     before = _s(tr.params())
     tr.step(bad)
     np.testing.assert_array_equal(_s(tr.params())["projector/linear_1/kernel"], before["projector/linear_1/kernel"])
-    assert int(tr.state["skipped"]) == 1 and int(tr.state["step"]) == 1
+    assert int(tr.state.skipped) == 1 and int(tr.state.step) == 1
     tr.check_skipped()
     tr.step(bad)
     with pytest.raises(FloatingPointError, match="max_skipped_steps=1"):
         tr.check_skipped()
 
 
-def test_grad_accumulation_matches_full_batch():
-    cfg, params = tiny_params()
+def test_grad_accumulation_matches_full_batch(ukit):
+    cfg, params = ukit.tiny_params()
     res = []
     for accum in (1, 2):
-        tr = Trainer(cfg, params, make_method("gd"), partition_cfg=pcfg("projector"),
-                     optim_cfg=ocfg(grad_accum=accum, clip_norm=0.0), num_steps=1)
-        m = tr.step(_batches()[0])
-        res.append((float(m["grad_norm"]), _s(tr.state["trainable"])))
+        tr = Trainer(cfg, params, make_method("gd"), partition_cfg=ukit.pcfg("projector"),
+                     optim_cfg=ukit.ocfg(grad_accum=accum, clip_norm=0.0), num_steps=1)
+        m = tr.step(_batches(ukit)[0])
+        res.append((float(m["grad_norm"]), _s(tr.state.trainable)))
     # per-microbatch token means differ from one batch mean only through unequal answer counts: none here
     np.testing.assert_allclose(res[0][0], res[1][0], rtol=1e-4)
     for k in res[0][1]:
         np.testing.assert_allclose(res[0][1][k], res[1][1][k], rtol=1e-4, atol=1e-6)
 
 
-def test_lora_ga_moves_only_adapters_and_merges():
-    cfg, params = tiny_params()
-    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=pcfg("lora_llm"), optim_cfg=ocfg(lr=1e-2),
+def test_lora_ga_moves_only_adapters_and_merges(ukit):
+    cfg, params = ukit.tiny_params()
+    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=ukit.pcfg("lora_llm"), optim_cfg=ukit.ocfg(lr=1e-2),
                  num_steps=2)
-    for b in _batches(n=2):
+    for b in _batches(ukit, n=2):
         tr.step(b)
-    st = tr.state["trainable"]
+    st = tr.state.trainable
     assert set(st) == set(tr.part.trainable_keys)
     k = "language_model/layers/1/mlp/down_proj/kernel"
     a, b_ = np.asarray(st[k + "/lora_a"]), np.asarray(st[k + "/lora_b"])
@@ -283,8 +282,8 @@ def test_lora_ga_moves_only_adapters_and_merges():
 
 
 @pytest.mark.parametrize("name", ["kl", "npo", "idk", "mmunlearner"])
-def test_every_method_steps(name):
-    cfg, params = tiny_params()
+def test_every_method_steps(name, ukit):
+    cfg, params = ukit.tiny_params()
     tok = None
     if name == "idk":
         class Tok:
@@ -296,35 +295,56 @@ def test_every_method_steps(name):
     method = make_method(name, None, tok)
     masks = None
     if method.needs_masks:
-        part = pt.make_partition(abstract_model(cfg)[1], pcfg("projector"))
+        part = pt.make_partition(abstract_model(cfg)[1], ukit.pcfg("projector"))
         masks = {k: np.arange(np.prod(part.shapes[k].shape)).reshape(part.shapes[k].shape) % 2 == 0
                  for k in part.trainable_keys}
-    tr = Trainer(cfg, params, method, partition_cfg=pcfg("projector"), optim_cfg=ocfg(), num_steps=2, masks=masks,
+    tr = Trainer(cfg, params, method, partition_cfg=ukit.pcfg("projector"), optim_cfg=ukit.ocfg(), num_steps=2,
+                 masks=masks,
                  reference=params)
-    ms = [jax.device_get(tr.step(b)) for b in _batches(n=2)]
+    ms = [jax.device_get(tr.step(b)) for b in _batches(ukit, n=2)]
     assert all(np.isfinite(m["loss"]) for m in ms)
     if name == "npo":  # reference == vanilla: the first log-ratio is exactly 0, loss (2/β) log 2
         np.testing.assert_allclose(ms[0]["loss"], 2 / 0.4 * np.log(2), rtol=1e-5)
     if name == "mmunlearner":  # step 0 forget (masked ascent), step 1 retain (unmasked)
         assert ms[0]["forget_phase"] == 1 and ms[1]["forget_phase"] == 0
     if name == "idk":
-        b = method.host_transform("forget", make_batch(np.random.default_rng(0)))
+        b = method.host_transform("forget", ukit.make_batch(np.random.default_rng(0)))
         row = b["input_ids"][0]
         assert list(row[b["loss_mask"][0] > 0]) == [5, 6, 7, 2]
 
 
-def test_tensorboard_record_framing():
-    from vkd_jax.unlearn import metrics_log
-    assert metrics_log.crc32c(b"123456789") == 0xE3069283
-    rec = metrics_log.tfrecord(b"abc")
-    assert len(rec) == 8 + 4 + 3 + 4 and rec[12:15] == b"abc"
+def test_tensorboard_reads_the_logged_scalars(tmp_path):
+    """The stage logger's event files, read back by TensorBoard's own event reader (EventAccumulator), hold every
+    scalar at its step, across a resumed stage that appends a second event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vkd_jax.unlearn.metrics_log import MetricsLogger
+
+    log = MetricsLogger(str(tmp_path), 3, progress=False)
+    log.log(1, {"loss": 2.5, "grad_norm": np.float32(0.75)})
+    log.log(2, {"loss": 1.5})
+    log.close()
+    log = MetricsLogger(str(tmp_path), 3, start_step=2, progress=False)
+    log.log(3, {"loss": 0.5})
+    log.close()
+    files = sorted(os.listdir(tmp_path / "tb"))
+    assert len(files) == 2 and all(f.startswith("events.out.tfevents.") for f in files)
+    loss = []
+    for f in files:
+        acc = EventAccumulator(str(tmp_path / "tb" / f))
+        acc.Reload()
+        loss += [(e.step, e.value) for e in acc.Scalars("loss")]
+        if "grad_norm" in acc.Tags()["scalars"]:
+            assert [(e.step, e.value) for e in acc.Scalars("grad_norm")] == [(1, 0.75)]
+    assert sorted(loss) == [(1, 2.5), (2, 1.5), (3, 0.5)]
 
 
-def test_stage_without_a_stream_its_method_reads_fails_clearly(tmp_path):
+def test_stage_without_a_stream_its_method_reads_fails_clearly(tmp_path, ukit):
     from vkd_jax.unlearn.stages import run_stage
-    cfg, params = tiny_params()
-    c = _stage_cfg(tmp_path)
+    cfg, params = ukit.tiny_params()
+    c = _stage_cfg(ukit, tmp_path)
     c.vkd.b_g = 30.0  # VKD then also reads the generic images
     with pytest.raises(ValueError, match=r"stage 'unlearn' \(method 'vkd'\) reads streams.*missing \['generic'\]"):
-        run_stage("unlearn", c, str(tmp_path), params, {"forget": Stream(1), "retain": Stream(2)}, model_config=cfg,
+        run_stage("unlearn", c, str(tmp_path), params, {"forget": ukit.Stream(1), "retain": ukit.Stream(2)},
+                  model_config=cfg,
                   mesh=pt.make_mesh(None, jax.devices()[:1]), progress=False)

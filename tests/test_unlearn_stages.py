@@ -2,7 +2,6 @@
 step tests leave out: answer-slot logits, frozen-weight gradients, the shared teacher vision pass, VKD `target`,
 an `llm:j` tap without logits, bf16 frozen params, the lagged NaN/inf abort."""
 
-import importlib.util
 import json
 import os
 
@@ -12,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from _unlearn_fixtures import Stream, make_batch, ocfg, pcfg, tiny_params
+from vkd_jax.config_base import load_config
 from vkd_jax.data import mllmu_bench, pipeline, synthetic
 from vkd_jax.data.pipeline import InputPipeline, PipelineConfig
 from vkd_jax.data.tokenizer import train_tokenizer
@@ -32,10 +31,7 @@ def _one():
 
 
 def _tiny_cfg():
-    spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(ROOT, "configs", "tiny.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config(os.path.join(ROOT, "configs", "tiny.py"))
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +53,7 @@ def bench(tmp_path_factory):
         c.stages[st].streams = ("vqa", "qa")
     mc = config_from_model_dict(c.model.to_dict(), dtype="float32", param_dtype="float32")
     from flax import nnx
+
     from vkd_jax.models.llava import Llava
     params = flat_params(Llava(mc, rngs=nnx.Rngs(0)))
     return dict(tok=tok, srcs=srcs, cfg=c, mc=mc, params=params)
@@ -80,28 +77,28 @@ def _streams(bench, *names):
     return {n: make[n]() for n in names}
 
 
-def _mean_nll(bench, params, stream, n=2):
+def _mean_nll(ukit, bench, params, stream, n=2):
     """Answer NLL of the model with `params` over the first n batches of a fresh stream (one jit per module)."""
     if "nll_fn" not in bench:
         graphdef, abstract = abstract_model(bench["mc"])
-        part = pt.make_partition(abstract, pcfg("full", num_vit_layers=2))
-        ctx = common.Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part)
+        part = pt.make_partition(abstract, ukit.pcfg("full", num_vit_layers=2))
+        ctx = common.Ctx(graphdef, part)
         bench["nll_fn"] = jax.jit(lambda p, b: common.nll(ctx.apply(p, b).logits, b))
     fn = bench["nll_fn"]
-    full = {k if isinstance(k, str) else pt.path_str(k): v for k, v in params.items()}
+    full = dict(params)
     it = iter(stream)
     return float(np.mean([fn(full, prepare_batch(next(it))) for _ in range(n)]))
 
 
-def test_vanilla_and_reference_stages_fit_the_real_pipeline(bench, tmp_path):
+def test_vanilla_and_reference_stages_fit_the_real_pipeline(bench, tmp_path, ukit):
     from vkd_jax.unlearn.stages import run_stage
     c = bench["cfg"]
-    before = _mean_nll(bench, bench["params"], _streams(bench, "vqa")["vqa"])
+    before = _mean_nll(ukit, bench, bench["params"], _streams(bench, "vqa")["vqa"])
     res = run_stage("vanilla", c, str(tmp_path), bench["params"], _streams(bench, "vqa", "qa"),
                     model_config=bench["mc"], mesh=_one(), num_steps=20, progress=False)
-    after = _mean_nll(bench, res.params, _streams(bench, "vqa")["vqa"])
+    after = _mean_nll(ukit, bench, res.params, _streams(bench, "vqa")["vqa"])
     assert after < before - 1.0, (before, after)  # fine-tuning on the profiles lowers the training loss
-    log = [json.loads(l) for l in open(tmp_path / "vanilla" / "metrics.jsonl")]
+    log = [json.loads(x) for x in open(tmp_path / "vanilla" / "metrics.jsonl")]
     assert {"nll_vqa", "nll_qa"} <= set(log[-1])
     again = run_stage("vanilla", c, str(tmp_path), bench["params"], {}, model_config=bench["mc"], mesh=_one(),
                       progress=False)
@@ -113,14 +110,14 @@ def test_vanilla_and_reference_stages_fit_the_real_pipeline(bench, tmp_path):
     assert any(not np.array_equal(np.asarray(ref.params[k]), np.asarray(bench["params"][k])) for k in ref.params)
 
 
-def test_masks_stage_writes_fractional_masks(bench, tmp_path):
+def test_masks_stage_writes_fractional_masks(bench, tmp_path, ukit):
     from vkd_jax.unlearn.stages import run_stage
     c = bench["cfg"]
     res = run_stage("masks", c, str(tmp_path), bench["params"], _streams(bench, "forget", "retain"),
                     model_config=bench["mc"], mesh=_one(), progress=False)
     frac = json.load(open(tmp_path / "masks" / "final" / "kept_fraction.json"))
     assert 0 < frac["all"] < 1 and "projector" in frac
-    assert set(res.masks) == {k for k, r in pt.make_partition(abstract_model(bench["mc"])[1], pcfg(
+    assert set(res.masks) == {k for k, r in pt.make_partition(abstract_model(bench["mc"])[1], ukit.pcfg(
         "visual", num_vit_layers=2)).rules.items() if r == "train"}
     again = run_stage("masks", c, str(tmp_path), bench["params"], {}, model_config=bench["mc"], mesh=_one(),
                       progress=False)
@@ -128,35 +125,36 @@ def test_masks_stage_writes_fractional_masks(bench, tmp_path):
         np.testing.assert_array_equal(np.asarray(again.masks[k]), np.asarray(res.masks[k]))
 
 
-def test_unlearn_then_relearn_recovers_forget_nll(bench, tmp_path):
+def test_unlearn_then_relearn_recovers_forget_nll(bench, tmp_path, ukit):
     from vkd_jax.unlearn.stages import run_stage
     c = ml_collections.ConfigDict(bench["cfg"].to_dict())
-    c.stages.unlearn.update(method="ga", partition="full", optim=dict(lr=5e-3, schedule="constant"))
+    c.method, c.method_partition.ga = "ga", "full"
+    c.stages.unlearn.update(optim=dict(lr=5e-3, schedule="constant"))
     fresh = lambda: _streams(bench, "forget")["forget"]  # noqa: E731
-    nll0 = _mean_nll(bench, bench["params"], fresh())
+    nll0 = _mean_nll(ukit, bench, bench["params"], fresh())
     un = run_stage("unlearn", c, str(tmp_path), bench["params"], _streams(bench, "forget", "retain"),
                    model_config=bench["mc"], mesh=_one(), num_steps=4, progress=False)
-    nll_un = _mean_nll(bench, un.params, fresh())
+    nll_un = _mean_nll(ukit, bench, un.params, fresh())
     assert nll_un > nll0 + 0.5, (nll0, nll_un)
     re = run_stage("relearn", c, str(tmp_path), un.params, _streams(bench, "forget"), model_config=bench["mc"],
                    mesh=_one(), num_steps=8, progress=False)
-    nll_re = _mean_nll(bench, re.params, fresh())
+    nll_re = _mean_nll(ukit, bench, re.params, fresh())
     assert nll_re < nll_un - 0.5, (nll_un, nll_re)  # the attack brings the forgotten answers back
 
 
 # ---- engine paths on the synthetic fixture batches -------------------------------------------------------------
 
-def _ctx(cfg, preset):
+def _ctx(ukit, cfg, preset):
     graphdef, abstract = abstract_model(cfg)
-    part = pt.make_partition(abstract, pcfg(preset))
-    return common.Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part), part
+    part = pt.make_partition(abstract, ukit.pcfg(preset))
+    return common.Ctx(graphdef, part), part
 
 
-def test_answer_slot_logits_equal_full_logits():
-    cfg, params = tiny_params()
-    ctx, part = _ctx(cfg, "full")
-    full = {pt.path_str(k): v for k, v in params.items()}
-    raw = make_batch(np.random.default_rng(3), b=3, t=14, answer=4)
+def test_answer_slot_logits_equal_full_logits(ukit):
+    cfg, params = ukit.tiny_params()
+    ctx, part = _ctx(ukit, cfg, "full")
+    full = dict(params)
+    raw = ukit.make_batch(np.random.default_rng(3), b=3, t=14, answer=4)
     raw["valid"][2] = False
     slots = prepare_batch(raw)
     assert slots["logit_pos"].shape == (3, 8)  # 5 answer slots per row -> the 8 bucket
@@ -183,36 +181,36 @@ def _dots(jaxpr, out):
     return out
 
 
-def test_frozen_llm_gets_no_weight_gradient_and_shares_the_teacher_vision_pass():
-    cfg, params = tiny_params()
-    b = {s: make_batch(np.random.default_rng(i)) for i, s in enumerate(("forget", "retain"))}
+def test_frozen_llm_gets_no_weight_gradient_and_shares_the_teacher_vision_pass(ukit):
+    cfg, params = ukit.tiny_params()
+    b = {s: ukit.make_batch(np.random.default_rng(i)) for i, s in enumerate(("forget", "retain"))}
     vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, b_r=10.0))
     llm_w = {(32, 64), (64, 32)}  # the Llama MLP kernels (no visual param has these shapes)
     for preset, method, expect in (("visual", "vkd", False), ("full", "gd", True)):
         tr = Trainer(cfg, params, make_method(method, vkd if method == "vkd" else None),
-                     partition_cfg=pcfg(preset), optim_cfg=ocfg(), num_steps=1)
+                     partition_cfg=ukit.pcfg(preset), optim_cfg=ukit.ocfg(), num_steps=1)
         bb = tr.prepare(b)
-        shapes = _dots(jax.make_jaxpr(tr._step)(tr.state, bb, tr.frozen, tr.aux).jaxpr, [])
+        shapes = _dots(jax.make_jaxpr(tr.built.step)(tr.state, bb, tr.frozen, tr.aux).jaxpr, [])
         assert any(s in llm_w for s in shapes) == expect, preset
     # projector preset: the student's frozen ViT pass and the teacher's are one computation after XLA's CSE
-    tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=pcfg("projector"), optim_cfg=ocfg(),
+    tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=ukit.pcfg("projector"), optim_cfg=ukit.ocfg(),
                  num_steps=1)
     bb = tr.prepare(b)
-    hlo = tr.compiled_step(bb).lower(tr.state, bb, tr.frozen, tr.aux).compile().as_text()
+    hlo = tr.built.jit(bb).lower(tr.state, bb, tr.frozen, tr.aux).compile().as_text()
     assert hlo.count(" convolution(") == 2  # patch embeddings: forget + retain images, no third (teacher) pass
 
 
-def test_vkd_target_mode_moves_forget_features_toward_the_identity_free_target():
-    cfg, params = tiny_params()
+def test_vkd_target_mode_moves_forget_features_toward_the_identity_free_target(ukit):
+    cfg, params = ukit.tiny_params()
     vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=0.0, b_r=0.0, b_f=1.0, forget_kd="target",
                                          target_image="mean"))
-    tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=pcfg("visual"), optim_cfg=ocfg(lr=3e-3),
+    tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(lr=3e-3),
                  num_steps=20)
     from vkd_jax.unlearn.methods.vkd import identity_free
     rng = np.random.default_rng(5)
-    b = {"forget": make_batch(rng), "retain": make_batch(rng)}
-    ctx, _ = _ctx(cfg, "visual")
-    teacher = {pt.path_str(k): v for k, v in params.items()}
+    b = {"forget": ukit.make_batch(rng), "retain": ukit.make_batch(rng)}
+    ctx, _ = _ctx(ukit, cfg, "visual")
+    teacher = dict(params)
     target = ctx.apply(teacher, dict(b["forget"], pixel_values=identity_free(b["forget"]["pixel_values"], "mean")),
                        ("projector",), logits=False).features["projector"]
 
@@ -222,19 +220,19 @@ def test_vkd_target_mode_moves_forget_features_toward_the_identity_free_target()
     d0 = dist(teacher)
     for _ in range(20):
         m = tr.step(b)
-    d1 = dist(tr.params(tuple_keys=False))
+    d1 = dist(tr.params())
     assert d1 < 0.5 * d0, (d0, d1)
     np.testing.assert_allclose(float(m["kd_forget"]), d1, rtol=0.2)
 
 
-def test_vkd_generic_images_keep_their_features_while_forget_ga_moves_the_tower():
+def test_vkd_generic_images_keep_their_features_while_forget_ga_moves_the_tower(ukit):
     """b_g distils the projector features of a third stream (images outside every split): under the same forget GA,
     those features drift far less than without it; the stream is read only when b_g > 0."""
-    cfg, params = tiny_params()
+    cfg, params = ukit.tiny_params()
     rng = np.random.default_rng(7)
-    b = {"forget": make_batch(rng), "retain": make_batch(rng), "generic": make_batch(rng)}
-    ctx, _ = _ctx(cfg, "visual")
-    teacher = {pt.path_str(k): v for k, v in params.items()}
+    b = {"forget": ukit.make_batch(rng), "retain": ukit.make_batch(rng), "generic": ukit.make_batch(rng)}
+    ctx, _ = _ctx(ukit, cfg, "visual")
+    teacher = dict(params)
     feats = lambda p: ctx.apply(p, b["generic"], ("projector",), logits=False).features["projector"]  # noqa: E731
     f0 = feats(teacher)
     drift, metrics = {}, {}
@@ -242,19 +240,19 @@ def test_vkd_generic_images_keep_their_features_while_forget_ga_moves_the_tower(
         vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=0.0, b_g=b_g))
         method = make_method("vkd", vkd)
         assert method.streams == (("forget", "retain", "generic") if b_g else ("forget", "retain"))
-        tr = Trainer(cfg, params, method, partition_cfg=pcfg("visual"), optim_cfg=ocfg(lr=3e-3), num_steps=10)
+        tr = Trainer(cfg, params, method, partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(lr=3e-3), num_steps=10)
         for _ in range(10):
             metrics[b_g] = tr.step({s: b[s] for s in method.streams})
-        drift[b_g] = float(common.feature_distance(feats(tr.params(tuple_keys=False)), f0))
+        drift[b_g] = float(common.feature_distance(feats(tr.params()), f0))
     assert drift[0.0] > 0 and drift[30.0] < 0.3 * drift[0.0], drift
     assert "kd_generic" in metrics[30.0] and "kd_generic" not in metrics[0.0]
 
 
-def test_llm_tap_without_logits_runs_only_the_needed_layers():
-    cfg, params = tiny_params()
-    ctx, _ = _ctx(cfg, "visual")
-    full = {pt.path_str(k): v for k, v in params.items()}
-    b = make_batch(np.random.default_rng(2))
+def test_llm_tap_without_logits_runs_only_the_needed_layers(ukit):
+    cfg, params = ukit.tiny_params()
+    ctx, _ = _ctx(ukit, cfg, "visual")
+    full = dict(params)
+    b = ukit.make_batch(np.random.default_rng(2))
     with_logits = ctx.apply(full, b, ("llm:1",), logits=True)
     tap_only = ctx.apply(full, b, ("llm:1",), logits=False)
     assert tap_only.logits is None
@@ -264,35 +262,37 @@ def test_llm_tap_without_logits_runs_only_the_needed_layers():
                       []))
     assert n_tap < n_full  # decoder layer 2 and the head are not run
     vkd = ml_collections.ConfigDict(dict(taps=("llm:1",), a_f=0.0, b_r=10.0, b_f=1.0, forget_kd="push"))
-    tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=pcfg("visual"), optim_cfg=ocfg(), num_steps=3)
-    ms = [jax.device_get(tr.step({"forget": make_batch(np.random.default_rng(i)),
-                                  "retain": make_batch(np.random.default_rng(i + 10))})) for i in range(3)]
+    tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(),
+                 num_steps=3)
+    ms = [jax.device_get(tr.step({"forget": ukit.make_batch(np.random.default_rng(i)),
+                                  "retain": ukit.make_batch(np.random.default_rng(i + 10))})) for i in range(3)]
     assert ms[0]["kd_retain"] < 1e-12 and ms[-1]["kd_retain"] > 1e-6 and ms[-1]["kd_forget"] < 0
 
 
-def test_bf16_frozen_llm():
-    cfg, params = tiny_params()
+def test_bf16_frozen_llm(ukit):
+    cfg, params = ukit.tiny_params()
     vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, b_r=10.0))
-    b = {s: make_batch(np.random.default_rng(i)) for i, s in enumerate(("forget", "retain"))}
+    b = {s: ukit.make_batch(np.random.default_rng(i)) for i, s in enumerate(("forget", "retain"))}
     losses = {}
     for fd in ("", "bfloat16"):
-        part_cfg = pcfg("visual")
+        part_cfg = ukit.pcfg("visual")
         part_cfg.frozen_dtype = fd
-        tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=part_cfg, optim_cfg=ocfg(), num_steps=2)
+        tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=part_cfg, optim_cfg=ukit.ocfg(), num_steps=2)
         if fd:
             assert all(v.dtype == jnp.bfloat16 for v in tr.frozen.values())
-            assert all(v.dtype == jnp.float32 for v in tr.state["trainable"].values())
+            assert all(v.dtype == jnp.float32 for v in tr.state.trainable.values())
         losses[fd] = [float(tr.step(b)["loss"]) for _ in range(2)]
     np.testing.assert_allclose(losses["bfloat16"], losses[""], rtol=2e-2)
     assert losses["bfloat16"] != losses[""]  # the frozen LLM really is held in bf16
 
 
-def test_nan_guard_aborts_one_step_after_the_count_without_a_sync_per_step():
-    cfg, params = tiny_params()
-    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=pcfg("projector"), optim_cfg=ocfg(max_skipped_steps=2),
+def test_nan_guard_aborts_one_step_after_the_count_without_a_sync_per_step(ukit):
+    cfg, params = ukit.tiny_params()
+    tr = Trainer(cfg, params, make_method("ga"), partition_cfg=ukit.pcfg("projector"),
+                 optim_cfg=ukit.ocfg(max_skipped_steps=2),
                  num_steps=50)
 
-    class NanStream(Stream):
+    class NanStream(ukit.Stream):
         def __next__(self):
             b = super().__next__()
             b["pixel_values"][:] = np.nan
@@ -301,4 +301,4 @@ def test_nan_guard_aborts_one_step_after_the_count_without_a_sync_per_step():
     with pytest.raises(FloatingPointError, match="max_skipped_steps=2"):
         tr.fit(streams, log_every=1000)  # no log or checkpoint step: only the lagged per-step check can fire
     # the 3rd skipped step exceeds the limit; the host sees it when dispatching the 4th
-    assert streams["forget"].i == 4 and int(tr.state["skipped"]) == 4
+    assert streams["forget"].i == 4 and int(tr.state.skipped) == 4

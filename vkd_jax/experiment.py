@@ -26,8 +26,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from vkd_jax.io_utils import (atomic_write_text, is_complete_dir, local_cache_dir, local_staging_dir, makedirs,
-                              read_json_if_exists)
+from vkd_jax.io_utils import (
+    atomic_write_text,
+    is_complete_dir,
+    local_cache_dir,
+    local_staging_dir,
+    makedirs,
+    read_json_if_exists,
+)
 
 RESULT_METRICS = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
 SETS = ("forget", "test", "retain", "celebrity")
@@ -201,7 +207,7 @@ def stage_streams(name: str, data: Data, cfg, model_config) -> dict:
 
 # ---- models and stages -------------------------------------------------------------------------------------
 
-def _model_config(cfg, data: Data):
+def build_model_config(cfg, data: Data):
     from vkd_jax.models.config import config_from_model_dict
     from vkd_jax.models.hf_io import read_model_config
 
@@ -240,19 +246,7 @@ def _stage(name, cfg, workdir, params, streams, model_config, tokenizer, **kw):
     return run_stage(name, cfg, workdir, params, streams, model_config=model_config, tokenizer=tokenizer, **kw)
 
 
-def unlearn_config(cfg):
-    """The stage config the engine reads, with the pipeline's top-level switches applied."""
-    import ml_collections
-
-    c = ml_collections.ConfigDict(cfg.to_dict())
-    c.stages.unlearn.method = cfg.method
-    c.stages.unlearn.num_steps = int(cfg.unlearn.steps)
-    c.stages.unlearn.partition = cfg.method_partition[cfg.method]
-    c.stages.masks = ml_collections.ConfigDict(dict(method=cfg.method))
-    return c
-
-
-def count_params(params: dict, part_preset: str, cfg, model_config) -> tuple[int, int]:
+def count_params(part_preset: str, cfg, model_config) -> tuple[int, int]:
     from vkd_jax.models.hf_io import abstract_model
     from vkd_jax.unlearn import partition as pt
     from vkd_jax.unlearn.stages import partition_cfg
@@ -261,7 +255,7 @@ def count_params(params: dict, part_preset: str, cfg, model_config) -> tuple[int
     part = pt.make_partition(abstract, partition_cfg(cfg, part_preset, model_config))
     train = set(part.trainable_keys) | set(part.lora_keys)
     total = sum(int(np.prod(s.shape)) for s in abstract.values())
-    n_train = sum(int(np.prod(abstract[p].shape)) for p in abstract if pt.path_str(p) in train)
+    n_train = sum(int(np.prod(abstract[k].shape)) for k in abstract if k in train)
     return n_train, total
 
 
@@ -411,21 +405,20 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     makedirs(workdir)
     t_start = time.time()
     data = prepare_data(cfg, shared, local_cache)
-    model_config = _model_config(cfg, data)
+    model_config = build_model_config(cfg, data)
     vanilla = vanilla_params(cfg, data, shared, model_config)
-    ucfg = unlearn_config(cfg)
-    method = make_method(cfg.method, ucfg.get(cfg.method, {}), data.tokenizer)
+    method = make_method(cfg.method, cfg.get(cfg.method, {}), data.tokenizer)
     reference = None
     if method.needs_reference and cfg.npo.get("reference", "retain") == "retain":
-        reference = _stage("reference", ucfg, shared, initial_params(cfg, data, shared, model_config),
+        reference = _stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
                            stage_streams("reference", data, cfg, model_config), model_config, data.tokenizer).params
     masks = None
-    if method.needs_masks or ucfg.stages.unlearn.get("use_masks", False):
-        masks = _stage("masks", ucfg, workdir, vanilla, stage_streams("masks", data, cfg, model_config),
+    if method.needs_masks or cfg.stages.unlearn.get("use_masks", False):
+        masks = _stage("masks", cfg, workdir, vanilla, stage_streams("masks", data, cfg, model_config),
                        model_config, data.tokenizer).masks
     timing_path = os.path.join(workdir, "unlearn", "timing.json")
     t = time.time()
-    unlearned = _stage("unlearn", ucfg, workdir, vanilla, stage_streams("unlearn", data, cfg, model_config),
+    unlearned = _stage("unlearn", cfg, workdir, vanilla, stage_streams("unlearn", data, cfg, model_config),
                        model_config, data.tokenizer, reference=reference, masks=masks).params
     timing = read_json_if_exists(timing_path)
     if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
@@ -439,8 +432,8 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
         "vanilla": evaluate_cached("vanilla", vanilla, cfg, data, model_config, shared),
         "unlearned": evaluate_cached("unlearned", unlearned, cfg, data, model_config, workdir),
     }
-    n_train, n_total = count_params(unlearned, ucfg.stages.unlearn.partition, ucfg, model_config)
-    results["efficiency"] = {"unlearn_seconds": unlearn_seconds, "steps": int(cfg.unlearn.steps),
+    n_train, n_total = count_params(cfg.method_partition[cfg.method], cfg, model_config)
+    results["efficiency"] = {"unlearn_seconds": unlearn_seconds, "steps": int(cfg.stages.unlearn.num_steps),
                              "trainable_params": n_train, "total_params": n_total}
     if masks is not None:
         from vkd_jax.unlearn.masks import kept_fraction

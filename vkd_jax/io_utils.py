@@ -5,7 +5,9 @@ A crash never leaves a half-written checkpoint, export or report behind:
     store a single-object copy, and an object only appears once fully uploaded);
   * folders (`atomic_dir`): on local disk built under a temp name beside the target and renamed into place. An
     object store has no atomic folder rename, so a remote folder is built under a temp prefix, moved object by
-    object, and then gets a `_COMPLETE` marker; `is_complete_dir` (what readers check) requires the marker there.
+    object, and then gets a `_COMPLETE` marker; `is_complete_dir` (what readers check) requires the marker there;
+  * orbax folders (`orbax_dir`: params, masks): remotely written in place, since orbax commits its checkpoints
+    atomically itself, and marked `_COMPLETE`; locally as `atomic_dir`.
 
 Local paths behave exactly as with os/open/shutil. Remote paths need an fsspec filesystem for the scheme (gcsfs
 for gs:// when TensorFlow is absent; epath picks TensorFlow's gfile when it is installed).
@@ -187,6 +189,40 @@ def _atomic_remote_dir(out: epath.Path, overwrite: bool):
         if tmp.exists():
             tmp.rmtree()
         raise
+
+
+@contextlib.contextmanager
+def orbax_dir(out_dir, overwrite: bool = False, *, collective: bool = False):
+    """A folder whose large content orbax writes (params, masks), beside small files of ours.
+
+    Local: exactly `atomic_dir` (one rename, nothing copied). Remote: orbax already commits each checkpoint
+    atomically where it writes it, so the folder is written in place (no second, object-by-object copy of a 7B
+    checkpoint) and `_COMPLETE` marks it finished (removed first when overwriting); readers check
+    `is_complete_dir`. `collective` as in `atomic_dir`: every process enters, process 0 clears and marks it."""
+    if not is_remote(out_dir):
+        with atomic_dir(out_dir, overwrite, collective=collective) as tmp:
+            yield tmp
+        return
+    out = epath.Path(os.fspath(out_dir))
+    _check_overwrite(out, overwrite)
+    multi = collective and _jax_processes()[1] > 1
+    first = _jax_processes()[0] == 0 or not multi
+    if first:
+        if out.joinpath(COMPLETE_MARKER).exists():
+            out.joinpath(COMPLETE_MARKER).unlink()  # from here until the new marker, readers see no folder
+        if out.exists():
+            out.rmtree()
+        out.mkdir(parents=True, exist_ok=True)
+    if multi:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"orbax_dir start {out}")
+    yield os.fspath(out)
+    if multi:
+        multihost_utils.sync_global_devices(f"orbax_dir written {out}")
+    if first:
+        out.joinpath(COMPLETE_MARKER).write_text(f"{time.time()}\n")
+    if multi:
+        multihost_utils.sync_global_devices(f"orbax_dir done {out}")
 
 
 def upload_tree(local_src: str, dst) -> None:

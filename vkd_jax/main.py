@@ -44,7 +44,6 @@ def main(argv):
     import jax
 
     from vkd_jax import experiment
-
     from vkd_jax.cli import EXPECTED_ERRORS
     from vkd_jax.io_utils import resolve
 

@@ -1,12 +1,13 @@
 """Memory plan: per-device bytes of the unlearning train step on a pod or GPU node, without the hardware or weights.
 
-    python -m vkd_jax.plan --config configs/llava7b.py [--out bench/memory_plan.json] \
+    python -m vkd_jax.plan --config configs/llava7b.py [--config.x=y ...] [--out bench/memory_plan.json] \
         [--platforms v4-8,v5e-16,v4-32,gpu1x80,gpu8x80] [--batches 8,32] [--variants vkd,vkd_remat,ga_full] \
         [--text_len 64] [--param_dtype float32] [--layers 2,2]
 
-For every (platform, global batch, variant) the real train step (`train.make_step`: the method's loss, Adam, clip,
-NaN guard; the engine's partition, sharding rules and activation pins) is lowered with abstract, sharded inputs on
-N fake CPU devices and compiled; nothing the size of the model is ever allocated. Reported per device:
+For every (platform, global batch, variant) the train step the Trainer trains with (`unlearn.step.build_step`: the
+method's loss, Adam, clip, NaN guard; the engine's partition, sharding rules and activation pins) is lowered with
+abstract, sharded inputs on N fake CPU devices and compiled; nothing the size of the model is ever allocated.
+Reported per device:
   params_trainable / params_frozen / teacher / opt_state / batch: exact, from each leaf's shard shape;
   argument / output / alias / temp: XLA's compiled memory analysis (temp = activations and temporaries);
   peak = argument + output - alias + temp (donated state is aliased), fits = peak <= HBM
@@ -40,14 +41,14 @@ act_est, peak_est, argument, output, alias, temp, peak}, "fits", "fits_est", "co
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
-import sys
 import time
+
+from absl import app, flags
+from ml_collections import config_flags
 
 GIB = 1 << 30
 
@@ -75,15 +76,6 @@ VARIANTS = {  # name -> (stage kind, remat, frozen params in bf16)
     "ga_full": ("ga_full", "none", True),
     "ga_full_remat": ("ga_full", "full", True),
 }
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("plan_config", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"--config {path}: not a python config file")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
 
 
 def _nbytes(sds, sharding) -> int:
@@ -160,96 +152,101 @@ def block_bytes(mc, rows: int, text_len: int) -> int:
     return max(out)
 
 
-def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, text_len: int, devices,
-             compile: bool = True) -> dict:
-    """Lower and compile one train step abstractly; per-device byte counts (exact counts only, no XLA analysis,
-    when compile=False)."""
-    import jax
-    import jax.numpy as jnp
-    import ml_collections
-    import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
+@dataclasses.dataclass
+class PlannedStep:
+    """One plan row's step before compilation: the engine's built step and the abstract batch it takes."""
+    built: object             # vkd_jax.unlearn.step.BuiltStep
+    batch: dict               # abstract (ShapeDtypeStruct) batch, per stream
+    host_batch: dict          # the dummy numpy batch of those shapes
+    model_config: object
+    method_name: str
+    preset: str
+    remat: str
+    text_len: int
 
-    from vkd_jax.models.hf_io import abstract_model
+    def lower(self):
+        b = self.built
+        return b.jit(self.batch).lower(b.abstract_state, self.batch, b.abstract_frozen, b.abstract_aux)
+
+
+def planned_step(cfg, model_config, platform: Platform, batch: int, variant: str, text_len: int,
+                 devices) -> PlannedStep:
+    """The train step of one (platform, batch, variant), built by `build_step` as the Trainer builds it, on a
+    mesh of `platform.chips` of `devices` (fsdp = gcd(chips, batch), tensor = the rest)."""
+    import jax
+    import ml_collections
+
     from vkd_jax.unlearn import partition as pt
     from vkd_jax.unlearn import stages
-    from vkd_jax.unlearn.methods import Ctx, make_method
-    from vkd_jax.unlearn.train import make_optimizer, make_step, prepare_batch
+    from vkd_jax.unlearn.methods import make_method
+    from vkd_jax.unlearn.step import build_step
+    from vkd_jax.unlearn.train import prepare_batch
 
     kind, remat, bf16_frozen = VARIANTS[variant]
-    if kind == "unlearn":
-        scfg = cfg.stages.unlearn
-        method_name, preset = scfg.method, scfg.partition
-    else:
-        scfg, method_name, preset = cfg.stages.unlearn, "ga", "full"
+    method_name, preset = (cfg.method, stages.stage_partition(cfg, "unlearn")) if kind == "unlearn" else \
+        ("ga", "full")
     mc = model_config.with_remat(remat) if remat != "none" else model_config
     method = make_method(method_name, ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {})))
+    if method.needs_reference:
+        raise ValueError(f"variant {variant!r}: method {method_name!r} needs a reference model; not planned")
     pcfg = stages.partition_cfg(cfg, preset, mc)
     pcfg.frozen_dtype = "bfloat16" if bf16_frozen else ""
-    ocfg = stages.optim_cfg(cfg, scfg)
-    graphdef, abstract = abstract_model(mc)
-    part = pt.make_partition(abstract, pcfg)
-    ctx = Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part)
-    tx, sched = make_optimizer(ocfg, 100, None)
-
     fsdp = math.gcd(platform.chips, batch)
     mesh = pt.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=fsdp, tensor=platform.chips // fsdp)),
                         devices[:platform.chips])
     axis_rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.mesh.axis_rules)
-    t_keys, f_keys = sorted(part.trainable_keys), sorted(part.frozen_keys)
-    fdt = part.frozen_dtype
-    trainable = {k: part.shapes[k] for k in t_keys}
-    frozen = {k: jax.ShapeDtypeStruct(part.shapes[k].shape, fdt or part.shapes[k].dtype) for k in f_keys}
-    sh_train = pt.param_shardings(part, t_keys, mesh, axis_rules)
-    sh_frozen = pt.param_shardings(part, f_keys, mesh, axis_rules)
-    aux, sh_aux = {}, {}
-    if method.needs_teacher:
-        base = [k for k in t_keys if k in part.rules]
-        aux["teacher"] = {k: part.shapes[k] for k in base}
-        sh_aux["teacher"] = {k: sh_train[k] for k in base}
-    if method.needs_reference:
-        raise ValueError(f"variant {variant!r}: method {method_name!r} needs a reference model; not planned")
-    rep = NamedSharding(mesh, P())
-    init = lambda tr, key: {"step": jnp.zeros((), jnp.int32), "trainable": tr,  # noqa: E731
-                            "opt_state": tx.init(tr), "rng": key, "skipped": jnp.zeros((), jnp.int32)}
-    state = jax.eval_shape(init, trainable, jax.random.PRNGKey(0))
-    sh_state = {"step": rep, "rng": rep, "skipped": rep, "trainable": sh_train,
-                "opt_state": pt.tree_shardings_like(state["opt_state"], sh_train, part.shapes, mesh)}
+    built = build_step(mc, method, partition_cfg=pcfg, optim_cfg=stages.optim_cfg(cfg, cfg.stages.unlearn),
+                       num_steps=100, mesh=mesh, axis_rules=axis_rules)
     host = {s: prepare_batch(dummy_batch(mc, batch, text_len), method, s) for s in method.streams}
-    batch_abs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
-    sh_batch = jax.tree.map(lambda x: pt.batch_sharding(mesh, x.ndim, axis_rules), batch_abs)
-    step = make_step(ctx, method, tx, sched, int(ocfg.get("grad_accum", 1)), pt.activation_shardings(mesh, axis_rules))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
+    return PlannedStep(built, abstract, host, mc, method_name, preset, remat, text_len)
+
+
+def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, text_len: int, devices,
+             compile: bool = True) -> dict:
+    """Lower and compile one train step abstractly; per-device byte counts (exact counts only, no XLA analysis,
+    when compile=False)."""
+    ps = planned_step(cfg, model_config, platform, batch, variant, text_len, devices)
     t0 = time.perf_counter()
-    ma = None
-    if compile:
-        compiled = jax.jit(step, in_shardings=(sh_state, sh_batch, sh_frozen, sh_aux),
-                           out_shardings=(sh_state, rep), donate_argnums=(0,)).lower(state, batch_abs, frozen,
-                                                                                    aux).compile()
-        ma = compiled.memory_analysis()
-    compile_s = time.perf_counter() - t0
+    compiled = ps.lower().compile() if compile else None
+    return plan_row(ps, platform, batch, variant, compiled, time.perf_counter() - t0)
+
+
+def plan_row(ps: PlannedStep, platform: Platform, batch: int, variant: str, compiled=None,
+             compile_s: float = 0.0) -> dict:
+    """The plan's row for a planned step (and its compiled form, when there is one)."""
+    import jax
+    import numpy as np
+
+    b_ = ps.built
+    mesh, method, mc = b_.mesh, b_.method, ps.model_config
+    trainable, frozen, aux = b_.abstract_state.trainable, b_.abstract_frozen, b_.abstract_aux
     # Analytic activations per device (beside XLA's temp; see the module docstring): what the loss saves for
     # its backward (the remat policy applied) over the batch shards, one block's working set, the gradients.
     shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-    exclude = {(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves((trainable, frozen, aux, batch_abs))}
-    saved = saved_bytes(lambda tr, fr, ax, b: method.loss(ctx, tr, fr, ax, b, jax.random.PRNGKey(0), 0)[0],
-                        (trainable, frozen, aux, batch_abs), exclude)
-    work = block_bytes(mc, -(-batch // shards), text_len)
-    b = {"params_trainable": tree_bytes(trainable, sh_train), "params_frozen": tree_bytes(frozen, sh_frozen),
-         "teacher": tree_bytes(aux, sh_aux) if aux else 0,
-         "opt_state": tree_bytes(state["opt_state"], sh_state["opt_state"]),
-         "batch": tree_bytes(batch_abs, sh_batch)}
+    exclude = {(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves((trainable, frozen, aux, ps.batch))}
+    saved = saved_bytes(lambda tr, fr, ax, b: method.loss(b_.ctx, tr, fr, ax, b, jax.random.PRNGKey(0), 0)[0],
+                        (trainable, frozen, aux, ps.batch), exclude)
+    work = block_bytes(mc, -(-batch // shards), ps.text_len)
+    b = {"params_trainable": tree_bytes(trainable, b_.trainable_shardings),
+         "params_frozen": tree_bytes(frozen, b_.frozen_shardings),
+         "teacher": tree_bytes(aux, b_.aux_shardings) if aux else 0,
+         "opt_state": tree_bytes(b_.abstract_state.opt_state, b_.state_shardings.opt_state),
+         "batch": tree_bytes(ps.batch, b_.batch_shardings(ps.batch))}
     b["saved_activations"] = -(-saved // shards)
     b["block_working_set"] = 2 * work  # the recomputed block's residuals and their cotangents
     b["act_est"] = b["saved_activations"] + b["block_working_set"] + b["params_trainable"]  # + gradients
     b["peak_est"] = sum(b[k] for k in ("params_trainable", "params_frozen", "teacher", "opt_state", "batch",
                                        "act_est"))
-    if ma is not None:
+    if compiled is not None:
+        ma = compiled.memory_analysis()
         b.update(argument=int(ma.argument_size_in_bytes), output=int(ma.output_size_in_bytes),
                  alias=int(ma.alias_size_in_bytes), temp=int(ma.temp_size_in_bytes))
         b["peak"] = b["argument"] + b["output"] - b["alias"] + b["temp"]
     hbm = int(platform.hbm_gib * GIB)
+    fdt = b_.part.frozen_dtype
     return {"platform": platform.name, "chips": platform.chips, "hbm_bytes": hbm, "mesh": dict(mesh.shape),
-            "batch": batch, "variant": variant, "method": method_name, "preset": preset, "remat": remat,
+            "batch": batch, "variant": variant, "method": ps.method_name, "preset": ps.preset, "remat": ps.remat,
             "frozen_dtype": str(fdt.name) if fdt is not None else mc.param_dtype, "bytes": b,
             "fits": bool(b["peak"] <= hbm) if "peak" in b else None, "fits_est": bool(b["peak_est"] <= hbm),
             "compile_s": round(compile_s, 1)}
@@ -303,46 +300,50 @@ def format_row(r: dict) -> str:
             f"({r['compile_s']} s)")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--out", default="")
-    ap.add_argument("--platforms", default=",".join(PLATFORMS))
-    ap.add_argument("--batches", default="8,32")
-    ap.add_argument("--variants", default="vkd,vkd_remat,vkd_f32frozen,ga_full,ga_full_remat")
-    ap.add_argument("--text_len", type=int, default=64)
-    ap.add_argument("--param_dtype", default="float32", help="storage dtype of the params (master weights)")
-    ap.add_argument("--no_compile", action="store_true", help="exact param/optimizer/batch bytes only (fast)")
-    ap.add_argument("--layers", default="", help="TEXT,VISION: a proxy with the config's widths and these layer "
-                    "counts")
-    args = ap.parse_args(argv)
+def define_flags() -> None:
+    """The CLI's flags (defined only when it runs: this module is also a library, imported beside other CLIs)."""
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:variant])", lock_config=False)
+    flags.DEFINE_string("out", "", "write the plan JSON here")
+    flags.DEFINE_string("platforms", ",".join(PLATFORMS), "comma-separated platforms")
+    flags.DEFINE_string("batches", "8,32", "comma-separated global batches")
+    flags.DEFINE_string("variants", "vkd,vkd_remat,vkd_f32frozen,ga_full,ga_full_remat", "comma-separated variants")
+    flags.DEFINE_integer("text_len", 64, "text tokens per row (beside the image tokens)")
+    flags.DEFINE_string("param_dtype", "float32", "storage dtype of the params (master weights)")
+    flags.DEFINE_bool("no_compile", False, "exact param/optimizer/batch bytes only (fast)")
+    flags.DEFINE_string("layers", "", "TEXT,VISION: a proxy with the config's widths and these layer counts")
+    flags.mark_flags_as_required(["config"])
+
+
+def main(argv) -> int:
+    del argv
+    a = flags.FLAGS
     try:
-        platforms = [PLATFORMS[n] for n in args.platforms.split(",") if n]
+        platforms = [PLATFORMS[n] for n in a.platforms.split(",") if n]
     except KeyError as e:
-        ap.error(f"unknown platform {e}; known: {sorted(PLATFORMS)}")
-    variants = [v for v in args.variants.split(",") if v]
+        raise app.UsageError(f"unknown platform {e}; known: {sorted(PLATFORMS)}") from None
+    variants = [v for v in a.variants.split(",") if v]
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
-        ap.error(f"unknown variants {bad}; known: {sorted(VARIANTS)}")
+        raise app.UsageError(f"unknown variants {bad}; known: {sorted(VARIANTS)}")
     need = max(p.chips for p in platforms)
     # before the CPU backend starts: enough fake devices for the largest mesh (a larger count already set stays)
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    have = [int(f.split("=")[1]) for f in flags if "host_platform_device_count=" in f]
+    xla = os.environ.get("XLA_FLAGS", "").split()
+    have = [int(f.split("=")[1]) for f in xla if "host_platform_device_count=" in f]
     if not have or have[-1] < need:
-        flags = [f for f in flags if "host_platform_device_count" not in f]
-        os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={need}"])
+        xla = [f for f in xla if "host_platform_device_count" not in f]
+        os.environ["XLA_FLAGS"] = " ".join(xla + [f"--xla_force_host_platform_device_count={need}"])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    cfg = load_config(args.config)
-    out = run_plan(cfg, platforms, [int(b) for b in args.batches.split(",")], variants, text_len=args.text_len,
-                   param_dtype=args.param_dtype, compile=not args.no_compile,
-                   layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None)
-    out["config"] = args.config
-    if args.out:
+    out = run_plan(a.config, platforms, [int(b) for b in a.batches.split(",")], variants, text_len=a.text_len,
+                   param_dtype=a.param_dtype, compile=not a.no_compile,
+                   layers=tuple(int(x) for x in a.layers.split(",")) if a.layers else None)
+    out["config"] = a["config"].config_filename
+    if a.out:
         from vkd_jax.io_utils import atomic_write_text
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        atomic_write_text(args.out, json.dumps(out, indent=1))
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        atomic_write_text(a.out, json.dumps(out, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

@@ -11,7 +11,8 @@ import dataclasses
 import io
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -37,7 +38,7 @@ class ImageProcessorConfig:
     pad_to_square: bool = False
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "preprocessor_config.json") -> "ImageProcessorConfig":
+    def from_dict(cls, d: dict, source: str = "preprocessor_config.json") -> ImageProcessorConfig:
         kw: dict[str, Any] = {}
         size = d.get("size")
         if isinstance(size, int):
@@ -78,7 +79,7 @@ class ImageProcessorConfig:
                 "do_convert_rgb": self.do_convert_rgb, **({"do_pad": True} if self.pad_to_square else {})}
 
     @classmethod
-    def from_hf_dir(cls, hf_dir: str | os.PathLike, **overrides) -> "ImageProcessorConfig":
+    def from_hf_dir(cls, hf_dir: str | os.PathLike, **overrides) -> ImageProcessorConfig:
         path = os.path.join(os.fspath(hf_dir), "preprocessor_config.json")
         if not os.path.isfile(path):
             return dataclasses.replace(cls(), **overrides)

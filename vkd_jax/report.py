@@ -149,7 +149,7 @@ def single_run_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,12 +162,12 @@ def save_fig(fig, path: str, dpi: int = 110):
     """PNG bytes rendered in memory, written atomically to a local path or URI; closes the figure."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _plt().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_sets(r: dict, path: str):
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, metric, title in ((axes[0], "vqa_cls_acc", "VQA (image)"), (axes[1], "qa_cls_acc", "QA (text)")):
         xs = range(len(SETS))
@@ -186,7 +186,7 @@ def plot_sets(r: dict, path: str):
 
 
 def plot_curves(curves_dirs: dict, path: str):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     any_curve = False
     for name, d in curves_dirs.items():
@@ -204,7 +204,7 @@ def plot_curves(curves_dirs: dict, path: str):
 
 
 def plot_relearn(r: dict, path: str):
-    plt = _plt()
+    plt = pyplot()
     rl = r.get("relearn") or {}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if rl:

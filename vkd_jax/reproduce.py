@@ -46,15 +46,18 @@ def ablations_for(cfg) -> dict:
     return out
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "work directory")
-_METHODS = flags.DEFINE_string("methods", "all", "comma-separated methods, or 'all'")
-_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
-_ABL = flags.DEFINE_bool("ablations", True, "also run VKD's ablations")
-_RELEARN = flags.DEFINE_bool("relearn", True, "run the relearning attack for every run")
-_CACHE = flags.DEFINE_string("local_cache", None, "local folder for the benchmark when --workdir is a URI "
-                             "(default $VKD_JAX_CACHE or ~/.cache/vkd_jax)")
-flags.mark_flags_as_required(["config", "workdir"])
+def define_flags() -> None:
+    """The CLI's flags (defined only when it runs: this module is also a library)."""
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:variant])",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "work directory")
+    flags.DEFINE_string("methods", "all", "comma-separated methods, or 'all'")
+    flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
+    flags.DEFINE_bool("ablations", True, "also run VKD's ablations")
+    flags.DEFINE_bool("relearn", True, "run the relearning attack for every run")
+    flags.DEFINE_string("local_cache", None, "local folder for the benchmark when --workdir is a URI "
+                        "(default $VKD_JAX_CACHE or ~/.cache/vkd_jax)")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def apply_overrides(cfg, overrides: dict):
@@ -113,7 +116,7 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations)
 
     def row(name):
         r = summary[name]
-        return (f"| {name} | " + " | ".join(_cell(r[l]) for l in labels) + f" | {_cell(r['seconds'])} | "
+        return (f"| {name} | " + " | ".join(_cell(r[lab]) for lab in labels) + f" | {_cell(r['seconds'])} | "
                 f"{r['trainable'][0]:,} |")
 
     lines += [row(m) for m in methods if m in summary]
@@ -173,9 +176,9 @@ def tradeoff_line(vanilla: dict, summary: dict, method: str, chance: float = 25.
 
 
 def plot_methods(summary: dict, vanilla: dict, path: str):
-    from vkd_jax.report import _plt, save_fig
+    from vkd_jax.report import pyplot, save_fig
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, r in summary.items():
         x, y = r["Forget VQA"][0], r["Retain VQA"][0]
@@ -196,9 +199,9 @@ def plot_methods(summary: dict, vanilla: dict, path: str):
 
 
 def plot_relearn(runs: dict[str, list[dict]], path: str):
-    from vkd_jax.report import _plt, save_fig
+    from vkd_jax.report import pyplot, save_fig
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     drawn = False
     for name, rs in runs.items():
@@ -262,21 +265,21 @@ def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True
 
 def main(argv):
     del argv
+    a = flags.FLAGS
     logging.set_verbosity(logging.WARNING)
-    methods = METHODS if _METHODS.value == "all" else tuple(m.strip() for m in _METHODS.value.split(","))
+    methods = METHODS if a.methods == "all" else tuple(m.strip() for m in a.methods.split(","))
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise app.UsageError(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
     try:
-        seeds = tuple(int(s) for s in _SEEDS.value.split(","))
+        seeds = tuple(int(s) for s in a.seeds.split(","))
     except ValueError:
-        raise app.UsageError(f"--seeds={_SEEDS.value!r}: expected comma-separated integers") from None
-    ablations = tuple(ablations_for(_CONFIG.value)) if _ABL.value else ()
-    workdir = resolve(_WORKDIR.value)
+        raise app.UsageError(f"--seeds={a.seeds!r}: expected comma-separated integers") from None
+    ablations = tuple(ablations_for(a.config)) if a.ablations else ()
+    workdir = resolve(a.workdir)
     from vkd_jax.cli import EXPECTED_ERRORS
     try:
-        reproduce(_CONFIG.value, workdir, methods, seeds, ablations, relearn=_RELEARN.value,
-                  local_cache=_CACHE.value)
+        reproduce(a.config, workdir, methods, seeds, ablations, relearn=a.relearn, local_cache=a.local_cache)
     except EXPECTED_ERRORS as e:  # bad config / data / weights: one clear line, non-zero exit
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -284,4 +287,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

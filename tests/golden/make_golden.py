@@ -12,7 +12,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from hf_tiny import make_inputs, tiny_hf_model  # noqa: E402
+from conftest import make_inputs, tiny_hf_model  # noqa: E402
 
 
 def main():

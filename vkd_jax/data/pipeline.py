@@ -25,7 +25,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -127,8 +128,11 @@ class InputPipeline:
     """Iterable of batches for one process. `state = p.get_state()`; later `p.set_state(state)` continues with
     exactly the batch that would have come next (call before or after starting iteration)."""
 
-    def __init__(self, source, tokenizer, cfg: PipelineConfig):
+    def __init__(self, source, tokenizer, cfg: PipelineConfig, examples=None):
+        """examples: row -> its examples, as `profile_examples` (the default, MLLMU-Bench profiles) returns them;
+        a benchmark with other rows passes its own (vkd_jax.data.benchmarks)."""
         self.source, self.tok, self.cfg = source, tokenizer, cfg
+        make_examples = examples or profile_examples
         if tokenizer.image_token_id is None:
             raise ValueError("tokenizer has no image token")
         ids = set(cfg.ids) if cfg.ids is not None else None
@@ -138,7 +142,7 @@ class InputPipeline:
             rec = source[row]
             if ids is not None and as_str(rec["ID"]) not in ids:
                 continue
-            for ex in profile_examples(rec, cfg.tasks, cfg.types, cfg.cls_answer):
+            for ex in make_examples(rec, cfg.tasks, cfg.types, cfg.cls_answer):
                 if keys is not None and (ex["id"], ex["item"]) not in keys:
                     continue
                 t = prompts.tokenize(tokenizer, ex["prompt"], ex["answer"] if cfg.train else None,
@@ -224,7 +228,9 @@ class InputPipeline:
         order = rng.permutation(4)
         options = {L: str(opts[j]) for L, j in zip("ABCD", order)}
         letter = "ABCD"[int(np.nonzero(order == opts.index(true))[0][0])]
-        prompt = prompts.classification_prompt(ex["question"], options, ex["type"] == "Image_Textual")
+        make_prompt = ex.get("mc_prompt")  # a benchmark's own multiple-choice template (CLEAR), else MLLMU-Bench's
+        prompt = make_prompt(ex["question"], options) if make_prompt else \
+            prompts.classification_prompt(ex["question"], options, ex["type"] == "Image_Textual")
         t = prompts.tokenize(self.tok, prompt, true if self.cfg.cls_answer == "option" else letter,
                              self.cfg.image_seq_length)
         return t.input_ids, t.loss_mask

@@ -122,14 +122,14 @@ class LlavaConfig:
         n = self.vision.num_patches
         return n + 1 if self.vision_feature_select_strategy == "full" else n
 
-    def replace(self, **kw) -> "LlavaConfig":
+    def replace(self, **kw) -> LlavaConfig:
         return dataclasses.replace(self, **kw)
 
     def storage_dtype(self, path: str) -> str:
         """The dtype a param (our "/"-joined path) is stored in."""
         return dict(self.param_dtype_overrides).get(path, self.param_dtype)
 
-    def with_storage_dtypes(self, dtypes: dict[str, str]) -> "LlavaConfig":
+    def with_storage_dtypes(self, dtypes: dict[str, str]) -> LlavaConfig:
         """This config with every param's storage dtype as given ({path: dtype}): the most common dtype (by tensor
         count) becomes param_dtype, the others are overrides."""
         if not dtypes:
@@ -142,7 +142,7 @@ class LlavaConfig:
         return self.replace(param_dtype=main,
                             param_dtype_overrides=tuple((k, v) for k, v in canon.items() if v != main))
 
-    def with_remat(self, policy: str = "full", vision: bool = True, text: bool = True) -> "LlavaConfig":
+    def with_remat(self, policy: str = "full", vision: bool = True, text: bool = True) -> LlavaConfig:
         """Activation checkpointing per CLIP encoder block and per Llama decoder block (training without a KV
         cache only); a runtime switch, not part of the HF config."""
         return self.replace(vision=dataclasses.replace(self.vision, remat=policy if vision else "none"),

@@ -13,7 +13,7 @@ import glob
 import json
 import os
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +21,22 @@ import numpy as np
 from flax import nnx
 
 from vkd_jax.io_utils import atomic_dir
-from vkd_jax.models.config import (LlavaConfig, canonical_dtype, config_to_hf_dict, read_hf_config,
-                                   to_jnp_dtype)
+from vkd_jax.models.config import LlavaConfig, canonical_dtype, config_to_hf_dict, read_hf_config, to_jnp_dtype
 from vkd_jax.models.llava import Llava
 from vkd_jax.models.safetensors_io import SafetensorsFile, write_safetensors
 
-Path = tuple  # a flat nnx state path, e.g. ('language_model', 'layers', 0, 'mlp', 'up_proj', 'kernel')
+# Params travel as flat dicts keyed by "/"-joined paths ("language_model/layers/0/mlp/up_proj/kernel"), which jit,
+# optax and orbax treat as ordinary pytrees; nnx's tuple paths appear only here, where a model is split or merged.
+
+
+def key_of(path: tuple) -> str:
+    """nnx flat-state path -> our param key."""
+    return "/".join(str(p) for p in path)
+
+
+def path_of(key: str) -> tuple:
+    """Our param key -> nnx flat-state path (layer indices as ints)."""
+    return tuple(int(p) if p.isdigit() else p for p in key.split("/"))
 
 # Non-persistent buffers some old checkpoints carry; never parameters.
 _IGNORED_SUFFIXES = (".position_ids", ".rotary_emb.inv_freq")
@@ -56,10 +66,10 @@ def normalize_hf_key(key: str) -> str:
     return key
 
 
-def hf_key(path: Path) -> tuple[str, str]:
-    """Our flat param path -> (hub-layout HF key, transform tag). Tags: 'linear' (transpose), 'conv'
-    (OIHW <-> HWIO), 'none'."""
-    parts = [str(p) for p in path]
+def hf_key(key: str) -> tuple[str, str]:
+    """Our param key -> (hub-layout HF key, transform tag). Tags: 'linear' (transpose), 'conv' (OIHW <-> HWIO),
+    'none'."""
+    parts = key.split("/")
     head, rest, leaf = parts[0], parts[1:-1], parts[-1]
     prefix = {"vision_tower": "vision_tower.vision_model", "projector": "multi_modal_projector",
               "language_model": "language_model.model", "lm_head": "language_model.lm_head"}[head]
@@ -103,14 +113,13 @@ def hf_shape(shape: tuple, tag: str) -> tuple:
 
 
 def abstract_model(config: LlavaConfig):
-    """(graphdef, {path: ShapeDtypeStruct}) without allocating any weights; each param in its storage dtype."""
+    """(graphdef, {key: ShapeDtypeStruct}) without allocating any weights; each param in its storage dtype."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llava(config, rngs=nnx.Rngs(0))))
-    out = {path: v.get_value() for path, v in nnx.to_flat_state(state)}
+    out = {key_of(path): v.get_value() for path, v in nnx.to_flat_state(state)}
     for key, dt in config.param_dtype_overrides:
-        path = tuple(int(p) if p.isdigit() else p for p in key.split("/"))
-        if path not in out:
+        if key not in out:
             raise CheckpointError(f"param_dtype_overrides names {key!r}, which is not a param of the model")
-        out[path] = jax.ShapeDtypeStruct(out[path].shape, to_jnp_dtype(dt))
+        out[key] = jax.ShapeDtypeStruct(out[key].shape, to_jnp_dtype(dt))
     return graphdef, out
 
 
@@ -153,14 +162,14 @@ def _summarise(title: str, items: list[str], limit: int = 25) -> str:
 
 
 def _wanted(config: LlavaConfig) -> dict[str, tuple]:
-    """hub-layout HF key -> (our path, transform tag, ShapeDtypeStruct)."""
+    """hub-layout HF key -> (our key, transform tag, ShapeDtypeStruct)."""
     graphdef, abstract = abstract_model(config)
-    return {hf_key(path)[0]: (path, hf_key(path)[1], sds) for path, sds in abstract.items()}
+    return {hf_key(k)[0]: (k, hf_key(k)[1], sds) for k, sds in abstract.items()}
 
 
 def stored_dtypes(files: list[str], config: LlavaConfig) -> dict[str, str]:
-    """{our "/"-joined path: dtype name} of the model's tensors as the files store them (keys the model does not
-    have are left to the loader to report)."""
+    """{our key: dtype name} of the model's tensors as the files store them (keys the model does not have are left
+    to the loader to report)."""
     wanted = _wanted(config)
     out = {}
     for p in files:
@@ -168,7 +177,7 @@ def stored_dtypes(files: list[str], config: LlavaConfig) -> dict[str, str]:
         for raw in h.keys():
             key = normalize_hf_key(raw)
             if key in wanted:
-                out["/".join(str(x) for x in wanted[key][0])] = h.dtype(raw)
+                out[wanted[key][0]] = h.dtype(raw)
         h.close()
     return out
 
@@ -185,8 +194,8 @@ def read_model_config(hf_dir: str | os.PathLike, dtype: str = "float32", param_d
 
 
 def load_params_from_safetensors(files: list[str], config: LlavaConfig,
-                                 sharding_fn: Callable[[Path, tuple], jax.sharding.Sharding] | None = None):
-    """Stream HF tensors into {path: jax.Array}, each in its storage dtype (`config.storage_dtype`; a tensor already
+                                 sharding_fn: Callable[[str, tuple], jax.sharding.Sharding] | None = None):
+    """Stream HF tensors into {key: jax.Array}, each in its storage dtype (`config.storage_dtype`; a tensor already
     in it is not converted: bitwise the file's). Checks every key and shape first, raising one CheckpointError that
     lists all missing, unexpected and mis-shaped tensors."""
     graphdef, _ = abstract_model(config)
@@ -205,7 +214,7 @@ def load_params_from_safetensors(files: list[str], config: LlavaConfig,
                 if key not in wanted:
                     unexpected.append(f"{raw} (in {os.path.basename(h.path)})")
                     continue
-                path, tag, sds = wanted[key]
+                _, tag, sds = wanted[key]
                 expect = hf_shape(sds.shape, tag)
                 if h.shape(raw) != expect:
                     bad_shape.append(f"{raw}: file has {list(h.shape(raw))}, model expects {list(expect)}")
@@ -221,11 +230,11 @@ def load_params_from_safetensors(files: list[str], config: LlavaConfig,
                 parts.append(_summarise("shape mismatches", bad_shape))
             raise CheckpointError("\n".join(parts))
         params = {}
-        for key, (path, tag, sds) in wanted.items():
+        for key, (ours, tag, sds) in wanted.items():
             h, raw = found[key]
             x = np.array(to_ours(h.get(raw), tag), dtype=sds.dtype, copy=True)  # owned, contiguous
-            sharding = sharding_fn(path, x.shape) if sharding_fn is not None else None
-            params[path] = jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x)
+            sharding = sharding_fn(ours, x.shape) if sharding_fn is not None else None
+            params[ours] = jax.device_put(x, sharding) if sharding is not None else jnp.asarray(x)
             del x
         return graphdef, params
     finally:
@@ -234,7 +243,8 @@ def load_params_from_safetensors(files: list[str], config: LlavaConfig,
 
 
 def model_from_flat_params(graphdef, params: dict) -> Llava:
-    state = nnx.from_flat_state([(p, nnx.Param(v)) for p, v in params.items()])
+    """{key: array} (any dtype per param) -> the model."""
+    state = nnx.from_flat_state([(path_of(k), nnx.Param(v)) for k, v in params.items()])
     return nnx.merge(graphdef, state)
 
 
@@ -251,19 +261,20 @@ def load_hf(hf_dir: str | os.PathLike, dtype: str = "float32", param_dtype: str 
 # ---- writing ------------------------------------------------------------------------------------------
 
 def flat_params(model: Llava) -> dict:
-    return {path: v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    """The model's params as {key: array}."""
+    return {key_of(path): v.get_value() for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def write_hf_weights(params: dict, config: LlavaConfig, folder: str,
                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None) -> None:
-    """Write {path: array} as HF safetensors (sharded with an index when larger than max_shard_bytes): every tensor
+    """Write {key: array} as HF safetensors (sharded with an index when larger than max_shard_bytes): every tensor
     in `dtype` when given, else in its storage dtype (`config.storage_dtype`), so a param that was never trained
     is written bitwise as it was read."""
     entries = []
-    for path in sorted(params, key=lambda p: hf_key(p)[0]):
-        key, tag = hf_key(path)
-        dt = np.dtype(to_jnp_dtype(dtype or config.storage_dtype("/".join(str(x) for x in path))))
-        entries.append((key, hf_shape(tuple(params[path].shape), tag), dt, path, tag))
+    for ours in sorted(params, key=lambda k: hf_key(k)[0]):
+        key, tag = hf_key(ours)
+        dt = np.dtype(to_jnp_dtype(dtype or config.storage_dtype(ours)))
+        entries.append((key, hf_shape(tuple(params[ours].shape), tag), dt, ours, tag))
     shards, cur, cur_bytes = [], [], 0
     for e in entries:
         nbytes = int(np.prod(e[1], dtype=np.int64)) * e[2].itemsize

@@ -3,7 +3,8 @@
 Layout of a checkpoint folder C:
   C/model_config.json  HF config.json contents plus {"vkd_jax": {"dtype", "param_dtype", "param_dtype_overrides"}}
   C/params/            orbax StandardCheckpointer pytree: {"vision_tower/layers/0/mlp/fc1/kernel": array, ...}
-The folder appears atomically (built under a temp name, then renamed).
+The folder appears atomically: locally built under a temp name and renamed; on an object store written in place
+(orbax commits `params/` atomically itself) and then marked `_COMPLETE` (`io_utils.orbax_dir`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from vkd_jax.io_utils import as_path, orbax_dir, resolve
 from vkd_jax.models.config import LlavaConfig, config_from_hf_dict, config_to_hf_dict
-from vkd_jax.io_utils import as_path, atomic_dir, resolve
 from vkd_jax.models.hf_io import abstract_model, flat_params, model_from_flat_params
 from vkd_jax.models.llava import Llava
 
 CONFIG_FILE = "model_config.json"
-
-
-def path_key(path: tuple) -> str:
-    return "/".join(str(p) for p in path)
 
 
 def save_model_orbax(model: Llava, ckpt_dir: str | os.PathLike, *, overwrite: bool = False) -> str:
@@ -31,13 +28,13 @@ def save_model_orbax(model: Llava, ckpt_dir: str | os.PathLike, *, overwrite: bo
 
 
 def save_params_orbax(params: dict, config: LlavaConfig, ckpt_dir, *, overwrite: bool = False) -> str:
-    with atomic_dir(ckpt_dir, overwrite, collective=True) as tmp:
+    with orbax_dir(ckpt_dir, overwrite, collective=True) as tmp:
         cfg = config_to_hf_dict(config)
         cfg["vkd_jax"] = {"dtype": config.dtype, "param_dtype": config.param_dtype,
                           "param_dtype_overrides": [list(kv) for kv in config.param_dtype_overrides]}
         as_path(tmp).joinpath(CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(as_path(tmp) / "params", {path_key(p): v for p, v in params.items()})
+            ckptr.save(as_path(tmp) / "params", dict(params))
             ckptr.wait_until_finished()
     return resolve(ckpt_dir)
 
@@ -63,9 +60,9 @@ def load_model_orbax(ckpt_dir, *, dtype: str | None = None, param_dtype: str | N
     target = {}
     for p, sds in abstract.items():
         sharding = sharding_fn(p, sds.shape) if sharding_fn else None
-        target[path_key(p)] = jax.ShapeDtypeStruct(sds.shape, sds.dtype,
+        target[p] = jax.ShapeDtypeStruct(sds.shape, sds.dtype,
                                                    sharding=sharding or jax.sharding.SingleDeviceSharding(
                                                        jax.devices()[0]))
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(as_path(ckpt_dir) / "params", target)
-    return model_from_flat_params(graphdef, {p: restored[path_key(p)] for p in abstract})
+    return model_from_flat_params(graphdef, {p: restored[p] for p in abstract})

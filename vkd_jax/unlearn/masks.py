@@ -10,7 +10,8 @@ masked weight never moves, not even by weight decay; params are never edited. It
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

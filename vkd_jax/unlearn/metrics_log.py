@@ -1,91 +1,58 @@
-"""Process-0 metrics: JSONL (always), TensorBoard event files (written directly, no TensorFlow), a tqdm bar.
+"""Process-0 metrics: JSONL (always), TensorBoard event files (tensorboardX: no TensorFlow), a tqdm bar.
 
-Both go through `vkd_jax.io_utils.AppendFile`, so logdir may be a gs:// URI (each file uploaded whole on flush, at
-most every 30 s, and on close: object stores cannot append). The event file is the TFRecord framing (length, masked
-CRC32C, payload, masked CRC32C) around hand-encoded `Event` protos holding scalar `Summary` values; TensorBoard
-reads it as `events.out.tfevents.*`.
+The JSONL goes through `vkd_jax.io_utils.AppendFile` and the event files are written by tensorboardX into a local
+folder (the logdir itself, or for a gs:// URI a local staging folder whose files are uploaded whole at most every
+30 s and on close: object stores cannot append), so logdir may be a remote URI.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import struct
+import shutil
+import tempfile
 import time
+import uuid
 
 import jax
 import numpy as np
 
-from vkd_jax.io_utils import AppendFile
-
-_CRC_TABLE = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC_TABLE.append(_c)
+from vkd_jax.io_utils import AppendFile, atomic_write_bytes, is_remote, makedirs
 
 
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+class TensorBoardLog:
+    """Scalars as TensorBoard events under `logdir` (local or remote)."""
 
+    def __init__(self, logdir: str, sync_seconds: float = 30.0):
+        from tensorboardX import SummaryWriter
 
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(num: int, wire: int, payload: bytes) -> bytes:
-    return _varint((num << 3) | wire) + payload
-
-
-def _bytes_field(num: int, data: bytes) -> bytes:
-    return _field(num, 2, _varint(len(data)) + data)
-
-
-def event_proto(wall_time: float, step: int, scalars: dict | None = None, file_version: str | None = None) -> bytes:
-    msg = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(step))
-    if file_version is not None:
-        msg += _bytes_field(3, file_version.encode())
-    if scalars:
-        summary = b"".join(_bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5, struct.pack("<f", val)))
-                           for tag, val in scalars.items())
-        msg += _bytes_field(5, summary)
-    return msg
-
-
-def tfrecord(payload: bytes) -> bytes:
-    header = struct.pack("<Q", len(payload))
-    return header + struct.pack("<I", _masked_crc(header)) + payload + struct.pack("<I", _masked_crc(payload))
-
-
-class EventWriter:
-    def __init__(self, logdir: str):
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = os.path.join(logdir, name)
-        self._f = AppendFile(self.path, "ab")
-        self._f.write(tfrecord(event_proto(time.time(), 0, file_version="brain.Event:2")))
+        self.logdir, self.remote, self.sync_seconds = logdir, is_remote(logdir), sync_seconds
+        self._local = tempfile.mkdtemp(prefix="vkd_tb-") if self.remote else logdir
+        if not self.remote:
+            makedirs(logdir)
+        # a unique suffix: tensorboardX names files by second and host, and a writer reopened within the same
+        # second (a stage resumed at once) would otherwise truncate the earlier file
+        self._w = SummaryWriter(self._local, flush_secs=3600, filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        self._synced: float | None = None
 
     def scalars(self, step: int, values: dict):
-        self._f.write(tfrecord(event_proto(time.time(), step, values)))
-        self._f.flush()
+        for k, v in values.items():
+            self._w.add_scalar(k, v, step)
+        self.flush()
+
+    def flush(self, force: bool = False):
+        self._w.flush()
+        if self.remote and (force or self._synced is None or time.monotonic() - self._synced >= self.sync_seconds):
+            for name in os.listdir(self._local):
+                with open(os.path.join(self._local, name), "rb") as f:
+                    atomic_write_bytes(f"{self.logdir}/{name}", f.read())
+            self._synced = time.monotonic()
 
     def close(self):
-        self._f.close()
+        self.flush(force=True)
+        self._w.close()
+        if self.remote:
+            shutil.rmtree(self._local, ignore_errors=True)
 
 
 class MetricsLogger:
@@ -99,7 +66,7 @@ class MetricsLogger:
         self.bar = None
         if self.active:
             self._jsonl = AppendFile(os.path.join(logdir, "metrics.jsonl"))
-            self._tb = EventWriter(os.path.join(logdir, "tb"))
+            self._tb = TensorBoardLog(os.path.join(logdir, "tb"))
         if progress and jax.process_index() == 0:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, leave=False)

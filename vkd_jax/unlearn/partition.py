@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vkd_jax.models.config import to_jnp_dtype
 
@@ -35,10 +37,6 @@ RULES = ("train", "frozen", "lora")
 
 class PartitionError(ValueError):
     """A param no rule covers, an unknown rule or preset, or a LoRA rule on a non-matrix."""
-
-
-def path_str(path: tuple) -> str:
-    return "/".join(str(p) for p in path)
 
 
 def first_match(rules: Sequence[tuple[str, Any]], name: str, what: str):
@@ -131,8 +129,7 @@ class Partition:
 
 
 def make_partition(abstract: dict, pcfg) -> Partition:
-    """abstract: {path (tuple or str): ShapeDtypeStruct}; pcfg: the config's `partition` section."""
-    abstract = {k if isinstance(k, str) else path_str(k): v for k, v in abstract.items()}
+    """abstract: {key: ShapeDtypeStruct}; pcfg: the config's `partition` section."""
     rules = list(pcfg.get("extra_rules", ()) or ()) + preset_rules(
         pcfg.preset, vit_last_k=int(pcfg.get("vit_last_k", 0)), num_vit_layers=int(pcfg.get("num_vit_layers", 0)))
     shard_rules = tuple(pcfg.get("sharding_rules", None) or DEFAULT_SHARDING_RULES)
@@ -161,7 +158,6 @@ def make_partition(abstract: dict, pcfg) -> Partition:
 def split_params(params: dict, part: Partition, rng=None) -> tuple[dict, dict]:
     """Full flat params -> (trainable, frozen). LoRA adapters are created here (A ~ N(0, 1/r), B = 0: the merged
     model starts exactly at the base weights)."""
-    params = {k if isinstance(k, str) else path_str(k): v for k, v in params.items()}
     missing = set(part.rules) - set(params)
     if missing:
         raise PartitionError(f"params lack {len(missing)} partitioned keys, e.g. {sorted(missing)[:3]}")
@@ -235,8 +231,10 @@ def make_mesh(mcfg=None, devices=None) -> Mesh:
             shape[k] = len(devices) // fixed
     if int(np.prod(list(shape.values()))) != len(devices):
         raise ValueError(f"mesh {shape} does not use the {len(devices)} devices")
-    arr = np.asarray(devices).reshape(tuple(shape.values()))
-    return Mesh(arr, tuple(shape))
+    # Auto axes: GSPMD propagates shardings from the pinned params, batch and activations (the explicit-sharding
+    # mode, jax.make_mesh's default, would need every op's sharding spelled out)
+    return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=(AxisType.Auto,) * len(shape),
+                         devices=devices)
 
 
 def logical_to_spec(logical: tuple, shape: tuple, mesh: Mesh, axis_rules=DEFAULT_AXIS_RULES) -> P:

@@ -26,11 +26,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vkd_jax.io_utils import AppendFile, as_path, atomic_dir, atomic_write_text, is_complete_dir, makedirs
+from vkd_jax.io_utils import AppendFile, as_path, atomic_write_text, is_complete_dir, makedirs, orbax_dir
 from vkd_jax.models.config import config_from_model_dict
-from vkd_jax.models.hf_io import abstract_model
+from vkd_jax.models.hf_io import abstract_model, flat_params
 from vkd_jax.models.orbax_io import load_model_orbax, save_params_orbax
-from vkd_jax.models.hf_io import flat_params
 from vkd_jax.unlearn import masks as masks_lib
 from vkd_jax.unlearn import partition as pt
 from vkd_jax.unlearn.methods import Ctx, make_method
@@ -48,7 +47,17 @@ class StageResult:
 
 
 def model_config_of(cfg):
-    return config_from_model_dict(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    return config_from_model_dict(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype or "float32")
+
+
+def stage_method(cfg, name: str) -> str:
+    """The method a stage runs: config.method for unlearn, the stage's own (ft) for the others."""
+    return cfg.method if name == "unlearn" else cfg.stages[name].method
+
+
+def stage_partition(cfg, name: str) -> str:
+    """The partition preset a stage trains: method_partition[config.method] for unlearn, the stage's own else."""
+    return cfg.method_partition[cfg.method] if name == "unlearn" else cfg.stages[name].partition
 
 
 def partition_cfg(cfg, preset: str, model_config):
@@ -65,12 +74,8 @@ def optim_cfg(cfg, stage_cfg):
     return o
 
 
-def _str_keys(params):
-    return {k if isinstance(k, str) else pt.path_str(k): v for k, v in params.items()}
-
-
 def save_masks(masks: dict, folder: str):
-    with atomic_dir(folder, overwrite=True, collective=True) as tmp:
+    with orbax_dir(folder, overwrite=True, collective=True) as tmp:
         with ocp.StandardCheckpointer() as ck:
             ck.save(os.path.join(tmp, "masks"), {k: np.asarray(v) for k, v in masks.items()})
             ck.wait_until_finished()
@@ -86,8 +91,8 @@ def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str 
     """One jit pass (per batch) over forget and retain batches -> boolean masks of the trainable params."""
     graphdef, abstract = abstract_model(model_config)
     part = pt.make_partition(abstract, partition_cfg(cfg, preset, model_config))
-    ctx = Ctx(graphdef, {pt.path_str(p): p for p in abstract}, part)
-    trainable, frozen = pt.split_params(_str_keys(params), part)
+    ctx = Ctx(graphdef, part)
+    trainable, frozen = pt.split_params(params, part)
     n = int(cfg.mask.num_batches)
     fisher = {s: masks_lib.fisher(ctx, trainable, frozen,
                                   (prepare_batch(b, None, s) for b in itertools.islice(streams[s], n)))
@@ -114,14 +119,14 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
     if name == "masks":  # no stage section needed: the masks follow cfg.mask
         if is_complete_dir(os.path.join(sdir, "final")):
             return StageResult(None, load_masks(os.path.join(sdir, "final")))
-        preset = cfg.stages.unlearn.partition if cfg.mask.modules == "unlearn" else cfg.mask.modules
+        preset = stage_partition(cfg, "unlearn") if cfg.mask.modules == "unlearn" else cfg.mask.modules
         m = compute_masks(cfg, params, streams, model_config, preset, os.path.join(sdir, "final"))
         return StageResult(None, m)
     scfg = cfg.stages[name]
     final = os.path.join(sdir, "params")
     if is_complete_dir(final):  # finished before: never re-run
         return StageResult(flat_params(load_model_orbax(final)))
-    method_name = scfg.method
+    method_name = stage_method(cfg, name)
     mcfg = ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {}))
     if "streams" in scfg:
         mcfg.streams = tuple(scfg.streams)
@@ -137,7 +142,8 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
     if mesh is None:
         mesh = pt.make_mesh(cfg.mesh)
     axis_rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.mesh.axis_rules)
-    trainer = Trainer(model_config, params, method, partition_cfg=partition_cfg(cfg, scfg.partition, model_config),
+    trainer = Trainer(model_config, params, method,
+                      partition_cfg=partition_cfg(cfg, stage_partition(cfg, name), model_config),
                       optim_cfg=optim_cfg(cfg, scfg), num_steps=steps, mesh=mesh, axis_rules=axis_rules,
                       masks=use_masks, reference=reference, seed=int(cfg.seed))
     per_step = sum(int(getattr(getattr(streams[s], "cfg", None), "global_batch_size", 0) or 0)
@@ -150,7 +156,7 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
                            log_every=int(cfg.checkpoint.get("log_every", 10)), logger=logger, stop_after=stop_after)
     finally:
         logger.close()
-    if stop_after is not None and int(trainer.state["step"]) < steps:
+    if stop_after is not None and int(trainer.state.step) < steps:
         return StageResult(trainer.params(), None, last)
     out = trainer.params()
     save_params_orbax(out, model_config, final, overwrite=True)

@@ -10,13 +10,14 @@ partition trains; the frozen ones are shared with `frozen`) and "reference" (a f
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from vkd_jax.models.hf_io import model_from_flat_params
 from vkd_jax.models.llava import LlavaOutput, parse_taps
 from vkd_jax.unlearn import partition as pt
 
@@ -34,14 +35,13 @@ class Method:
 
 
 class Ctx:
-    """Static model pieces the losses close over (graphdef, path map, partition)."""
+    """Static model pieces the losses close over (graphdef, partition)."""
 
-    def __init__(self, graphdef, keymap: dict[str, tuple], part: pt.Partition):
-        self.graphdef, self.keymap, self.part = graphdef, keymap, part
+    def __init__(self, graphdef, part: pt.Partition):
+        self.graphdef, self.part = graphdef, part
 
     def model(self, full: dict):
-        state = nnx.from_flat_state([(self.keymap[k], nnx.Param(v)) for k, v in full.items()])
-        return nnx.merge(self.graphdef, state)
+        return model_from_flat_params(self.graphdef, full)
 
     def student(self, trainable, frozen, rng=None) -> dict:
         return pt.merge_params(trainable, frozen, self.part, lora_dropout_rng=rng, upcast=False)
