@@ -34,7 +34,7 @@ def study(cfg, workdir: str) -> dict:
     params = experiment.vanilla_params(cfg, data, workdir, mc)
     train_s = time.time() - t
     model = model_from_flat_params(abstract_model(mc)[0], params)
-    sets = experiment.eval_sets(data, cfg)
+    sets = data.eval_sets()
     out = evaluate(model, data.tokenizer, sets, EvalConfig(
         tasks=("classification", "cloze"), max_new_tokens=8, batch_size=32,
         cls_scoring=str(cfg.eval.get("cls_scoring", "generate"))))

@@ -2,6 +2,8 @@
 
   python -m vkd_jax.main --config configs/llava7b.py --workdir W --config.hf_dir=/path/to/llava-1.5-7b-hf \
       --config.data.manual_dir=/path/to/MLLMU-Bench [--config.stages.vanilla.num_steps=0]
+  python -m vkd_jax.main --config configs/llava7b.py:benchmark=clear,forget=10 --workdir W \
+      --config.hf_dir=... --config.data.manual_dir=/path/to/CLEAR
 
 The shared fields and their meanings: vkd_jax/config_base.py; the memory plan behind `remat`: README "Pods and
 clusters". `model` is LLaVA-1.5-7B's config.json (the memory plan reads it; a run reads hf_dir's own).
@@ -16,7 +18,7 @@ def get_config(arg: str | None = None):
     c.export_hf = True
     c.dtype, c.param_dtype = "bfloat16", ""   # compute in bf16; store every tensor as hf_dir does (fp16)
     c.remat = "full"
-    c.data.update(dict(source="mllmu", batch_size=4, max_len=1024, num_threads=8, train_tasks=("ft",)))
+    c.data.update(dict(source="local", batch_size=4, max_len=1024, num_threads=8, train_tasks=("ft",)))
     c.model = dict(
         model_type="llava",
         vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
@@ -40,4 +42,8 @@ def get_config(arg: str | None = None):
     c.stages.reference.update(dict(partition="lora_llm", num_steps=2000))
     c.stages.unlearn.num_steps = 500
     c.stages.relearn.num_steps = 100
-    return config_base.apply_variant(c, arg)
+    c = config_base.apply_variant(c, arg)
+    if c.data.benchmark == "clear":  # captions and text QA, as CLEAR's vanilla model is fine-tuned
+        c.data.train_tasks = ("caption", "qa")
+        c.stages.vanilla.streams = c.stages.reference.streams = ("vqa", "qa")
+    return c

@@ -31,4 +31,11 @@ def get_config(arg: str | None = None):
     c.stages.pretrain.update(dict(streams=streams, num_steps=300))
     c.stages.vanilla.update(dict(streams=streams, num_steps=800))
     c.stages.reference.update(dict(streams=streams, num_steps=800))
-    return config_base.apply_variant(c, arg)
+    c = config_base.apply_variant(c, arg)
+    if c.data.benchmark == "clear":  # the embedded CLEAR (vkd_jax.data.clear_synthetic), forget10 by default
+        c.data.update(dict(clear_world=dict(num_people=60, images_per_person=6, eval_images=2, num_real_faces=20,
+                                            num_real_world=24, num_generic=60, image_size=32),
+                           train_tasks=("caption", "recognition", "name_mc", "qa"), length_buckets=(48, 64, 96)))
+        c.stages.pretrain.update(dict(num_steps=200, streams=("vqa", "caption")))  # real faces / real world
+        c.stages.vanilla.num_steps, c.stages.reference.num_steps = 600, 600
+    return c

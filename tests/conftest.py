@@ -306,6 +306,7 @@ def build_llama_tokenizer(out_dir, extra_texts=(), vocab_size=600) -> str:
 def build_hub_llava(out_dir, tok_dir, *, image_size=32, patch=8, seed=0, mixed_dtypes=False) -> str:
     """A tiny random LLaVA in float16 (with mixed_dtypes: its norms in float32) as llava-hf ships LLaVA-1.5."""
     import shutil
+
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 

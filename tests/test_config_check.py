@@ -43,6 +43,7 @@ def test_every_bad_field_is_named_at_once():
     c.eval.test_pose = "all"
     c.mask.top_p = 1.0
     c.data.generic_images = "/no/such/folder"
+    c.unlearn_seed = -2
     with pytest.raises(ConfigError) as e:
         validate(c)
     msg = str(e.value)
@@ -52,9 +53,10 @@ def test_every_bad_field_is_named_at_once():
                    "config.stages.vanilla.num_steps=-3", "unknown streams ['audio']",
                    "config.stages.unlearn.optim.lr=0.0", "config.stages.unlearn.optim.schedule='cyclic'",
                    "config.dtype='float8'", "config.method_partition.gd='visul'", "config.eval.cls_parse='fuzzy'",
-                   "config.eval.test_pose='all'", "config.mask.top_p=1.0", "config.data.generic_images="):
+                   "config.eval.test_pose='all'", "config.mask.top_p=1.0", "config.data.generic_images=",
+                   "config.unlearn_seed=-2"):
         assert needle in msg, (needle, msg)
-    assert msg.startswith("config has 19 bad fields"), msg.splitlines()[0]
+    assert msg.startswith("config has 20 bad fields"), msg.splitlines()[0]
 
 
 def test_real_benchmark_paths_are_checked(tmp_path):

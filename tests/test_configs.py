@@ -32,6 +32,26 @@ def test_variants_and_independent_stage_sections():
         assert "preset" not in c.partition and "lr" not in c.optim
 
 
+def test_stage_seeds_and_stream_seeds_derive_from_names():
+    from vkd_jax.experiment import stream_seed
+
+    c = load_config("tiny")
+    c.seed = 3
+    assert [config_base.stage_seed(c, s) for s in ("pretrain", "vanilla", "unlearn", "masks", "relearn")] == [3] * 5
+    c.unlearn_seed = 8  # the unlearning seed moves only what comes after the vanilla model
+    assert [config_base.stage_seed(c, s) for s in ("pretrain", "vanilla", "reference")] == [3, 3, 3]
+    assert [config_base.stage_seed(c, s) for s in ("masks", "unlearn", "relearn")] == [8, 8, 8]
+    names = [(st, s) for st in ("pretrain", "vanilla", "reference") for s in ("vqa", "qa", "caption")] + [
+        ("masks", "forget"), ("unlearn", "forget"), ("unlearn", "retain"), ("relearn", "forget@0.1")]
+    seeds = {n: stream_seed(c, *n) for n in names}
+    assert len(set(seeds.values())) == len(names)  # every (stage, stream) its own order
+    assert all(0 <= v < 2 ** 32 for v in seeds.values())
+    c2 = load_config("tiny")
+    c2.seed, c2.unlearn_seed = 3, 9
+    assert {n: stream_seed(c2, *n) == seeds[n] for n in names} == {n: n[0] in ("pretrain", "vanilla", "reference")
+                                                                    for n in names}
+
+
 @pytest.mark.parametrize("name", ["llava7b", "tiny"])
 def test_abstract_model_matches_transformers_param_count_and_shapes(name):
     import torch

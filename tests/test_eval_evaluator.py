@@ -201,7 +201,7 @@ def test_likelihood_scoring_picks_the_likeliest_option(env):
 
     model, tok, sets, _ = env
     cfg = EvalConfig(max_new_tokens=4, batch_size=4, cls_scoring="likelihood")
-    runner = evaluator._Runner(model, tok, cfg)
+    runner = evaluator.Runner(model, tok, cfg)
     for set_name in ("forget", "test"):
         es = sets[set_name]
         for typ in ("Image_Textual", "Pure_Text"):

@@ -192,28 +192,31 @@ def test_reproduce_comparison_on_gs(gs):
 
     w = f"{gs}/repro"
     for seed in (0, 1):  # finished runs are read back from the work directory, not re-run
-        io_utils.atomic_write_text(f"{w}/runs/ga_s{seed}/results.json", json.dumps(FAKE_RESULTS))
+        res = {**FAKE_RESULTS, "config": {**FAKE_RESULTS["config"], "seed": seed}}
+        io_utils.atomic_write_text(f"{w}/p{seed}/runs/ga_u{seed}/results.json", json.dumps(res))
     summary = reproduce.reproduce(ml_collections.ConfigDict({"seed": 0}), w, ("ga",), (0, 1), (), relearn=False)
-    assert summary["ga"]["Forget VQA"] == (30.0, 0.0)
+    assert summary["ga"]["Forget VQA"] == (30.0, 0.0) and summary["ga"]["n_pipeline"] == 2
     assert "| ga |" in io_utils.read_text(f"{w}/comparison.md")
-    assert json.loads(io_utils.read_text(f"{w}/comparison.json"))["seeds"] == [0, 1]
+    assert json.loads(io_utils.read_text(f"{w}/comparison.json"))["pipeline_seeds"] == [0, 1]
     assert _ls(f"{w}/plots") == ["methods.png", "relearn_methods.png"]
 
 
 def test_eval_cache_written_and_reused_on_gs(gs, monkeypatch):
-    import vkd_jax.eval
     from vkd_jax import experiment
     from vkd_jax.models import hf_io
 
     calls = []
-    monkeypatch.setattr(experiment, "eval_sets", lambda data, cfg: {})
+
+    class Bench:  # a benchmark whose evaluation is counted
+        def evaluate(self, model, ecfg, records):
+            calls.append(1)
+            records["forget"] = [{"id": "0"}]
+            return {"forget": {"vqa_cls_acc": 50.0, "qa_gen_rougeL": math.nan}}
     monkeypatch.setattr(hf_io, "abstract_model", lambda mc: (None, {}))
     monkeypatch.setattr(hf_io, "model_from_flat_params", lambda g, p: None)
-    monkeypatch.setattr(vkd_jax.eval, "evaluate",
-                        lambda *a, **k: calls.append(1) or {"forget": {"vqa_cls_acc": 50.0, "qa_gen_rougeL": math.nan}})
     cfg = ml_collections.ConfigDict(dict(seed=0, eval=dict(max_new_tokens=2, batch_size=1, few_shot=False,
                                                            max_questions=0)))
-    w, data = f"{gs}/run", experiment.Data("", "", None, 5)
+    w, data = f"{gs}/run", Bench()
     first = experiment.evaluate_cached("unlearned", {}, cfg, data, None, w)
     again = experiment.evaluate_cached("unlearned", {}, cfg, data, None, w)
     assert first == again == {"forget": {"vqa_cls_acc": 50.0, "qa_gen_rougeL": None}} and len(calls) == 1

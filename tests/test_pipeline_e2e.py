@@ -125,3 +125,39 @@ def test_other_world_in_the_same_workdir_fails_clearly(vkd_run):
     r = _main(w, "--config.data.world.num_facts=2")
     assert r.returncode != 0
     assert "world.json" in r.stderr and "num_facts: 3 (stored) vs 2 (config)" in r.stderr, r.stderr[-2000:]
+
+
+CLEAR_MICRO = [
+    "--config.data.clear_world.num_people=20", "--config.data.clear_world.num_real_faces=6",
+    "--config.data.clear_world.num_real_world=6", "--config.data.clear_world.num_generic=10",
+    "--config.data.batch_size=8", "--config.stages.pretrain.num_steps=3", "--config.stages.vanilla.num_steps=3",
+    "--config.stages.unlearn.num_steps=3", "--config.stages.relearn.num_steps=2",
+    "--config.stages.relearn.fractions=(0.5,)", "--config.eval.max_questions=3", "--config.eval.batch_size=4",
+    "--config.eval.max_new_tokens=6", "--config.checkpoint.every_steps=2",
+]
+
+
+def test_clear_end_to_end(tmp_path):
+    """The embedded CLEAR through the same pipeline: its sets and metrics, predictions, the relearning attack, the
+    export; VKD leaves the text-only answers exactly as they were."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config",
+                        os.path.join(ROOT, "configs/tiny.py") + ":benchmark=clear", "--workdir", str(tmp_path),
+                        *CLEAR_MICRO, "--config.export_hf=True"], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["benchmark"] == "clear" and res["config"]["forget_ratio"] == 10
+    for model in ("vanilla", "unlearned"):
+        assert set(res[model]) == {"forget", "retain", "real_faces", "real_world"}
+        for s in ("forget", "retain"):
+            assert 0 <= res[model][s]["vqa_acc"] <= 100 and 0 <= res[model][s]["qa_rougeL"] <= 1
+            assert res[model][s]["vqa_n"] == 3 and res[model][s]["qa_n"] == 3
+    recs = {m: [json.loads(x) for x in (tmp_path / "eval" / f"{m}.predictions.jsonl").read_text().splitlines()]
+            for m in ("vanilla", "unlearned")}
+    qa = {m: [(x["set"], x["id"], x["generation"]) for x in rs if x["form"] == "QA"] for m, rs in recs.items()}
+    assert qa["vanilla"] == qa["unlearned"] and qa["vanilla"]  # the LLM is untouched: text answers identical
+    assert all(x["prompt"].endswith(" ASSISTANT:") for x in recs["vanilla"])
+    assert res["relearn"]["fractions"] == [0.5] and len(res["relearn"]["ag"]) == 1
+    assert "| model | Forget VQA | Forget QA ROUGE-L | Retain VQA |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "hf_export" / "processor_config.json").exists()

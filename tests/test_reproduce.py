@@ -1,4 +1,5 @@
-"""vkd_jax.reproduce: several runs from one shared vanilla model, summarised as mean ± std over seeds."""
+"""vkd_jax.reproduce: pipeline seeds (each its own vanilla model) with unlearning seeds nested below them,
+summarised as mean ± std over pipeline seeds; targets checked per seed."""
 
 import json
 import os
@@ -7,6 +8,9 @@ import pytest
 
 from vkd_jax import reproduce
 from vkd_jax.config_base import load_config
+from vkd_jax.data.benchmarks.mllmu import MLLMUBench
+
+HEADLINE = MLLMUBench.headline
 
 pytestmark = pytest.mark.slow  # minutes: end to end / several processes (CI runs it)
 
@@ -21,26 +25,62 @@ def _micro_config():
         "eval.max_new_tokens": 4, "checkpoint.every_steps": 2, "stages.relearn.fractions": ()})
 
 
-def test_two_seeds_share_one_vanilla_model(tmp_path):
-    summary = reproduce.reproduce(_micro_config(), str(tmp_path), ("ga",), (0, 1), (), relearn=False)
-    runs = sorted(os.listdir(tmp_path / "runs"))
-    assert runs == ["ga_s0", "ga_s1"]
-    assert sorted(os.listdir(tmp_path / "shared" / "eval")) == [  # once, with their per-question predictions
-        "identity_free_floor.json", "identity_free_floor.predictions.jsonl", "vanilla.json",
-        "vanilla.predictions.jsonl"]
-    r0 = json.loads((tmp_path / "runs" / "ga_s0" / "results.json").read_text())
-    r1 = json.loads((tmp_path / "runs" / "ga_s1" / "results.json").read_text())
-    assert r0["vanilla"] == r1["vanilla"] and r1["config"]["seed"] == 1
+def test_pipeline_seeds_train_their_own_vanilla_and_nest_unlearning_seeds(tmp_path):
+    summary = reproduce.reproduce(_micro_config(), str(tmp_path), ("ga",), (0, 1), (), relearn=False,
+                                  unlearn_seeds=(0, 1))
+    assert sorted(os.listdir(tmp_path)) == ["comparison.json", "comparison.md", "p0", "p1", "plots"]
+    for p in (0, 1):
+        assert sorted(os.listdir(tmp_path / f"p{p}" / "runs")) == ["ga_u0", "ga_u1"]
+        assert sorted(os.listdir(tmp_path / f"p{p}" / "shared" / "eval")) == [  # once per pipeline seed
+            "identity_free_floor.json", "identity_free_floor.predictions.jsonl", "probe_vanilla.json",
+            "vanilla.json", "vanilla.predictions.jsonl"]
+    res = {(p, u): json.loads((tmp_path / f"p{p}" / "runs" / f"ga_u{u}" / "results.json").read_text())
+           for p in (0, 1) for u in (0, 1)}
+    assert res[0, 0]["vanilla"] == res[0, 1]["vanilla"]  # one vanilla model under a pipeline seed
+    assert res[1, 1]["config"]["seed"] == 1 and res[1, 1]["config"]["unlearn_seed"] == 1
+    # each pipeline seed its own vanilla model: other initial weights, so other per-question scores
+    v0, v1 = ((tmp_path / f"p{p}" / "shared" / "eval" / "vanilla.predictions.jsonl").read_text() for p in (0, 1))
+    assert v0 != v1
+    # the unlearning seed changes the unlearned model (the data order and dropout of the unlearn stage)
+    u0, u1 = ((tmp_path / "p0" / "runs" / f"ga_u{u}" / "eval" / "unlearned.predictions.jsonl").read_text()
+              for u in (0, 1))
+    assert u0 != u1
+    # mean ± std over pipeline seeds of each pipeline seed's mean over its unlearning seeds
+    x = {k: r["unlearned"]["forget"]["vqa_cls_acc"] for k, r in res.items()}
+    m0, m1 = (x[0, 0] + x[0, 1]) / 2, (x[1, 0] + x[1, 1]) / 2
     mean, std = summary["ga"]["Forget VQA"]
-    xs = [r["unlearned"]["forget"]["vqa_cls_acc"] for r in (r0, r1)]
-    assert mean == pytest.approx(sum(xs) / 2) and std == pytest.approx(abs(xs[0] - xs[1]) / 2 ** 0.5)
+    assert mean == pytest.approx((m0 + m1) / 2) and std == pytest.approx(abs(m0 - m1) / 2 ** 0.5)
+    within = summary["ga"]["within"]["Forget VQA"]
+    assert within == pytest.approx((abs(x[0, 0] - x[0, 1]) + abs(x[1, 0] - x[1, 1])) / 2 / 2 ** 0.5)
+    assert summary["ga"]["n_pipeline"] == 2 and summary["ga"]["n_runs"] == 4
     md = (tmp_path / "comparison.md").read_text()
-    assert "| vanilla |" in md and "| ga |" in md and " ± " in md
+    assert "pipeline seeds 0, 1" in md and "unlearning seeds 0, 1" in md and "| ga |" in md and " ± " in md
+    assert "## Representation probe" in md and "## Targets on every pipeline seed" in md
+    assert "## Spread over unlearning seeds" in md
     assert (tmp_path / "plots" / "methods.png").read_bytes()[:4] == b"\x89PNG"
     # A rerun reads the finished runs instead of training again.
-    stamp = os.path.getmtime(tmp_path / "runs" / "ga_s0" / "results.json")
-    reproduce.reproduce(_micro_config(), str(tmp_path), ("ga",), (0, 1), (), relearn=False)
-    assert os.path.getmtime(tmp_path / "runs" / "ga_s0" / "results.json") == stamp
+    stamp = os.path.getmtime(tmp_path / "p0" / "runs" / "ga_u0" / "results.json")
+    reproduce.reproduce(_micro_config(), str(tmp_path), ("ga",), (0, 1), (), relearn=False, unlearn_seeds=(0, 1))
+    assert os.path.getmtime(tmp_path / "p0" / "runs" / "ga_u0" / "results.json") == stamp
+
+
+def test_targets_hold_per_run():
+    def res(forget, test, retain, celeb, qa, ag, floor=22.5):
+        return {"benchmark": "mllmu", "floors": {"identity_free_forget_vqa_cls_acc": floor},
+                "vanilla": {"forget": {"vqa_cls_acc": 100.0, "qa_cls_acc": 100.0}, "retain": {"vqa_cls_acc": 100.0},
+                            "celebrity": {"vqa_cls_acc": 95.0}},
+                "unlearned": {"forget": {"vqa_cls_acc": forget, "qa_cls_acc": qa}, "test": {"vqa_cls_acc": test},
+                              "retain": {"vqa_cls_acc": retain}, "celebrity": {"vqa_cls_acc": celeb}},
+                "relearn": {"ag": ag}}
+    ok = MLLMUBench.targets(res(25.0, 30.0, 97.0, 92.0, 100.0, [5.0, 0.0]))
+    assert [t[2] for t in ok] == [True] * 6 and [t[1] for t in ok] == [2.5, 30.0, 3.0, 3.0, 0.0, 5.0]
+    bad = MLLMUBench.targets(res(12.5, 30.1, 96.9, 91.9, 97.5, [5.1, 0.0]))  # below chance - 5, etc.
+    assert [t[2] for t in bad] == [False] * 6
+    assert not MLLMUBench.targets(res(28.0, 20.0, 100.0, 95.0, 100.0, [0.0], floor=22.0))[0][2]  # 6 above floor
+    runs = {"vkd": [{**res(25.0, 30.0, 97.0, 92.0, 100.0, [0.0]), "config": {"seed": 0}},
+                    {**res(25.0, 40.0, 97.0, 92.0, 100.0, [0.0]), "config": {"seed": 1}}]}
+    lines = reproduce._targets_table(runs, ["vkd"])
+    assert "| vkd | 2/2 (2.5) | 1/2 (40.0) | 2/2 (3.0) | 2/2 (3.0) | 2/2 (0.0) | 2/2 (0.0) |" in lines
 
 
 def test_ablation_overrides_and_tables():
@@ -68,29 +108,29 @@ def test_ablation_overrides_and_tables():
             "relearn": {"fractions": [0.5], "ag": [12.0]}}
     s = reproduce.summarise({"vkd": [fake, fake]})
     assert s["vkd"]["Forget VQA"] == (30.0, 0.0) and s["vkd"]["AG@0.5"] == (12.0, 0.0)
-    md = reproduce.comparison_markdown({"forget": {"vqa_cls_acc": 99.0}}, s, (0, 1), ("vkd",), ())
+    md = reproduce.comparison_markdown({"Forget VQA": (99.0, 0.0)}, s, (0, 1), ("vkd",), (), HEADLINE)
     assert "| vkd | 30.0 ± 0.0 |" in md and "AG@0.5" in md
 
 
 def test_tradeoff_lines_compare_means_with_chance_floor_and_ties():
-    labels = [h[2] for h in reproduce.HEADLINE]
+    labels = [h[2] for h in HEADLINE]
 
     def row(**kw):
         r = {lab: (50.0, 0.0) for lab in labels}
         r.update(seconds=(1.0, 0.0), trainable=(7, 0.0))
         r.update({k.replace("_", " "): v for k, v in kw.items()})
         return r
-    vanilla = {"forget": {"qa_cls_acc": 100.0}}
+    vanilla = {"Forget QA": (100.0, 0.0)}
     s = {"vkd": row(**{"Forget_VQA": (30.0, 0.0), "Forget_QA": (100.0, 0.0), "Retain_VQA": (95.0, 2.0)}),
          "ga": row(**{"Forget_VQA": (5.0, 0.0), "Forget_QA": (40.0, 0.0), "Retain_VQA": (20.0, 0.0)}),
          "idk": row(**{"Forget_VQA": (40.0, 0.0), "Forget_QA": (90.0, 0.0), "Retain_VQA": (93.5, 0.5)}),
          "npo": row(**{"Forget_VQA": (27.0, 0.0), "Forget_QA": (100.0, 0.0), "Retain_VQA": (95.0, 0.0)})}
-    ga = reproduce.tradeoff_line(vanilla, s, "ga")
+    ga = reproduce.tradeoff_line(vanilla, s, "ga", HEADLINE)
     assert ga.startswith("- VKD does not beat ga's trade-off: worse on Forget VQA 30.0 vs 5.0;")
     assert "better on Forget QA 100.0 vs 40.0; Retain VQA 95.0 vs 20.0" in ga and "below chance" in ga
-    idk = reproduce.tradeoff_line(vanilla, s, "idk")  # Retain VQA 95 +- 2 vs 93.5: a tie, not a win
+    idk = reproduce.tradeoff_line(vanilla, s, "idk", HEADLINE)  # Retain VQA 95 +- 2 vs 93.5: a tie, not a win
     assert idk == "- VKD beats idk's trade-off (better on Forget VQA 30.0 vs 40.0; Forget QA 100.0 vs 90.0)."
-    npo = reproduce.tradeoff_line(vanilla, s, "npo")  # 27 vs 30: above chance, a loss by 3 points
+    npo = reproduce.tradeoff_line(vanilla, s, "npo", HEADLINE)  # 27 vs 30: above chance, a loss by 3 points
     assert npo == "- VKD does not beat npo's trade-off: worse on Forget VQA 30.0 vs 27.0."
-    md = reproduce.comparison_markdown({"forget": {"qa_cls_acc": 100.0}}, s, (0,), ("vkd", "ga", "idk"), ())
+    md = reproduce.comparison_markdown(vanilla, s, (0,), ("vkd", "ga", "idk"), (), HEADLINE)
     assert "## Trade-off against VKD" in md and ga in md and idk in md

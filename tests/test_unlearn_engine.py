@@ -313,6 +313,38 @@ def test_every_method_steps(name, ukit):
         assert list(row[b["loss_mask"][0] > 0]) == [5, 6, 7, 2]
 
 
+def test_random_affine_poses():
+    from vkd_jax.unlearn.methods.vkd import random_affine
+
+    x = np.zeros((3, 3, 16, 16), np.float32)
+    x[:, :, 6:10, 2:14] = 1.0  # a horizontal bar
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_allclose(np.asarray(random_affine(x, key, 0.0, 0.0, 0.0)), x, atol=1e-5)  # no pose: itself
+    y = np.asarray(random_affine(x, key, 30.0, 0.1, 0.1))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert all(np.abs(y[i] - x[i]).max() > 0.2 for i in range(3))  # every example moved
+    assert np.abs(y[0] - y[1]).max() > 0.2  # each its own pose
+    np.testing.assert_array_equal(y, np.asarray(random_affine(x, key, 30.0, 0.1, 0.1)))  # deterministic in the key
+    mass = y.sum(axis=(2, 3)) / x.sum(axis=(2, 3))
+    assert np.all((mass > 0.7) & (mass < 1.4))  # a pose, not a different picture
+
+
+def test_vkd_augmentation_changes_the_forget_batch_each_step(ukit):
+    import ml_collections
+
+    cfg, params = ukit.tiny_params()
+    runs = {}
+    for aug in ("none", "affine"):
+        mcfg = ml_collections.ConfigDict(dict(augment=aug, aug_rotation=20.0, b_f=1.0, forget_kd="target"))
+        tr = Trainer(cfg, params, make_method("vkd", mcfg), partition_cfg=ukit.pcfg("projector"),
+                     optim_cfg=ukit.ocfg(), num_steps=2, seed=0)
+        runs[aug] = [jax.device_get(tr.step(b)) for b in _batches(ukit, n=2)]
+    assert all(np.isfinite(m["loss"]) for ms in runs.values() for m in ms)
+    # the retain term sees the same images (augment_retain off); the forget terms see other poses
+    assert runs["none"][0]["kd_retain"] == runs["affine"][0]["kd_retain"]
+    assert runs["none"][0]["kd_forget"] != runs["affine"][0]["kd_forget"]
+
+
 def test_tensorboard_reads_the_logged_scalars(tmp_path):
     """The stage logger's event files, read back by TensorBoard's own event reader (EventAccumulator), hold every
     scalar at its step, across a resumed stage that appends a second event file."""

@@ -2,12 +2,16 @@
 
 Every field has one meaning and one place:
   method                   the unlearning method; the unlearn stage runs it, training `method_partition[method]`
-  forget_ratio, seed       forget_5/10/15; the seed of everything that is drawn (data order, init, evaluation draws)
+  forget_ratio, seed       forget_5/10/15; the pipeline seed: init, data order and dropout of the stages that build
+                           the model before unlearning (pretrain, vanilla, reference) and the evaluation draws
+  unlearn_seed             data order and dropout of masks, unlearn and relearn (-1: `seed`); `reproduce` varies it
+                           below one vanilla model of each pipeline seed
   hf_dir                   a local HF LLaVA folder (real runs), or "" (the embedded tiny model, built from `model`)
   dtype / param_dtype      compute dtype / storage dtype of the weights ("" = as hf_dir stores each tensor)
   export_hf / export_dtype write <workdir>/hf_export; its dtype ("" = each tensor's storage dtype)
   remat                    activation checkpointing per block: none | full | dots
-  data.*, eval.*           the benchmark source and input pipeline; the evaluation protocol (vkd_jax.eval)
+  data.*, eval.*           the benchmark (mllmu | clear), its source (embedded | local) and the input pipeline;
+                           the evaluation protocol (vkd_jax.eval)
   partition.*              trainable-set details shared by all stages (vit_last_k, LoRA, dtypes, rules)
   mesh.*, optim.*          the device mesh; the optimiser fields every stage shares (Adam, clip, decay, accum)
   stages.<stage>           pretrain / vanilla / reference / unlearn / relearn: num_steps, its learning rate and
@@ -30,12 +34,14 @@ import ml_collections
 
 # key of get_config(arg) -> (field, type)
 VARIANT_KEYS = {"method": ("method", str), "forget": ("forget_ratio", int), "seed": ("seed", int),
-                "steps": ("stages.unlearn.num_steps", int)}
+                "unlearn_seed": ("unlearn_seed", int),
+                "steps": ("stages.unlearn.num_steps", int), "benchmark": ("data.benchmark", str)}
 
 
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.unlearn_seed = -1
     c.method = "vkd"
     c.forget_ratio = 10
     c.hf_dir = ""
@@ -45,12 +51,16 @@ def base() -> ml_collections.ConfigDict:
     c.export_dtype = ""
     c.remat = "none"
     c.data = ml_collections.ConfigDict(dict(
-        source="embedded", manual_dir="", tfds_dir="", world_seed=0, world=dict(), generic_images="",
+        benchmark="mllmu",    # mllmu (MLLMU-Bench) | clear (CLEAR): vkd_jax.data.benchmarks
+        source="embedded",    # embedded (generated into <workdir>/benchmark) | local (a download in manual_dir)
+        manual_dir="", tfds_dir="", world_seed=0, world=dict(), clear_world=dict(), generic_images="",
         batch_size=32, num_threads=2, max_len=0, length_buckets=(64, 128, 256, 512, 1024), resample_options=False,
         cls_answer="letter", celebrity_repeat=1, train_tasks=("ft", "classification", "generation", "cloze")))
     c.eval = ml_collections.ConfigDict(dict(
         max_new_tokens=50, batch_size=8, max_questions=0, few_shot=False, few_shot_cls=1, few_shot_cloze=2,
-        retain_max_profiles=0, cls_scoring="generate", cls_parse="official", test_pose="mean"))
+        retain_max_profiles=0, cls_scoring="generate", cls_parse="official", test_pose="mean",
+        clear_reading="followup",  # CLEAR: followup (MMUnlearner's, the paper's) | official (the benchmark's own)
+        probe=True))               # the representation probe attack (vkd_jax.eval.probe)
     c.partition = ml_collections.ConfigDict(dict(
         vit_last_k=1, extra_rules=(), frozen_dtype="", master_dtype="float32",
         lora=dict(rank=16, alpha=16.0, dropout=0.05), sharding_rules=None))
@@ -66,7 +76,8 @@ def base() -> ml_collections.ConfigDict:
     c.mask = ml_collections.ConfigDict(dict(tau=1.0, top_p=0.0, num_batches=8, modules="unlearn"))
     c.vkd = ml_collections.ConfigDict(dict(
         taps=("projector",), distance="mse", a_f=1.0, forget_loss="ga", ga_bound=5.0, a_r=0.0, b_r=10.0, b_f=0.0,
-        forget_kd="none", push_margin=1.0, target_image="mean", beta=0.4, b_g=0.0))
+        forget_kd="none", push_margin=1.0, target_image="mean", beta=0.4, b_g=0.0,
+        augment="none", augment_retain=False, aug_rotation=12.0, aug_scale=0.08, aug_shift=0.04))
     c.ga = ml_collections.ConfigDict(dict(ga_bound=0.0))
     c.gd = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0))
     c.kl = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0, kl_weight=1.0))
@@ -85,6 +96,16 @@ def base() -> ml_collections.ConfigDict:
         relearn=dict(method="ft", streams=("forget",), partition="full", num_steps=50, fractions=(0.1, 0.25, 0.5),
                      optim=optim("constant"))))
     return c
+
+
+PIPELINE_STAGES = ("pretrain", "vanilla", "reference")
+
+
+def stage_seed(c, stage: str) -> int:
+    """The seed of one stage: `seed` for the stages that build the model before unlearning, `unlearn_seed` (or
+    `seed` when it is -1) for masks, unlearn and relearn."""
+    u = int(c.get("unlearn_seed", -1))
+    return int(c.seed) if stage in PIPELINE_STAGES or u < 0 else u
 
 
 def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

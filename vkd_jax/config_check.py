@@ -24,7 +24,9 @@ STAGE_STREAMS = {"pretrain": ("vqa", "qa", "caption"), "vanilla": ("vqa", "qa", 
 OPTIM_FIELDS = ("lr", "schedule", "warmup_steps", "end_lr_factor", "b1", "b2", "eps", "weight_decay", "clip_norm",
                 "grad_accum", "max_skipped_steps")
 CHOICES = {  # field -> allowed values
-    "data.source": ("embedded", "mllmu"),
+    "data.source": ("embedded", "local"),
+    "data.benchmark": ("mllmu", "clear"),
+    "eval.clear_reading": ("followup", "official"),
     "data.cls_answer": ("letter", "option"),
     "eval.cls_scoring": ("generate", "likelihood"),
     "eval.cls_parse": ("official", "lenient"),
@@ -34,6 +36,7 @@ CHOICES = {  # field -> allowed values
     "vkd.forget_loss": ("none", "ga", "npo"),
     "vkd.forget_kd": ("none", "push", "target"),
     "vkd.target_image": ("mean", "blur", "retain"),
+    "vkd.augment": ("none", "affine"),
     "npo.reference": ("retain", "vanilla"),
     "optim.schedule": ("constant", "linear", "cosine"),
 }
@@ -104,14 +107,22 @@ def validate(cfg) -> None:
     method = cfg.get("method")
     if method not in UNLEARN_METHODS:
         errs.append(f"config.method={method!r}: unknown unlearning method (known: {', '.join(UNLEARN_METHODS)})")
-    if cfg.get("forget_ratio") not in (5, 10, 15):
-        errs.append(f"config.forget_ratio={cfg.get('forget_ratio')!r}: MLLMU-Bench has forget_5, forget_10, "
-                    "forget_15")
-    if int(_get(cfg, "unlearn.steps", 1)) < 0:
-        errs.append(f"config.unlearn.steps={_get(cfg, 'unlearn.steps')!r}: must be >= 0")
+    bench = _get(cfg, "data.benchmark", "mllmu")
+    ratios = {"mllmu": (5, 10, 15), "clear": (1, 5, 10)}.get(bench, ())
+    if ratios and cfg.get("forget_ratio") not in ratios:
+        errs.append(f"config.forget_ratio={cfg.get('forget_ratio')!r}: {bench} has forget ratios {ratios}")
+    for field, low in (("seed", 0), ("unlearn_seed", -1)):
+        v = cfg.get(field, low)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            errs.append(f"config.{field}={v!r}: an integer >= {low}")
     for field in CHOICES:
         if not field.startswith("optim."):
             choice(field)
+    tasks = {"mllmu": ("ft", "classification", "generation", "cloze"),
+             "clear": ("caption", "recognition", "name_mc", "qa")}.get(bench, ())
+    bad_tasks = [t for t in _get(cfg, "data.train_tasks", ()) or () if tasks and t not in tasks]
+    if bad_tasks:
+        errs.append(f"config.data.train_tasks: {bad_tasks} are not {bench} tasks ({', '.join(tasks)})")
     for field in ("dtype", "param_dtype", "export_dtype", "partition.frozen_dtype", "partition.master_dtype"):
         v = _get(cfg, field, "")
         if v or field == "dtype":
@@ -179,17 +190,17 @@ def validate(cfg) -> None:
     if hf_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
         errs.append(f"config.hf_dir={hf_dir!r}: no config.json there (a local HF LLaVA folder is needed; nothing "
                     "is downloaded)")
-    if _get(cfg, "data.source") == "mllmu":
+    if _get(cfg, "data.source") == "local":
         manual = _get(cfg, "data.manual_dir", "")
         if not manual or not os.path.isdir(manual):
-            errs.append(f"config.data.manual_dir={manual!r}: the downloaded MLLMU-Bench folder is needed (nothing "
+            errs.append(f"config.data.manual_dir={manual!r}: the downloaded {bench} folder is needed (nothing "
                         "is downloaded at run time)")
         if not hf_dir:
             errs.append("config.hf_dir='': the HF LLaVA folder (weights and tokenizer) is needed for "
-                        "data.source='mllmu'")
+                        "data.source='local'")
         if float(_get(cfg, "vkd.b_g", 0)) > 0 and method == "vkd" and not _get(cfg, "data.generic_images", ""):
             errs.append("config.data.generic_images='': vkd.b_g > 0 needs a local folder of images outside every "
-                        "MLLMU-Bench split")
+                        f"{bench} split")
     gen = _get(cfg, "data.generic_images", "")
     if gen and not os.path.isdir(gen):
         errs.append(f"config.data.generic_images={gen!r}: not a folder")

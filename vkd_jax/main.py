@@ -54,9 +54,10 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if jax.process_index() == 0:
-        head = {s: {m: results["unlearned"][s].get(m) for m in ("vqa_cls_acc", "qa_cls_acc")}
-                for s in experiment.SETS}
-        print(json.dumps({"method": results["method"], "unlearned": head,
+        from vkd_jax.report import benchmark_of
+
+        head = {label: results["unlearned"].get(s, {}).get(m) for s, m, label, _ in benchmark_of(results).headline}
+        print(json.dumps({"benchmark": results["benchmark"], "method": results["method"], "unlearned": head,
                           "efficiency": results["efficiency"]}, indent=2))
         print(f"report: {os.path.join(workdir, 'report.md')}")
 

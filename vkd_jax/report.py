@@ -11,17 +11,12 @@ import os
 
 from vkd_jax.io_utils import as_path, atomic_write_bytes, atomic_write_text, makedirs
 
-HEADLINE = [  # (set, metric, label, direction)
-    ("forget", "vqa_cls_acc", "Forget VQA", "down"),
-    ("forget", "qa_cls_acc", "Forget QA", "keep"),
-    ("test", "vqa_cls_acc", "Test VQA", "down"),
-    ("retain", "vqa_cls_acc", "Retain VQA", "up"),
-    ("retain", "qa_cls_acc", "Retain QA", "up"),
-    ("celebrity", "vqa_cls_acc", "Celeb VQA", "up"),
-    ("celebrity", "qa_cls_acc", "Celeb QA", "up"),
-]
-ALL_METRICS = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
-SETS = ("forget", "test", "retain", "celebrity")
+
+def benchmark_of(results: dict):
+    """The benchmark class whose sets, headline and metrics a results.json holds (MLLMU-Bench when unnamed)."""
+    from vkd_jax.data.benchmarks import benchmark_class
+
+    return benchmark_class(results.get("benchmark", "mllmu"))
 
 
 def fmt(v, digits: int = 1) -> str:
@@ -51,11 +46,19 @@ def read_curve(stage_dir: str, key: str = "loss") -> tuple[list, list]:
     return steps, vals
 
 
-def protocol_line(p: dict) -> str:
+def protocol_line(p: dict, benchmark: str = "mllmu", clear_reading: str = "followup") -> str:
     """One sentence on how the evaluation was scored (results.json "protocol")."""
     if not p:
         return "Evaluation protocol: not recorded."
     cls = {"generate": "the greedy reply's letter", "likelihood": "option likelihood"}.get(p.get("cls_scoring"), "?")
+    sub = f"; the first {p['max_questions']} questions of each kind" if p.get("max_questions") else ""
+    if benchmark == "clear":
+        extra = (" The benchmark's own metrics (ROUGE-L recall, Prob, Truth Ratio, Model Utility) are under "
+                 "`official`." if clear_reading == "official" else "")
+        return ("Evaluation: CLEAR as the follow-up work reads it: VQA = the person's name as multiple choice among "
+                f"the perturbed names (LLaVA-1.5 chat prompt), by {cls}; QA = ROUGE-L F of the greedy answer to each "
+                f"text-only question, {p.get('max_new_tokens')} new tokens{sub}; real faces / real world as "
+                "multiple choice." + extra + " Per-question predictions: `eval/<model>.predictions.jsonl`.")
     parse = {"official": "the official rule (first character, A-D only)",
              "lenient": "the lenient rule (first alphanumeric character)"}.get(p.get("cls_parse"), "?")
     pose = {"mean": "the mean over every pose of each profile", "random": "one random pose per profile and task "
@@ -63,7 +66,6 @@ def protocol_line(p: dict) -> str:
     fs = p.get("few_shot_profiles") or {}
     shots = (f"few-shot as the official script ({fs.get('classification')} demo profile(s) for classification, "
              f"{fs.get('cloze')} for cloze)") if p.get("few_shot") else "zero-shot"
-    sub = f"; the first {p['max_questions']} questions of each kind" if p.get("max_questions") else ""
     return (f"Evaluation: MLLMU-Bench's official prompts and answer extraction, greedy, {p.get('max_new_tokens')} new "
             f"tokens, {shots}{sub}; classification by {cls}" + (f", parsed by {parse}" if p.get("cls_scoring") ==
             "generate" else "") + f"; Test_Set scored as {pose}. Per-question predictions: "
@@ -72,13 +74,16 @@ def protocol_line(p: dict) -> str:
 
 def single_run_markdown(r: dict) -> str:
     van, unl = r["vanilla"], r["unlearned"]
-    lines = [f"# Unlearning report: {r['method']}", ""]
+    bench = benchmark_of(r)
+    headline, sets, all_metrics = bench.headline, bench.sets, bench.all_metrics
+    lines = [f"# Unlearning report: {r['method']} on {bench.name}", ""]
     cfg = r.get("config", {})
     lines.append(f"Method `{r['method']}`, forget {cfg.get('forget_ratio', '?')}%, seed {cfg.get('seed', '?')}, "
-                 f"{r['efficiency']['steps']} unlearning steps. Classification accuracies in % (chance 25); "
-                 "forget/test VQA should fall, forget QA stay at vanilla (text knowledge kept), "
-                 "retain and celebrity stay high.")
-    lines += ["", protocol_line(r.get("protocol") or {})]
+                 f"{r['efficiency']['steps']} unlearning steps. Accuracies in % (chance 25), ROUGE in [0, 1]; "
+                 "forget VQA should fall, forget QA stay at vanilla (text knowledge kept), everything else stay "
+                 "high.")
+    lines += ["", protocol_line(r.get("protocol") or {}, bench.name,
+                                str((cfg.get("eval") or {}).get("clear_reading", "followup")))]
     if (cfg.get("eval") or {}).get("cls_scoring") == "likelihood":
         lines += ["", "Classification is scored by option likelihood (`eval.cls_scoring=\"likelihood\"`: the option "
                   "whose text is the likeliest answer), not by the generated letter: the tiny model is trained to "
@@ -98,31 +103,33 @@ def single_run_markdown(r: dict) -> str:
         lines += ["", f"VKD also distilled the projector features of generic images outside every split "
                   f"(`vkd.b_g={float(cfg['vkd']['b_g']):g}`): no forget, retain, test or celebrity image."]
     lines += ["", "## Headline", "",
-              "| model | " + " | ".join(h[2] for h in HEADLINE) + " |",
-              "|---|" + "---|" * len(HEADLINE)]
+              "| model | " + " | ".join(h[2] for h in headline) + " |",
+              "|---|" + "---|" * len(headline)]
     for name, res in (("vanilla", van), ("unlearned", unl)):
-        lines.append(f"| {name} | " + " | ".join(fmt(_get(res, s, m)) for s, m, _, _ in HEADLINE) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(_get(res, s, m)) for s, m, _, _ in headline) + " |")
     lines.append("| change | " + " | ".join(
         fmt(None if _get(unl, s, m) is None or _get(van, s, m) is None else _get(unl, s, m) - _get(van, s, m))
-        for s, m, _, _ in HEADLINE) + " |")
+        for s, m, _, _ in headline) + " |")
     floor = (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc")
     if floor is not None:
         lines += ["", f"Floors for forget VQA: chance 25.0%, identity-free {floor:.1f}% (the vanilla model shown the "
                       "mean image instead of the person). Forgotten means near these, not far below them."]
     flags = []
-    for s in ("forget", "test"):
-        v = _get(unl, s, "vqa_cls_acc")
+    for s, m, _, direction in headline:
+        if direction != "down":
+            continue
+        v = _get(unl, s, m)
         if v is not None and v < 15:
             flags.append(f"{s} VQA accuracy {v:.1f}% is far below chance (25%): the answers are systematically "
                          "avoided, which still leaks them.")
     if flags:
         lines += ["", "**Warning:** " + " ".join(flags)]
     lines += ["", "## All metrics", "",
-              "| set | model | " + " | ".join(ALL_METRICS) + " |", "|---|---|" + "---|" * len(ALL_METRICS)]
-    for s in SETS:
+              "| set | model | " + " | ".join(all_metrics) + " |", "|---|---|" + "---|" * len(all_metrics)]
+    for s in sets:
         for name, res in (("vanilla", van), ("unlearned", unl)):
             digits = lambda m: 3 if "rouge" in m else 1
-            lines.append(f"| {s} | {name} | " + " | ".join(fmt(_get(res, s, m), digits(m)) for m in ALL_METRICS)
+            lines.append(f"| {s} | {name} | " + " | ".join(fmt(_get(res, s, m), digits(m)) for m in all_metrics)
                          + " |")
     e = r["efficiency"]
     lines += ["", "## Cost", "", "| unlearning wall time (s) | steps | trainable params | total params | trainable % |",
@@ -145,6 +152,16 @@ def single_run_markdown(r: dict) -> str:
             rec = None if v0 is None or v0 - b < 5 else 100 * (a - b) / (v0 - b)
             cell = "-" if rec is None else f"{rec:.1f}%"
             lines.append(f"| {f:g} | {fmt(b)} | {fmt(a)} | {fmt(g)} | {cell} |")
+    pr = r.get("probe")
+    if pr:
+        lines += ["", "## Representation probe", "",
+                  "A linear probe on the visual features (projector output, mean over image tokens) of the forget and "
+                  "retain people's training images, scored on their held-out images: identity accuracy in % "
+                  f"(chance {fmt(pr['vanilla'].get('chance'))}). Forgotten in the representation means the forget "
+                  "people's accuracy falls toward chance while the retain people's stays.", "",
+                  "| model | forget people | retain people |", "|---|---|---|"]
+        for name in ("vanilla", "unlearned"):
+            lines.append(f"| {name} | {fmt(pr[name].get('forget_acc'))} | {fmt(pr[name].get('retain_acc'))} |")
     lines += ["", "Plots: `plots/forget_vs_retain.png`, `plots/training_curves.png`, `plots/relearn.png`."]
     return "\n".join(lines) + "\n"
 
@@ -168,17 +185,20 @@ def save_fig(fig, path: str, dpi: int = 110):
 
 def plot_sets(r: dict, path: str):
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, metric, title in ((axes[0], "vqa_cls_acc", "VQA (image)"), (axes[1], "qa_cls_acc", "QA (text)")):
-        xs = range(len(SETS))
-        v = [(_get(r["vanilla"], s, metric) or 0) for s in SETS]
-        u = [(_get(r["unlearned"], s, metric) or 0) for s in SETS]
+    bench = benchmark_of(r)
+    sets = bench.sets
+    fig, axes = plt.subplots(1, len(bench.plot_panels), figsize=(10, 3.8))
+    for ax, (metric, title, top) in zip(axes, bench.plot_panels):
+        xs = range(len(sets))
+        v = [(_get(r["vanilla"], s, metric) or 0) for s in sets]
+        u = [(_get(r["unlearned"], s, metric) or 0) for s in sets]
         ax.bar([x - 0.2 for x in xs], v, 0.4, label="vanilla", color="#7a9cc6")
         ax.bar([x + 0.2 for x in xs], u, 0.4, label=f"unlearned ({r['method']})", color="#d9534f")
-        ax.axhline(25, color="grey", ls="--", lw=1, label="chance")
-        ax.set_xticks(list(xs), SETS)
-        ax.set_title(f"classification accuracy, {title}")
-        ax.set_ylim(0, 105)
+        if top > 2:
+            ax.axhline(bench.chance, color="grey", ls="--", lw=1, label="chance")
+        ax.set_xticks(list(xs), sets)
+        ax.set_title(title)
+        ax.set_ylim(0, top)
     axes[0].set_ylabel("%")
     axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -1,11 +1,16 @@
-"""Every method (and VKD's ablations) from the same vanilla model, over several seeds, in one comparison table.
+"""Every method (and VKD's ablations) over full-pipeline seeds, in one comparison table.
 
-  python -m vkd_jax.reproduce --config configs/tiny.py --methods all --seeds 0,1,2 --workdir W [--ablations]
+  python -m vkd_jax.reproduce --config configs/tiny.py --methods all --pipeline_seeds 0,1,2 --workdir W \
+      [--seeds 0,1] [--ablations]
 
-W/shared holds the benchmark and the vanilla model (trained once, with the first seed, and reused by every run);
-W/runs/<name>_s<seed>/ holds each run's masks, unlearning, evaluation, relearning and report. Finished runs are
-reused on a rerun. Writes W/comparison.md, W/comparison.json and W/plots/{methods,relearn_methods}.png. W may be
-a gs:// URI (see vkd_jax.experiment; --local_cache says where the benchmark is built then).
+A pipeline seed P (config.seed) trains its own vanilla model (the benchmark's world fixed: data.world_seed), in
+W/p<P>/shared, and every method runs from it; `--seeds` are unlearning seeds (config.unlearn_seed) nested below each
+pipeline seed (default: one, the pipeline seed itself), each run in W/p<P>/runs/<name>_u<U>/ (masks, unlearning,
+evaluation, relearning, probe, report). The table is mean ± std over pipeline seeds of each pipeline seed's mean
+over its unlearning seeds; with several unlearning seeds it also gives their std (mean over pipeline seeds). The
+vanilla row is the same statistic over the pipeline seeds' vanilla models. Finished runs are reused on a rerun.
+Writes W/comparison.md, W/comparison.json and W/plots/{methods,relearn_methods}.png, with each run's point. W may
+be a gs:// URI (see vkd_jax.experiment; --local_cache says where the benchmark is built then).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vkd_jax.io_utils import atomic_write_text, makedirs, read_json_if_exists, read_text, resolve
-from vkd_jax.report import HEADLINE, fmt
+from vkd_jax.report import benchmark_of, fmt
 
 METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
 
@@ -52,7 +57,10 @@ def define_flags() -> None:
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "work directory")
     flags.DEFINE_string("methods", "all", "comma-separated methods, or 'all'")
-    flags.DEFINE_string("seeds", "0,1,2", "comma-separated seeds")
+    flags.DEFINE_string("pipeline_seeds", "0,1,2", "comma-separated pipeline seeds (config.seed): each trains its "
+                        "own vanilla model")
+    flags.DEFINE_string("seeds", "", "comma-separated unlearning seeds (config.unlearn_seed) under each pipeline "
+                        "seed; empty: the pipeline seed itself")
     flags.DEFINE_bool("ablations", True, "also run VKD's ablations")
     flags.DEFINE_bool("relearn", True, "run the relearning attack for every run")
     flags.DEFINE_string("local_cache", None, "local folder for the benchmark when --workdir is a URI "
@@ -82,21 +90,68 @@ def _mean_std(xs):
     return m, sd
 
 
+def pipeline_seed_of(r: dict) -> int:
+    return int((r.get("config") or {}).get("seed", 0))
+
+
+def _nested(rs: list[dict], get) -> tuple:
+    """(mean, std) over pipeline seeds of each pipeline seed's mean over its unlearning seeds, and the mean
+    within-pipeline std (None with one unlearning seed per pipeline seed)."""
+    groups: dict[int, list] = {}
+    for r in rs:
+        groups.setdefault(pipeline_seed_of(r), []).append(get(r))
+    means = [_mean_std(g)[0] for g in groups.values()]
+    within = [_mean_std(g)[1] for g in groups.values() if len([x for x in g if x is not None]) > 1]
+    return _mean_std(means), (sum(within) / len(within) if within else None)
+
+
+def columns(headline, rs: list[dict], model: str = "unlearned") -> list:
+    """(label, value of one results.json) for the table: the headline, and (unlearned) cost, AG per relearning
+    fraction, and the probe's identity accuracies."""
+    cols = [(label, lambda r, s=s, m=m: ((r[model].get(s) or {}).get(m))) for s, m, label, _ in headline]
+    if model == "unlearned":
+        cols.append(("seconds", lambda r: r["efficiency"]["unlearn_seconds"]))
+        rl = next((r["relearn"] for r in rs if r.get("relearn")), None)
+        for i, f in enumerate(rl["fractions"] if rl else ()):
+            cols.append((f"AG@{f:g}", lambda r, i=i: r["relearn"]["ag"][i] if r.get("relearn") else None))
+    if any(r.get("probe") for r in rs):
+        for who in ("forget", "retain"):
+            cols.append((f"Probe {who}", lambda r, w=who: ((r.get("probe") or {}).get(model) or {}).get(f"{w}_acc")))
+    return cols
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    """{name: [results per seed]} -> {name: {label: (mean, std)}} for the headline columns, cost and AG."""
+    """{name: [results of every run]} -> {name: {label: (mean, std)}}: mean ± std over pipeline seeds (each the
+    mean over its unlearning seeds); `within` holds the unlearning seeds' std where a pipeline seed has several."""
     out = {}
+    headline = benchmark_of(next(iter(runs.values()))[0]).headline if runs else ()
     for name, rs in runs.items():
-        row = {}
-        for s, m, label, _ in HEADLINE:
-            row[label] = _mean_std([(r["unlearned"].get(s) or {}).get(m) for r in rs])
-        row["seconds"] = _mean_std([r["efficiency"]["unlearn_seconds"] for r in rs])
+        row, within = {}, {}
+        for label, get in columns(headline, rs):
+            row[label], w = _nested(rs, get)
+            if w is not None:
+                within[label] = w
         row["trainable"] = (rs[0]["efficiency"]["trainable_params"], 0.0)
-        ags = [r["relearn"]["ag"] for r in rs if r.get("relearn")]
-        if ags:
-            for i, f in enumerate(rs[0]["relearn"]["fractions"]):
-                row[f"AG@{f:g}"] = _mean_std([a[i] for a in ags])
+        row["n_pipeline"] = len({pipeline_seed_of(r) for r in rs})
+        row["n_runs"] = len(rs)
+        if within:
+            row["within"] = within
         out[name] = row
     return out
+
+
+def summarise_vanilla(runs: dict[str, list[dict]]) -> dict:
+    """The vanilla models' row: mean ± std over pipeline seeds (one vanilla model each)."""
+    per_seed = {}
+    for rs in runs.values():
+        for r in rs:
+            per_seed.setdefault(pipeline_seed_of(r), r)
+    rs = list(per_seed.values())
+    if not rs:
+        return {}
+    row = {label: _nested(rs, get)[0] for label, get in columns(benchmark_of(rs[0]).headline, rs, "vanilla")}
+    row["floor"] = _nested(rs, lambda r: (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc"))[0]
+    return row
 
 
 def _cell(ms):
@@ -104,15 +159,48 @@ def _cell(ms):
     return "-" if m is None else f"{fmt(m)} ± {fmt(sd)}"
 
 
-def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations) -> str:
-    labels = [h[2] for h in HEADLINE]
+def _targets_table(runs: dict[str, list[dict]], names) -> list[str]:
+    """Per run name and target: on how many pipeline seeds the target holds, and the worst value."""
+    first = next(iter(runs.values()))[0]
+    bench = benchmark_of(first)
+    heads = [t[0] for t in bench.targets(first)]
+    if not heads:
+        return []
+    lines = ["", "## Targets on every pipeline seed", "",
+             "Each cell: the pipeline seeds (of each seed's runs, the mean) on which the target holds / all, and "
+             "the worst (largest) value. " + bench.targets_legend, "",
+             "| run | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for name in names:
+        if name not in runs:
+            continue
+        per_seed: dict[int, list] = {}
+        for r in runs[name]:
+            per_seed.setdefault(pipeline_seed_of(r), []).append(bench.targets(r))
+        cells = []
+        for i, _ in enumerate(heads):
+            vals = [[t[i] for t in ts] for ts in per_seed.values()]
+            ok = sum(all(t[2] for t in v) for v in vals)
+            worst = [t[1] for v in vals for t in v if t[1] is not None]
+            worst_v = max(worst) if worst else None
+            cells.append(f"{ok}/{len(vals)} ({fmt(worst_v)})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations, headline,
+                        runs: dict | None = None, unlearn_seeds=None) -> str:
+    labels = [h[2] for h in headline]
+    n_runs = max((r.get("n_runs", 0) for r in summary.values()), default=0)
+    nested = (f"; under each, unlearning seeds {', '.join(map(str, unlearn_seeds))} (their mean per pipeline "
+              "seed)") if unlearn_seeds else ""
     lines = ["# Method comparison", "",
-             f"Mean ± std over seeds {', '.join(map(str, seeds))}; classification accuracy in % (chance 25). "
-             "Forget/Test VQA: lower is better; Forget QA should equal vanilla; Retain/Celeb: higher is better.",
+             f"Mean ± std over pipeline seeds {', '.join(map(str, seeds))} (each trains its own vanilla model from "
+             f"the same benchmark world, then runs every method){nested}; {n_runs} run(s) per row. Classification "
+             "accuracy in % (chance 25). Forget/Test VQA: lower is better; Forget QA should equal vanilla; "
+             "Retain/Celeb: higher is better.",
              "", "## Main table", "", "| method | " + " | ".join(labels) + " | unlearn s | trainable params |",
              "|---|" + "---|" * (len(labels) + 2)]
-    lines.append("| vanilla | " + " | ".join(fmt((vanilla.get(s) or {}).get(m)) for s, m, _, _ in HEADLINE)
-                 + " | - | - |")
+    lines.append("| vanilla | " + " | ".join(_cell(vanilla.get(lab, (None, None))) for lab in labels) + " | - | - |")
 
     def row(name):
         r = summary[name]
@@ -120,40 +208,55 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations)
                 f"{r['trainable'][0]:,} |")
 
     lines += [row(m) for m in methods if m in summary]
+    if vanilla.get("floor") and vanilla["floor"][0] is not None:
+        lines += ["", f"Identity-free floor of forget VQA (the vanilla model shown the mean image): "
+                      f"{_cell(vanilla['floor'])}."]
     if ablations:
         lines += ["", "## VKD ablations", "", "| variant | " + " | ".join(labels) + " | unlearn s | trainable params |",
                   "|---|" + "---|" * (len(labels) + 2)]
         lines += [row(a) for a in ablations if a in summary]
     if "vkd" in summary:
-        verdicts = [tradeoff_line(vanilla, summary, m) for m in methods if m != "vkd" and m in summary]
+        verdicts = [tradeoff_line(vanilla, summary, m, headline) for m in methods if m != "vkd" and m in summary]
         if verdicts:
             lines += ["", "## Trade-off against VKD", "",
                       "Per headline column, by the means; a difference within the larger std (or 1 point) is a "
                       "tie. Forget QA: closer to vanilla is better; Forget/Test VQA: lower is better down to chance "
                       "(25), below it counts as chance. Where VKD loses, the ablations above show which of its "
                       "choices moves that column.", ""] + verdicts
-    ag_cols = sorted({k for r in summary.values() for k in r if k.startswith("AG@")},
-                     key=lambda k: float(k[3:]))
+    names = [n for n in list(methods) + list(ablations) if n in summary]
+    ag_cols = sorted({k for r in summary.values() for k in r if k.startswith("AG@")}, key=lambda k: float(k[3:]))
     if ag_cols:
         lines += ["", "## Relearning attack (AG, points: forget VQA after relearning - after unlearning)", "",
                   "| run | " + " | ".join(ag_cols) + " |", "|---|" + "---|" * len(ag_cols)]
-        for name in list(methods) + list(ablations):
-            if name in summary:
-                lines.append(f"| {name} | " + " | ".join(_cell(summary[name].get(c, (None, None)))
-                                                         for c in ag_cols) + " |")
+        lines += [f"| {n} | " + " | ".join(_cell(summary[n].get(c, (None, None))) for c in ag_cols) + " |"
+                  for n in names]
+    if any("Probe forget" in summary[n] for n in names):
+        lines += ["", "## Representation probe (identity accuracy in % of a linear probe on the visual features, "
+                  "held-out images)", "", "| run | forget people | retain people |", "|---|---|---|",
+                  f"| vanilla | {_cell(vanilla.get('Probe forget', (None, None)))} | "
+                  f"{_cell(vanilla.get('Probe retain', (None, None)))} |"]
+        lines += [f"| {n} | {_cell(summary[n].get('Probe forget', (None, None)))} | "
+                  f"{_cell(summary[n].get('Probe retain', (None, None)))} |" for n in names]
+    if any(summary[n].get("within") for n in names):
+        lines += ["", "## Spread over unlearning seeds (std within a pipeline seed, mean over pipeline seeds)", "",
+                  "| run | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        lines += [f"| {n} | " + " | ".join(fmt(summary[n].get("within", {}).get(lab)) for lab in labels) + " |"
+                  for n in names]
+    if runs:
+        lines += _targets_table(runs, names)
     return "\n".join(lines) + "\n"
 
 
-def tradeoff_line(vanilla: dict, summary: dict, method: str, chance: float = 25.0) -> str:
+def tradeoff_line(vanilla: dict, summary: dict, method: str, headline, chance: float = 25.0) -> str:
     """One line: where VKD's means beat, tie with or lose to `method`'s, and whether VKD's trade-off beats it."""
     v, b = summary["vkd"], summary[method]
     wins, losses = [], []
-    for s, m, label, direction in HEADLINE:
+    for _, _, label, direction in headline:
         (a, sa), (c, sc) = v[label], b[label]
         if a is None or c is None:
             continue
         if direction == "keep":
-            ref = (vanilla.get(s) or {}).get(m)
+            ref = (vanilla.get(label) or (None, None))[0]
             if ref is None:
                 continue
             a, c = -abs(a - ref), -abs(c - ref)
@@ -175,92 +278,137 @@ def tradeoff_line(vanilla: dict, summary: dict, method: str, chance: float = 25.
     return f"- {verdict}."
 
 
-def plot_methods(summary: dict, vanilla: dict, path: str):
+def plot_methods(summary: dict, vanilla: dict, path: str, headline, runs: dict | None = None):
+    """Forget VQA vs retain VQA: each run a small point, each row's mean ± std over pipeline seeds a marker."""
     from vkd_jax.report import pyplot, save_fig
 
     plt = pyplot()
+    where = {label: (s, m) for s, m, label, _ in headline}
+
+    def xy(res):
+        return tuple((res.get(where[lab][0]) or {}).get(where[lab][1]) for lab in ("Forget VQA", "Retain VQA"))
+
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, r in summary.items():
+    for i, (name, r) in enumerate(summary.items()):
+        color = f"C{i % 10}"
+        for res in (runs or {}).get(name, ()):
+            p = xy(res["unlearned"])
+            if None not in p:
+                ax.plot(*p, ".", color=color, alpha=0.45, ms=5)
         x, y = r["Forget VQA"][0], r["Retain VQA"][0]
         if x is None or y is None:
             continue
-        ax.errorbar(x, y, xerr=r["Forget VQA"][1], yerr=r["Retain VQA"][1], fmt="o", capsize=3)
+        ax.errorbar(x, y, xerr=r["Forget VQA"][1], yerr=r["Retain VQA"][1], fmt="o", capsize=3, color=color)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    v = (vanilla.get("forget") or {}).get("vqa_cls_acc"), (vanilla.get("retain") or {}).get("vqa_cls_acc")
+    seen = set()
+    for rs in (runs or {}).values():
+        for res in rs:
+            if pipeline_seed_of(res) not in seen and None not in xy(res["vanilla"]):
+                seen.add(pipeline_seed_of(res))
+                ax.plot(*xy(res["vanilla"]), "k*", ms=6, alpha=0.45)
+    v = (vanilla.get("Forget VQA", (None,))[0], vanilla.get("Retain VQA", (None,))[0])
     if None not in v:
-        ax.plot(*v, "k*", ms=12, label="vanilla")
+        ax.plot(*v, "k*", ms=12, label="vanilla (mean; small: each pipeline seed)")
     ax.axvline(25, color="grey", ls="--", lw=1, label="chance")
     ax.set_xlabel("forget VQA accuracy (%)  (lower is better)")
     ax.set_ylabel("retain VQA accuracy (%)  (higher is better)")
-    ax.set_title("forgetting vs keeping")
+    ax.set_title("forgetting vs keeping (dots: single runs; markers: mean ± std over pipeline seeds)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_fig(fig, path)
 
 
 def plot_relearn(runs: dict[str, list[dict]], path: str):
+    """Held-out forget VQA after relearning per fraction: each run a thin line, each row's mean a thick one."""
     from vkd_jax.report import pyplot, save_fig
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     drawn = False
-    for name, rs in runs.items():
+    for i, (name, rs) in enumerate(runs.items()):
         rr = [r["relearn"] for r in rs if r.get("relearn")]
         if not rr:
             continue
+        color = f"C{i % 10}"
         fr = rr[0]["fractions"]
-        ys = [_mean_std([x["forget_vqa_cls_acc"][i] for x in rr])[0] for i in range(len(fr))]
-        ax.plot(fr, ys, "o-", label=name)
+        for x in rr:
+            ax.plot(fr, x["forget_vqa_cls_acc"], "-", color=color, alpha=0.3, lw=0.8)
+        ys = [_mean_std([x["forget_vqa_cls_acc"][j] for x in rr])[0] for j in range(len(fr))]
+        ax.plot(fr, ys, "o-", label=name, color=color, lw=2)
         drawn = True
     ax.axhline(25, color="grey", ls="--", lw=1)
     ax.set_xlabel("fraction of forget questions relearnt")
     ax.set_ylabel("held-out forget VQA accuracy after relearning (%)")
-    ax.set_title("relearning attack")
+    ax.set_title("relearning attack (thin: single runs; thick: mean)", fontsize=9)
     if drawn:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_fig(fig, path)
 
 
-def reproduce(cfg, workdir: str, methods, seeds, ablations, relearn: bool = True,
-              local_cache: str | None = None) -> dict:
+def run_dir_of(workdir: str, name: str, pipeline_seed: int, unlearn_seed: int | None) -> str:
+    u = pipeline_seed if unlearn_seed is None else unlearn_seed
+    return os.path.join(workdir, f"p{pipeline_seed}", "runs", f"{name}_u{u}")
+
+
+def reproduce(cfg, workdir: str, methods, pipeline_seeds, ablations, relearn: bool = True,
+              local_cache: str | None = None, unlearn_seeds=None, variants: dict | None = None) -> dict:
+    """Every (pipeline seed, unlearning seed, run) of the plan, then the comparison (see the module doc).
+    `variants`: more named runs {name: (method, config overrides)}, listed with the ablations."""
     import jax
 
     from vkd_jax import experiment
+    from vkd_jax.config_check import validate
 
-    shared = os.path.join(workdir, "shared")
     table = ablations_for(cfg) if ablations else {}
     unknown = [a for a in ablations if a not in table]
     if unknown:
         raise ValueError(f"unknown ablations {unknown}; for this config: {sorted(table)}")
+    table.update(variants or {})
+    ablations = tuple(ablations) + tuple(v for v in (variants or {}) if v not in ablations)
     plan = [(m, m, {}) for m in methods] + [(a, *table[a]) for a in ablations]
-    from vkd_jax.config_check import validate
-    for seed in seeds:  # every config that will run, before the first one starts
-        for name, method, overrides in plan:
-            if read_json_if_exists(os.path.join(workdir, "runs", f"{name}_s{seed}", "results.json")) is None:
-                validate(apply_overrides(cfg, {"seed": seed, "method": method, **overrides}))
+    units = [(p, u) for p in pipeline_seeds for u in (unlearn_seeds or (None,))]
+
+    def config(name_method_overrides, p, u):
+        _, method, overrides = name_method_overrides
+        return apply_overrides(cfg, {"seed": p, "unlearn_seed": -1 if u is None else u, "method": method,
+                                     **overrides})
+
+    for p, u in units:  # every config that will run, before the first one starts
+        for item in plan:
+            if read_json_if_exists(os.path.join(run_dir_of(workdir, item[0], p, u), "results.json")) is None:
+                validate(config(item, p, u))
     runs: dict[str, list[dict]] = {}
-    vanilla = None
-    for seed in seeds:
-        for name, method, overrides in plan:
-            run_dir = os.path.join(workdir, "runs", f"{name}_s{seed}")
-            c = apply_overrides(cfg, {"seed": seed, "method": method, **overrides})
+    for p, u in units:
+        shared = os.path.join(workdir, f"p{p}", "shared")
+        for item in plan:
+            run_dir = run_dir_of(workdir, item[0], p, u)
             res = read_json_if_exists(os.path.join(run_dir, "results.json"))
             if res is None:
-                logging.warning("run %s seed %d", name, seed)
-                res = experiment.run(c, run_dir, shared=shared, relearn=relearn, local_cache=local_cache)
-            runs.setdefault(name, []).append(res)
-            vanilla = vanilla or res["vanilla"]
+                logging.warning("run %s, pipeline seed %d, unlearning seed %s", item[0], p, p if u is None else u)
+                res = experiment.run(config(item, p, u), run_dir, shared=shared, relearn=relearn,
+                                     local_cache=local_cache)
+            runs.setdefault(item[0], []).append(res)
     summary = summarise(runs)
+    vanilla = summarise_vanilla(runs)
+    headline = benchmark_of(next(iter(runs.values()))[0]).headline
     if jax.process_index() == 0:
         makedirs(os.path.join(workdir, "plots"))
-        atomic_write_text(os.path.join(workdir, "comparison.json"),
-                          json.dumps({"seeds": list(seeds), "vanilla": vanilla, "summary": summary}, indent=2))
-        atomic_write_text(os.path.join(workdir, "comparison.md"),
-                          comparison_markdown(vanilla, summary, seeds, methods, ablations))
-        plot_methods(summary, vanilla, os.path.join(workdir, "plots", "methods.png"))
+        atomic_write_text(os.path.join(workdir, "comparison.json"), json.dumps(
+            {"pipeline_seeds": list(pipeline_seeds), "unlearn_seeds": list(unlearn_seeds or ()),
+             "vanilla": vanilla, "summary": summary}, indent=2))
+        atomic_write_text(os.path.join(workdir, "comparison.md"), comparison_markdown(
+            vanilla, summary, pipeline_seeds, methods, ablations, headline, runs=runs, unlearn_seeds=unlearn_seeds))
+        plot_methods(summary, vanilla, os.path.join(workdir, "plots", "methods.png"), headline, runs=runs)
         plot_relearn(runs, os.path.join(workdir, "plots", "relearn_methods.png"))
     return summary
+
+
+def _int_list(flag: str, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise app.UsageError(f"--{flag}={value!r}: expected comma-separated integers") from None
 
 
 def main(argv):
@@ -271,15 +419,16 @@ def main(argv):
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise app.UsageError(f"--methods: unknown {sorted(unknown)}; known: {', '.join(METHODS)}")
-    try:
-        seeds = tuple(int(s) for s in a.seeds.split(","))
-    except ValueError:
-        raise app.UsageError(f"--seeds={a.seeds!r}: expected comma-separated integers") from None
+    pipeline_seeds = _int_list("pipeline_seeds", a.pipeline_seeds)
+    if not pipeline_seeds:
+        raise app.UsageError("--pipeline_seeds: at least one")
+    unlearn_seeds = _int_list("seeds", a.seeds) or None
     ablations = tuple(ablations_for(a.config)) if a.ablations else ()
     workdir = resolve(a.workdir)
     from vkd_jax.cli import EXPECTED_ERRORS
     try:
-        reproduce(a.config, workdir, methods, seeds, ablations, relearn=a.relearn, local_cache=a.local_cache)
+        reproduce(a.config, workdir, methods, pipeline_seeds, ablations, relearn=a.relearn,
+                  local_cache=a.local_cache, unlearn_seeds=unlearn_seeds)
     except EXPECTED_ERRORS as e:  # bad config / data / weights: one clear line, non-zero exit
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -147,22 +147,25 @@ def parquet_files(manual_dir: str | os.PathLike, config: str) -> list[str]:
     return files
 
 
-def iter_profiles(manual_dir, config: str, skip_bad_rows: bool = False, report: BadRowReport | None = None):
-    """Yields (key, example) for every valid profile of `config`, validating each row.
+def iter_valid_rows(manual_dir, config: str, files, columns, validate, skip_bad_rows: bool = False,
+                    report: BadRowReport | None = None):
+    """Yields ("<file>:<row>", example) for every valid row of `files` (parquet paths under manual_dir): each file
+    must read and hold `columns`, each row passes `validate(file, row, record, config)`.
 
     File-level problems (empty / truncated parquet, missing column) raise DataError; with `skip_bad_rows` the
-    whole file is skipped and reported. Row-level problems raise, or are skipped and reported."""
+    whole file is skipped and reported. Row-level problems raise, or are skipped and reported. No valid row at all
+    is an error either way."""
     import pyarrow.parquet as pq
     report = report if report is not None else BadRowReport()
     n_ok = 0
-    for path in parquet_files(manual_dir, config):
+    for path in files:
         name = os.path.relpath(path, os.fspath(manual_dir))
         try:
             try:
                 table = pq.read_table(path)
             except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
                 raise DataError(name, None, None, f"not a readable parquet file ({type(e).__name__}: {e})") from None
-            for c in required_columns(config):
+            for c in columns:
                 if c not in table.column_names:
                     raise DataError(name, None, c, f"missing column (file has {table.column_names})")
         except DataError as e:
@@ -172,7 +175,7 @@ def iter_profiles(manual_dir, config: str, skip_bad_rows: bool = False, report: 
             continue
         for i, rec in enumerate(table.to_pylist()):
             try:
-                ex = validate_row(name, i, rec, config)
+                ex = validate(name, i, rec, config)
             except DataError as e:
                 if not skip_bad_rows:
                     raise
@@ -183,6 +186,12 @@ def iter_profiles(manual_dir, config: str, skip_bad_rows: bool = False, report: 
     if n_ok == 0:
         raise DataError(os.path.join(os.fspath(manual_dir), config), None, None,
                         f"no valid rows ({len(report)} skipped: {report.skipped[:3]})")
+
+
+def iter_profiles(manual_dir, config: str, skip_bad_rows: bool = False, report: BadRowReport | None = None):
+    """Yields (key, example) for every valid profile of `config` (iter_valid_rows with MLLMU-Bench's rules)."""
+    return iter_valid_rows(manual_dir, config, parquet_files(manual_dir, config), required_columns(config),
+                           validate_row, skip_bad_rows, report)
 
 
 def decode_profile(ex: dict) -> dict:

@@ -34,7 +34,9 @@ import numpy as np
 from vkd_jax.data import prompts
 from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
 
-TASKS = ("ft", "classification", "generation", "cloze")
+TASKS = ("ft", "classification", "generation", "cloze")  # MLLMU-Bench's (profile_examples)
+# every task an example builder makes: MLLMU-Bench's and CLEAR's (vkd_jax.data.benchmarks.clear.clear_examples)
+ALL_TASKS = TASKS + ("caption", "recognition", "name_mc", "qa")
 TYPES = ("Image_Textual", "Pure_Text")
 CLS_ANSWERS = ("letter", "option")
 _META_STR = ("id", "task", "type", "question", "answer", "correct_letter", "ground_truth")
@@ -72,9 +74,9 @@ class PipelineConfig:
     cls_answer: str = "letter"
 
     def __post_init__(self):
-        bad = set(self.tasks) - set(TASKS) or set(self.types) - set(TYPES)
+        bad = set(self.tasks) - set(ALL_TASKS) or set(self.types) - set(TYPES)
         if bad:
-            raise ValueError(f"PipelineConfig: unknown tasks/types {sorted(bad)}; tasks {TASKS}, types {TYPES}")
+            raise ValueError(f"PipelineConfig: unknown tasks/types {sorted(bad)}; tasks {ALL_TASKS}, types {TYPES}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"PipelineConfig.padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if self.cls_answer not in CLS_ANSWERS:
@@ -132,6 +134,9 @@ class InputPipeline:
         """examples: row -> its examples, as `profile_examples` (the default, MLLMU-Bench profiles) returns them;
         a benchmark with other rows passes its own (vkd_jax.data.benchmarks)."""
         self.source, self.tok, self.cfg = source, tokenizer, cfg
+        if examples is None and set(cfg.tasks) - set(TASKS):
+            raise ValueError(f"PipelineConfig: unknown MLLMU-Bench tasks {sorted(set(cfg.tasks) - set(TASKS))}; "
+                             f"tasks {TASKS}")
         make_examples = examples or profile_examples
         if tokenizer.image_token_id is None:
             raise ValueError("tokenizer has no image token")

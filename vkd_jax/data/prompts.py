@@ -139,18 +139,18 @@ def answer_boundary(tok, prompt: str, answer: str) -> tuple[list[int], int]:
     return ids, k
 
 
-def tokenize(tok, prompt: str, answer: str | None, image_seq_length: int, image_token_id: int | None = None
-             ) -> Tokenized:
+def tokenize(tok, prompt: str, answer: str | None, image_seq_length: int, image_token_id: int | None = None,
+             eos: bool = True) -> Tokenized:
     """Tokenizes a prompt (answer=None: exactly as evaluation feeds it) or a training conversation (see
-    `answer_boundary`; the loss covers the answer tokens and EOS), then expands each `<image>` id to
-    `image_seq_length` copies."""
+    `answer_boundary`; the loss covers the answer tokens and EOS, or the answer alone with eos=False), then expands
+    each `<image>` id to `image_seq_length` copies."""
     img_id = tok.image_token_id if image_token_id is None else image_token_id
     if answer is None:
         ids = tok.encode(prompt)
         n_prompt = len(ids)
     else:
         ids, n_prompt = answer_boundary(tok, prompt, answer)
-        ids = ids + [tok.eos_id]
+        ids = ids + [tok.eos_id] if eos else ids
     ids = np.asarray(ids, np.int32)
     mask = np.zeros(len(ids), bool)
     mask[n_prompt:] = answer is not None

@@ -285,19 +285,26 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConf
                        "people": [{"ID": p["ID"], "name": p["name"], "facts": p["facts"],
                                    "code": p["code"].tolist()} for p in world["people"]],
                        "generic_codes": generic.tolist()}, f, indent=1)
-        for name in names + ["world.json"]:
-            dst = os.path.join(out, name)
-            if os.path.isdir(dst):
-                shutil.rmtree(dst)
-            os.replace(os.path.join(tmp, name), dst)
+        publish(tmp, out, names + ["world.json"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return world
 
 
-def benchmark_texts(out: str | os.PathLike) -> list[str]:
-    """Every text of a generated benchmark (questions, options, answers, names, biographies) for the tokenizer."""
+def publish(tmp: str, out: str, names) -> None:
+    """Move each finished `tmp/<name>` to `out/<name>` (replacing an older one): a reader sees whole splits."""
+    for name in names:
+        dst = os.path.join(out, name)
+        if os.path.isdir(dst):
+            shutil.rmtree(dst)
+        os.replace(os.path.join(tmp, name), dst)
+
+
+def parquet_texts(out: str | os.PathLike, columns, encode) -> list[str]:
+    """`encode(value)` -> texts of every value of `columns` in the parquet files of out/<split>/ (tokenizer
+    training text)."""
     import pyarrow.parquet as pq
+
     texts = []
     for name in sorted(os.listdir(out)):
         d = os.path.join(out, name)
@@ -306,11 +313,18 @@ def benchmark_texts(out: str | os.PathLike) -> list[str]:
         for f in sorted(os.listdir(d)):
             if f.endswith(".parquet"):
                 t = pq.read_table(os.path.join(d, f))
-                for c in ("biography", "question", "answer", "Classification_Task", "Generation_Task",
-                          "Mask_Task", "metadata"):
+                for c in columns:
                     if c in t.column_names:
-                        texts += [v if isinstance(v, str) else json.dumps(v) for v in t[c].to_pylist()]
+                        for v in t[c].to_pylist():
+                            texts.extend(encode(v))
     return texts
+
+
+def benchmark_texts(out: str | os.PathLike) -> list[str]:
+    """Every text of a generated benchmark (questions, options, answers, names, biographies) for the tokenizer."""
+    return parquet_texts(out, ("biography", "question", "answer", "Classification_Task", "Generation_Task",
+                               "Mask_Task", "metadata"),
+                         lambda v: [v if isinstance(v, str) else json.dumps(v)])
 
 
 def identity_nn_accuracy(world: dict, poses: int = 2, size: int = 16) -> float:

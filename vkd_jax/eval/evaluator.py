@@ -215,15 +215,17 @@ def _demos(demo_source, es: EvalSet, set_name: str, task: str, typ: str, cfg: Ev
 
 
 @dataclasses.dataclass
-class _Query:
+class Query:
+    """One prompt to run: its example (`ex`: id, task, ... and, for multiple choice, `options` {letter: text}),
+    the exact prompt string, and the (source, row, pose) of each image in it, demos first."""
     ex: dict
     prompt: str
-    images: list          # (source, row, pose) per image of the prompt, in order (demos first)
+    images: list
     pose: int | None
 
 
 def _queries(es: EvalSet, set_name: str, task: str, typ: str, cfg: EvalConfig, demos: _Demos,
-             include=None, exclude=None) -> list[_Query]:
+             include=None, exclude=None) -> list[Query]:
     items = [ex for ex in _examples(es, task, typ) if (ex["id"], ex["item"]) not in demos.skip]
     if include is not None:
         inc = set(map(tuple, include))
@@ -237,7 +239,7 @@ def _queries(es: EvalSet, set_name: str, task: str, typ: str, cfg: EvalConfig, d
     for ex in items:
         prompt = demos.prefix + ex["prompt"]
         if typ != "Image_Textual":
-            out.append(_Query(ex, prompt, [], None))
+            out.append(Query(ex, prompt, [], None))
             continue
         n = _num_poses(es.source, ex["row"])
         if n == 0:
@@ -247,7 +249,7 @@ def _queries(es: EvalSet, set_name: str, task: str, typ: str, cfg: EvalConfig, d
         else:  # one draw per profile and task, as the official script's random.choice per row and task
             poses = [int(np.random.default_rng([cfg.seed, ex["row"], TASKS.index(task)]).integers(n))]
         for pose in poses:
-            out.append(_Query(ex, prompt, demos.images + [(es.source, ex["row"], pose)], pose))
+            out.append(Query(ex, prompt, demos.images + [(es.source, ex["row"], pose)], pose))
     return out
 
 
@@ -261,8 +263,9 @@ def _bucket(n: int, buckets: Sequence[int], what: str) -> int:
                      "raise EvalConfig.length_buckets")
 
 
-class _Runner:
-    """Tokenizes prompts, batches them with static shapes, decodes greedily or scores continuations."""
+class Runner:
+    """Tokenizes prompts, batches them with static shapes, decodes greedily or scores continuations (also used by
+    other benchmarks' evaluators, vkd_jax.eval.clear)."""
 
     def __init__(self, model, tokenizer, cfg: EvalConfig):
         c = model.config
@@ -274,10 +277,10 @@ class _Runner:
         # pad slots are masked, but the model finds images by id: never pad with the image token
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id != self.image_token else tokenizer.eos_id
 
-    def model_ids(self, prompt: str, answer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of a prompt (and answer + EOS), <image> expanded, the tokenizer's <image> id mapped to the
+    def model_ids(self, prompt: str, answer: str | None = None, eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of a prompt (and answer, + EOS), <image> expanded, the tokenizer's <image> id mapped to the
         model's image token, and the answer mask."""
-        t = prompts.tokenize(self.tok, prompt, answer, self.image_seq_length)
+        t = prompts.tokenize(self.tok, prompt, answer, self.image_seq_length, eos=eos)
         ids = t.input_ids
         if self.tok.image_token_id != self.image_token:
             ids = np.where(ids == self.tok.image_token_id, self.image_token, ids)
@@ -293,7 +296,7 @@ class _Runner:
                                  f"({type(e).__name__}: {e})") from None
         return self._pixels[key]
 
-    def _batches(self, toks: list[np.ndarray], queries: list[_Query]):
+    def _batches(self, toks: list[np.ndarray], queries: list[Query]):
         """Left-padded static-shape batches of the token rows `toks` (row j belongs to `queries[j]`): yields
         (indices into toks, rows, ids [B, T], mask [B, T], pixel_values or None); similar lengths share a batch."""
         B = self.cfg.batch_size
@@ -317,48 +320,64 @@ class _Runner:
             px = np.stack([self.pixels(*im) for i in rows for im in queries[i].images]) if n_img else None
             yield idx, rows, ids, mask, px
 
-    def generate(self, queries: list[_Query]) -> list[tuple[str, str]]:
+    def generate(self, queries: list[Query], max_new_tokens: int | None = None) -> list[tuple[str, str]]:
         """-> per query (generation, decoded sequence): the new tokens' text, and prompt + generation decoded as
-        the official script decodes `outputs[0][2:]` (special tokens skipped)."""
+        MLLMU-Bench's script decodes `outputs[0][2:]` (special tokens skipped)."""
         prompt_ids = [self.tok.encode(q.prompt) for q in queries]
         toks = [self.model_ids(q.prompt)[0] for q in queries]
         out: list[tuple[str, str]] = [("", "")] * len(queries)
         for idx, _, ids, mask, px in self._batches(toks, queries):
-            gen = greedy_decode(self.model, ids, mask, px, max_new_tokens=self.cfg.max_new_tokens,
+            gen = greedy_decode(self.model, ids, mask, px, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens,
                                 eos_id=self.tok.eos_id, pad_id=self.pad_id, split=self.split)
             for b, seq in enumerate(strip_after_eos(gen[:len(idx)], self.tok.eos_id)):
                 i = idx[b]
                 out[i] = (self.tok.decode(seq), self.tok.decode(prompt_ids[i][2:] + seq))
         return out
 
-    def option_scores(self, queries: list[_Query]) -> list[dict[str, float]]:
-        """Multiple-choice queries -> {letter: log p(" {option}" + EOS | the prompt)}, summed over the answer
-        tokens (cls_scoring="likelihood")."""
-        toks, masks, owner = [], [], []
-        for j, q in enumerate(queries):
-            for L in "ABCD":
-                ids, lm = self.model_ids(q.prompt, q.ex["options"][L])
-                toks.append(ids), masks.append(lm), owner.append(j)
-        seq_queries = [queries[j] for j in owner]
+    def _continuations(self, queries: list[Query], answers: list[str], eos: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(summed log p, number of tokens) of each answer as the continuation of its query's prompt."""
+        toks, masks = [], []
+        for q, a in zip(queries, answers):
+            ids, lm = self.model_ids(q.prompt, a, eos=eos)
+            toks.append(ids), masks.append(lm)
         scores = np.zeros(len(toks))
-        for idx, rows, ids, mask, px in self._batches(toks, seq_queries):
+        for idx, rows, ids, mask, px in self._batches(toks, queries):
             tgt = np.zeros(ids.shape, bool)
             for b, i in enumerate(rows):
                 tgt[b, ids.shape[1] - len(masks[i]):] = masks[i]
             scores[idx] = continuation_logprobs(self.model, ids, mask, tgt, px, split=self.split)[:len(idx)]
-        return [{L: float(scores[4 * j + k]) for k, L in enumerate("ABCD")} for j in range(len(queries))]
+        return scores, np.asarray([int(m.sum()) for m in masks])
+
+    def option_scores(self, queries: list[Query]) -> list[dict[str, float]]:
+        """Multiple-choice queries -> {letter: log p(" {option}" + EOS | the prompt)}, summed over the answer
+        tokens (cls_scoring="likelihood"); the letters are each query's `ex["options"]` keys."""
+        pairs = [(j, L) for j, q in enumerate(queries) for L in sorted(q.ex["options"])]
+        scores, _ = self._continuations([queries[j] for j, _ in pairs],
+                                        [queries[j].ex["options"][L] for j, L in pairs], eos=True)
+        out: list[dict[str, float]] = [{} for _ in queries]
+        for (j, L), v in zip(pairs, scores):
+            out[j][L] = float(v)
+        return out
+
+    def answer_nll(self, queries: list[Query], answers: list[str]) -> np.ndarray:
+        """Per-token NLL of each answer after its query's prompt, in the chat rendering "{prompt} {answer} " (no
+        EOS): CLEAR's own Prob / Truth Ratio."""
+        if not queries:
+            return np.zeros(0)
+        scores, n = self._continuations(queries, [a + " " for a in answers], eos=False)
+        return -scores / np.maximum(n, 1)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
 
-def _record(set_name: str, q: _Query, cfg: EvalConfig, generation: str | None = None, decoded: str | None = None,
+def _record(set_name: str, q: Query, cfg: EvalConfig, generation: str | None = None, decoded: str | None = None,
             option_scores: dict | None = None) -> dict:
     ex, task = q.ex, q.ex["task"]
     rec = {"set": set_name, "id": ex["id"], "task": task, "form": prompts.form(ex["type"] == "Image_Textual"),
            "item": ex["item"], "question": ex["question"], "pose": q.pose, "prompt": q.prompt,
            "generation": generation, "option_scores": option_scores, "reply": None, "correct": None, "scores": None}
     if option_scores is not None:
-        rec["parsed"] = max("ABCD", key=lambda L: option_scores[L])
+        rec["parsed"] = max(option_scores, key=option_scores.get)
     else:
         rec["reply"] = prompts.official_answer(decoded, task)
     if task == "classification":
@@ -376,7 +395,7 @@ def _record(set_name: str, q: _Query, cfg: EvalConfig, generation: str | None = 
     return rec
 
 
-def _run(runner: _Runner, set_name: str, queries: list[_Query]) -> list[dict]:
+def _run(runner: Runner, set_name: str, queries: list[Query]) -> list[dict]:
     if not queries:
         return []
     cfg = runner.cfg
@@ -424,7 +443,7 @@ def evaluate(model, tokenizer, sets: Mapping[str, Any], cfg: EvalConfig = EvalCo
     if cfg.few_shot and demo_source is None:
         raise ValueError("EvalConfig.few_shot needs demo_source (e.g. Full_Set): the source demo profiles are read "
                          "from, as the official script's few-shot file")
-    runner = _Runner(model, tokenizer, cfg)
+    runner = Runner(model, tokenizer, cfg)
     results = {}
     for name, s in sets.items():
         es = _as_set(s)
@@ -448,7 +467,7 @@ def evaluate_questions(model, tokenizer, source, cfg: EvalConfig = EvalConfig(),
     the forget questions NOT used for relearning:
         keys = question_keys(forget_src); used = keys[:n_relearn]
         acc = evaluate_questions(model, tok, forget_src, cfg, exclude=used)["vqa_cls_acc"]"""
-    runner = _Runner(model, tokenizer, dataclasses.replace(cfg, few_shot=False))
+    runner = Runner(model, tokenizer, dataclasses.replace(cfg, few_shot=False))
     es = EvalSet(source, _tuple(ids))
     recs = _run(runner, set_name, _queries(es, set_name, task, type, runner.cfg, NO_DEMOS, include, exclude))
     if records is not None:

@@ -13,7 +13,8 @@ import warnings
 
 from vkd_jax.data.prompts import classification_prediction, cloze_correct
 
-__all__ = ("classification_prediction", "classification_correct", "cloze_correct", "rouge", "sentence_bleu")
+__all__ = ("classification_prediction", "classification_correct", "cloze_correct", "rouge", "rouge_recall",
+           "sentence_bleu")
 
 
 def classification_correct(reply: str, correct_letter: str, rule: str = "official") -> bool:
@@ -31,6 +32,11 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     non-alphanumerics)."""
     s = _scorer().score(reference, prediction)
     return {k: float(v.fmeasure) for k, v in s.items()}
+
+
+def rouge_recall(prediction: str, reference: str, kind: str = "rougeL") -> float:
+    """ROUGE recall (stemmed), CLEAR's own reading."""
+    return float(_scorer().score(reference, prediction)[kind].recall)
 
 
 def sentence_bleu(prediction: str, reference: str) -> float:

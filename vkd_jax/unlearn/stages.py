@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vkd_jax.config_base import stage_seed
 from vkd_jax.io_utils import AppendFile, as_path, atomic_write_text, is_complete_dir, makedirs, orbax_dir
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.hf_io import abstract_model, flat_params
@@ -145,7 +146,7 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
     trainer = Trainer(model_config, params, method,
                       partition_cfg=partition_cfg(cfg, stage_partition(cfg, name), model_config),
                       optim_cfg=optim_cfg(cfg, scfg), num_steps=steps, mesh=mesh, axis_rules=axis_rules,
-                      masks=use_masks, reference=reference, seed=int(cfg.seed))
+                      masks=use_masks, reference=reference, seed=stage_seed(cfg, name))
     per_step = sum(int(getattr(getattr(streams[s], "cfg", None), "global_batch_size", 0) or 0)
                    for s in method.streams)  # examples per step (global), for examples/s in logs and the bar
     logger = MetricsLogger(sdir, steps, desc=name, progress=progress, batch_examples=per_step)

@@ -12,6 +12,9 @@ partition (preset projector / visual_last_k / visual).
 Efficiency by construction: the teacher computes only the taps (vision/projector taps: no LLM forward; `llm:j`:
 layers <= j); the student runs the LLM only when an output term (a_f, a_r) is on, and then jax.grad w.r.t. the
 trainable (visual) params alone gives activation gradients through the frozen LLM, never its weight gradients.
+    augment: "affine" draws a fresh random pose (rotation, scale, shift, in-graph, per example and step) of every
+         forget image (and, with augment_retain, every retain image) before the student and the teacher see it:
+         the evaluation's Test_Set asks about other poses of the same people.
 Default (spec quick study): bounded GA on forget VQA + retain projector MSE.
 """
 
@@ -36,6 +39,27 @@ def identity_free(pixel_values, kind: str, retain_pixels=None):
     raise ValueError(f"vkd.target_image {kind!r}: use mean, blur or retain")
 
 
+def random_affine(pixel_values, rng, max_rotation: float, max_scale: float, max_shift: float):
+    """Each image [B, C, H, W] under its own random rotation (degrees), scale and shift (fraction of the size)
+    about the centre; bilinear, edges extended."""
+    b, _, h, w = pixel_values.shape
+    k1, k2, k3 = jax.random.split(rng, 3)
+    angle = jnp.deg2rad(jax.random.uniform(k1, (b,), minval=-max_rotation, maxval=max_rotation))
+    scale = 1.0 + jax.random.uniform(k2, (b,), minval=-max_scale, maxval=max_scale)
+    shift = jax.random.uniform(k3, (b, 2), minval=-max_shift, maxval=max_shift) * jnp.array([h, w], jnp.float32)
+    yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+
+    def one(img, a, s, t):  # output pixel p samples the input at R(-a) (p - c - t) / s + c
+        y, x = yy - cy - t[0], xx - cx - t[1]
+        cos, sin = jnp.cos(a) / s, jnp.sin(a) / s
+        coords = [cos * y - sin * x + cy, sin * y + cos * x + cx]
+        return jax.vmap(lambda ch: jax.scipy.ndimage.map_coordinates(ch, coords, order=1, mode="nearest"))(img)
+
+    out = jax.vmap(one)(pixel_values.astype(jnp.float32), angle, scale, shift)
+    return out.astype(pixel_values.dtype)
+
+
 def make(cfg, tokenizer=None) -> Method:
     taps = tuple(get(cfg, "taps", ("projector",)))
     dist = get(cfg, "distance", "mse")
@@ -49,6 +73,17 @@ def make(cfg, tokenizer=None) -> Method:
         raise ValueError(f"vkd.forget_loss {forget_loss!r}: use none, ga or npo")
     if forget_kd not in ("none", "push", "target"):
         raise ValueError(f"vkd.forget_kd {forget_kd!r}: use none, push or target")
+    augment, augment_retain = get(cfg, "augment", "none"), bool(get(cfg, "augment_retain", False))
+    if augment not in ("none", "affine"):
+        raise ValueError(f"vkd.augment {augment!r}: use none or affine")
+    pose = tuple(float(get(cfg, k, d)) for k, d in (("aug_rotation", 12.0), ("aug_scale", 0.08),
+                                                    ("aug_shift", 0.04)))
+
+    def posed(b, key):
+        if augment == "none" or key is None:
+            return b
+        return dict(b, pixel_values=random_affine(b["pixel_values"], key, *pose))
+
     out_f = a_f > 0 and forget_loss != "none"
     kd_f = b_f > 0 and forget_kd != "none"
 
@@ -58,7 +93,9 @@ def make(cfg, tokenizer=None) -> Method:
     def loss(ctx, trainable, frozen, aux, batch, rng, step):
         student = ctx.student(trainable, frozen, rng)
         teacher = ctx.teacher(frozen, aux["teacher"])
-        f, r = batch["forget"], batch["retain"]
+        kf, kr = jax.random.split(jax.random.fold_in(rng, 1)) if rng is not None else (None, None)
+        f = posed(batch["forget"], kf)
+        r = posed(batch["retain"], kr) if augment_retain else batch["retain"]
         total, m = 0.0, {}
         if out_f or kd_f:
             so = ctx.apply(student, f, taps if kd_f else (), logits=out_f)

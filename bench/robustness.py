@@ -1,0 +1,62 @@
+"""What makes VKD robust: candidate choices, each a config switch, over full-pipeline seeds (issue 12).
+
+  python bench/robustness.py --config configs/tiny.py --workdir W --pipeline_seeds 0,1,2 [--candidates a,b]
+
+Every candidate runs from each pipeline seed's own vanilla model (W/p<P>/shared, shared with `vkd_jax.reproduce`,
+whose layout this is) and the table is `reproduce`'s: mean ± std over pipeline seeds, relearning AG, the probe,
+and the targets checked on every pipeline seed. Results and their reading: bench/RESULTS.md, "Robust VKD".
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# name -> config overrides of the vkd method (from the config's own defaults)
+CANDIDATES = {
+    "augment": {"vkd.augment": "affine"},
+    "target": {"vkd.a_f": 0.0, "vkd.forget_kd": "target", "vkd.b_f": 30.0},
+    "target-augment": {"vkd.a_f": 0.0, "vkd.forget_kd": "target", "vkd.b_f": 30.0, "vkd.augment": "affine"},
+    "ga-target-augment": {"vkd.forget_kd": "target", "vkd.b_f": 30.0, "vkd.augment": "affine"},
+    "target-augment-all": {"vkd.a_f": 0.0, "vkd.forget_kd": "target", "vkd.b_f": 30.0, "vkd.augment": "affine",
+                           "vkd.augment_retain": True},
+    "target-augment-llm": {"vkd.a_f": 0.0, "vkd.forget_kd": "target", "vkd.b_f": 30.0, "vkd.augment": "affine",
+                           "vkd.taps": ("llm:1",)},
+    "target-augment-mask": {"vkd.a_f": 0.0, "vkd.forget_kd": "target", "vkd.b_f": 30.0, "vkd.augment": "affine",
+                            "stages.unlearn.use_masks": True},
+    "target-augment-200": {"vkd.a_f": 0.0, "vkd.forget_kd": "target", "vkd.b_f": 30.0, "vkd.augment": "affine",
+                           "stages.unlearn.num_steps": 200},
+}
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:variant])", lock_config=True)
+    flags.DEFINE_string("workdir", None, "work directory (reproduce's layout)")
+    flags.DEFINE_string("pipeline_seeds", "0,1,2", "comma-separated pipeline seeds")
+    flags.DEFINE_string("candidates", "all", f"comma-separated, or all: {', '.join(CANDIDATES)}")
+    flags.DEFINE_bool("relearn", True, "run the relearning attack")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    from vkd_jax import reproduce
+
+    a = flags.FLAGS
+    logging.set_verbosity(logging.WARNING)
+    names = list(CANDIDATES) if a.candidates == "all" else [c.strip() for c in a.candidates.split(",")]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise app.UsageError(f"--candidates: unknown {unknown}; known: {', '.join(CANDIDATES)}")
+    seeds = reproduce._int_list("pipeline_seeds", a.pipeline_seeds)
+    variants = {f"vkd-{n}": ("vkd", CANDIDATES[n]) for n in names}
+    reproduce.reproduce(a.config, a.workdir, ("vkd",), seeds, (), relearn=a.relearn, variants=variants)
+    with open(f"{a.workdir}/comparison.md") as f:
+        sys.stdout.write(f.read())
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,136 @@
+"""What a benchmark is to the pipeline: it prepares its data, declares each stage's training streams as data, and
+evaluates a model on its own sets with its own scoring.
+
+    bench = make_benchmark(cfg, shared, local_cache)   # vkd_jax.data.benchmarks
+    bench.tokenizer, bench.forget_pct
+    bench.stage_streams("unlearn")    # {stream name: StreamSpec}: which rows, tasks and forms a stage trains on
+    bench.evaluate(model, ecfg, records)               # {set: {metric: value}}, records filled per question
+    bench.relearn_keys(), bench.relearn_stream(keys), bench.relearn_score(model, ecfg, exclude, records)
+    bench.identity_free_floor(model, ecfg, records)
+The orchestrator (vkd_jax.experiment) turns StreamSpecs into input pipelines, each seeded from its (stage, stream)
+name; the streams a stage really reads are its config's `streams` (training stages) or its method's (masks,
+unlearn). Adding a benchmark: a module here and one line in `BENCHMARKS` (vkd_jax/data/benchmarks/__init__.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from vkd_jax.io_utils import local_cache_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    source: Any                        # random-access rows (a TFDS data source or a view of one)
+    tasks: tuple[str, ...]
+    types: tuple[str, ...]
+    examples: Callable | None = None   # row -> examples (vkd_jax.data.pipeline); None: MLLMU-Bench profiles
+    resample_options: bool = False
+    keys: tuple | None = None          # restrict to these (ID, item) questions (relearning subsets)
+
+
+def benchmark_dir(shared: str, local_cache: str | None = None) -> str:
+    """<shared>/benchmark, or its local cache when `shared` is remote (pyarrow, TFDS and tokenizers need local
+    files; each host builds it there)."""
+    return os.path.join(local_cache_dir(shared, local_cache), "benchmark")
+
+
+def check_world(path: str, world, seed: int) -> None:
+    """A work directory's embedded benchmark was generated from one world config; another one would silently mix."""
+    with open(path) as f:
+        stored = json.load(f)
+    want = dataclasses.asdict(world)  # fields added since the benchmark was written read as their defaults
+    have = {**dataclasses.asdict(type(world)()), **{k: v for k, v in stored.get("config", {}).items() if k in want}}
+    diff = [f"{k}: {have[k]!r} (stored) vs {want[k]!r} (config)" for k in want if have[k] != want[k]]
+    if int(stored.get("seed", seed)) != seed:
+        diff.insert(0, f"world_seed: {stored.get('seed')} (stored) vs {seed} (config)")
+    if diff:
+        raise ValueError(f"{path}: the work directory's embedded benchmark was generated from another world "
+                         f"config.data.world ({'; '.join(diff)}); use a fresh work directory")
+
+
+class Benchmark:
+    name: ClassVar[str] = ""
+    sets: ClassVar[tuple[str, ...]] = ()
+    ratios: ClassVar[tuple[int, ...]] = ()
+    # (set, metric, label, direction) of the report's headline table; direction down | keep | up
+    headline: ClassVar[tuple[tuple[str, str, str, str], ...]] = ()
+    all_metrics: ClassVar[tuple[str, ...]] = ()       # the report's per-set table
+    plot_panels: ClassVar[tuple[tuple[str, str, float], ...]] = ()  # (metric, title, y max) per plotted panel
+    chance: ClassVar[float] = 25.0                    # multiple-choice chance level (4 options), %
+    targets_legend: ClassVar[str] = ""                # what `targets` checks, for the comparison table
+
+    @classmethod
+    def targets(cls, r: dict) -> list[tuple[str, float | None, bool]]:
+        """(name, value, holds) of each of the benchmark's targets for one run's results.json (none here); the
+        larger a value, the worse."""
+        return []
+
+    def __init__(self, cfg, shared: str, local_cache: str | None = None):
+        self.cfg = cfg
+        self.dir = benchmark_dir(shared, local_cache)
+        self.forget_pct = int(cfg.forget_ratio)
+        if self.forget_pct not in self.ratios:
+            raise ValueError(f"config.forget_ratio={cfg.forget_ratio}: {self.name} has forget ratios {self.ratios}")
+        self.embedded = cfg.data.source == "embedded"
+        self.manual_dir = os.path.join(self.dir, "raw") if self.embedded else cfg.data.manual_dir
+        self.tfds_dir = cfg.data.tfds_dir or os.path.join(self.dir, "tfds")
+        self.tokenizer = self.prepare()
+
+    def prepare(self):
+        """Generate (embedded) or check (local) the data; return the tokenizer."""
+        raise NotImplementedError
+
+    def local_tokenizer(self, title: str):
+        """A local download (data.source="local"): its folder must exist; the tokenizer is hf_dir's."""
+        from vkd_jax.data.tokenizer import load_tokenizer
+
+        if not self.manual_dir or not os.path.isdir(self.manual_dir):
+            raise FileNotFoundError(f"config.data.manual_dir={self.manual_dir!r}: the downloaded {title} folder is "
+                                    "needed (nothing is downloaded at run time)")
+        if not self.cfg.hf_dir:
+            raise ValueError(f"config.hf_dir: the HF LLaVA folder (weights + tokenizer) is needed for {title}")
+        return load_tokenizer(self.cfg.hf_dir)
+
+    def generic_images_dir(self) -> str:
+        """config.data.generic_images, else the embedded world's generic_images/ (VKD's b_g images)."""
+        from vkd_jax.data.synthetic import GENERIC_DIR
+
+        d = str(self.cfg.data.get("generic_images", "") or "")
+        if d:
+            return d
+        if self.embedded:
+            d = os.path.join(self.manual_dir, GENERIC_DIR)
+            if not os.path.isdir(d):
+                raise FileNotFoundError(f"{d}: the embedded benchmark has no generic images; set the world's "
+                                        "num_generic > 0 (with a fresh work directory)")
+            return d
+        raise ValueError(f"config.vkd.b_g > 0 needs config.data.generic_images: a local folder of images outside "
+                         f"every {self.name} split")
+
+    def stage_streams(self, stage: str) -> dict[str, StreamSpec]:
+        raise NotImplementedError
+
+    def evaluate(self, model, ecfg, records: dict) -> dict:
+        raise NotImplementedError
+
+    def relearn_keys(self) -> list:
+        raise NotImplementedError
+
+    def relearn_stream(self, keys) -> StreamSpec:
+        raise NotImplementedError
+
+    def relearn_score(self, model, ecfg, exclude, records: list) -> float:
+        raise NotImplementedError
+
+    def identity_free_floor(self, model, ecfg, records: list) -> float:
+        raise NotImplementedError
+
+    def probe_data(self):
+        """vkd_jax.eval.probe.ProbeData: the forget and (the evaluated) retain people's training images to fit the
+        identity probe on, and their held-out images to score it on."""
+        raise NotImplementedError

@@ -1,0 +1,253 @@
+"""CLEAR behind the benchmark interface: a local download of therem/CLEAR (data.source="local", data.manual_dir) or
+the embedded CLEAR (data.source="embedded": vkd_jax.data.clear_synthetic, generated into <benchmark>/raw).
+
+Training rows become examples (`clear_examples`, LLaVA-1.5's chat prompt around each question):
+  caption      an image row -> its caption, for a caption question of the official list (by the caption's hash)
+  recognition  an image row -> the person's name ("What is the name of the person in the image?"); real_world rows
+               -> their answer to their question
+  name_mc      the name as multiple choice (the follow-up work's evaluation prompt); the options are resampled from
+               the names of the stream's own rows each time (data.resample_options), answered with the letter or,
+               with data.cls_answer="option", the name
+  qa           a text-only (+tofu) row -> its answer
+Streams: pretrain (embedded only): vqa = real_faces_train + real_faces + real_world; vanilla: vqa = full, qa =
+full+tofu's text rows (plus the pretraining rows `data.celebrity_repeat` times); reference: the retain split's;
+masks / unlearn: forget = forget{NN}, retain = retain{NN} (captions as targets, as the follow-up work unlearns on
+CLEAR), generic; caption (pretrain..reference): the generic images. Relearning: name MC on a fraction of
+forget{NN}_perturbed's rows, scored on the others.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+from absl import logging
+
+from vkd_jax.data.benchmarks.base import Benchmark, StreamSpec, check_world
+from vkd_jax.eval.clear import CAPTION_QUESTIONS, NAME_QUESTION, chat_prompt, options_block
+
+VQA, QA = ("Image_Textual",), ("Pure_Text",)
+TRAIN_TASKS = ("caption", "recognition", "name_mc", "qa")
+
+
+def name_mc_prompt(question: str, options: dict) -> str:
+    return chat_prompt(f"{question}\n{options_block([options[k] for k in sorted(options)])}\n", True)
+
+
+def clear_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
+    """One CLEAR row -> its training examples (the module docstring)."""
+    out = []
+    image = bool((rec.get("image") or {}).get("bytes"))
+    typ = "Image_Textual" if image else "Pure_Text"
+    if typ not in types:
+        return out
+    rid = str(rec.get("name") or rec.get("answer") or rec.get("question") or "")
+
+    def add(task, item, question, prompt, answer, **kw):
+        out.append({"id": rid, "task": task, "type": typ, "item": item, "question": question, "prompt": prompt,
+                    "answer": answer, "correct_letter": kw.pop("letter", ""), "ground_truth": answer, **kw})
+    if not image:
+        if "qa" in tasks and rec.get("question"):
+            add("qa", 0, rec["question"], chat_prompt(rec["question"], False), rec["answer"])
+        return out
+    if "caption" in tasks and rec.get("caption"):
+        q = CAPTION_QUESTIONS[zlib.crc32(rec["caption"].encode()) % len(CAPTION_QUESTIONS)]
+        add("caption", 0, q, chat_prompt(q, True), rec["caption"])
+    question = rec.get("question") or NAME_QUESTION
+    truth = rec.get("name") or rec.get("answer")
+    if truth and "recognition" in tasks:
+        add("recognition", 1, question, chat_prompt(question, True), truth)
+    if truth and "name_mc" in tasks:  # options resampled by the pipeline from the stream's own names
+        opts = {"A": truth, **{chr(ord("B") + i): o for i, o in enumerate(rec.get("options") or [])}}
+        add("name_mc", 2, question, name_mc_prompt(question, opts), truth if cls_answer == "option" else "A",
+            letter="A", options=opts, mc_prompt=name_mc_prompt)
+    return out
+
+
+class ConcatRows:
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def __getitem__(self, i):
+        k = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return self.parts[k][i - int(self.starts[k])]
+
+
+class ClearBench(Benchmark):
+    name = "clear"
+    sets = ("forget", "retain", "real_faces", "real_world")
+    ratios = (1, 5, 10)
+    headline = (("forget", "vqa_acc", "Forget VQA", "down"), ("forget", "qa_rougeL", "Forget QA ROUGE-L", "keep"),
+                ("retain", "vqa_acc", "Retain VQA", "up"), ("retain", "qa_rougeL", "Retain QA ROUGE-L", "up"),
+                ("real_faces", "vqa_acc", "Real faces", "up"), ("real_world", "vqa_acc", "Real world", "up"))
+    all_metrics = ("vqa_acc", "qa_rougeL", "qa_rouge1", "qa_bleu")
+    plot_panels = (("vqa_acc", "name recognition accuracy (image)", 105.0), ("qa_rougeL", "text QA ROUGE-L", 1.05))
+
+    def prepare(self):
+        from vkd_jax.data import clear_synthetic
+        from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+
+        if self.embedded:
+            world = clear_synthetic.ClearWorldConfig(**self.cfg.data.clear_world.to_dict())
+            if not os.path.isfile(os.path.join(self.manual_dir, "world.json")):
+                logging.info("generating the embedded CLEAR in %s", self.manual_dir)
+                clear_synthetic.generate(self.manual_dir, seed=int(self.cfg.data.world_seed), cfg=world)
+            else:
+                check_world(os.path.join(self.manual_dir, "world.json"), world, int(self.cfg.data.world_seed))
+            tok_dir = os.path.join(self.dir, "tokenizer")
+            if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+                extra = list(CAPTION_QUESTIONS) + [NAME_QUESTION, "USER: ASSISTANT: A. B. C. D."]
+                train_tokenizer(clear_synthetic.benchmark_texts(self.manual_dir) + extra, tok_dir)
+            return load_tokenizer(tok_dir)
+        return self.local_tokenizer("CLEAR")
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return self.cfg.hf_dir or os.path.join(self.dir, "tokenizer")
+
+    def load(self, config: str):
+        from vkd_jax.data import clear
+
+        return clear.load(config, self.tfds_dir, self.manual_dir)
+
+    @property
+    def forget_name(self) -> str:
+        return f"forget{self.forget_pct:02d}"
+
+    @property
+    def retain_name(self) -> str:
+        return f"retain{100 - self.forget_pct}"
+
+    def _text_rows(self, config: str):
+        from vkd_jax.data.clear import Rows
+
+        rows = self.load(config)
+        return Rows(rows.source, [rows.indices[i] for i in range(len(rows)) if not (rows[i].get("image") or {})
+                                  .get("bytes")])
+
+    def _pretrain_rows(self):
+        parts = [self.load("real_faces"), self.load("real_world")]
+        if self.embedded:
+            parts.insert(0, self.load("real_faces_train"))
+        return ConcatRows(parts)
+
+    # ---- training streams --------------------------------------------------------------------------------
+    def stage_streams(self, stage: str) -> dict[str, StreamSpec]:
+        from vkd_jax.data.sources import ImageFolderSource
+
+        data = self.cfg.data
+        tasks = tuple(t for t in data.train_tasks if t in TRAIN_TASKS) or ("caption",)
+        resample = bool(data.get("resample_options", False))
+        spec = lambda src, t, types: StreamSpec(src, t, types, examples=clear_examples,  # noqa: E731
+                                                resample_options=resample)
+        if stage in ("pretrain", "vanilla", "reference"):
+            pre = self._pretrain_rows()
+            if stage == "pretrain":
+                out = {"vqa": spec(pre, tasks, VQA)}
+            else:
+                images = self.load("full" if stage == "vanilla" else self.retain_name)
+                text = self._text_rows("full+tofu" if stage == "vanilla" else f"{self.retain_name}+tofu")
+                out = {"vqa": spec(ConcatRows([images] + [pre] * int(data.get("celebrity_repeat", 1))), tasks, VQA),
+                       "qa": spec(text, ("qa",), QA)}
+            if "caption" in tuple(self.cfg.stages[stage].get("streams", ())):
+                cap = ImageFolderSource(self.generic_images_dir())
+                out["caption"] = StreamSpec(cap, ("ft",), VQA)
+            return out
+        if stage in ("masks", "unlearn"):
+            out = {"forget": spec(self.load(self.forget_name), ("caption",), VQA),
+                   "retain": spec(self.load(self.retain_name), ("caption",), VQA)}
+            if stage == "unlearn":
+                out["generic"] = lambda: StreamSpec(ImageFolderSource(self.generic_images_dir()), ("ft",), VQA)
+            return out
+        raise ValueError(f"no streams for stage {stage!r}")
+
+    # ---- evaluation --------------------------------------------------------------------------------------
+    def eval_sets(self) -> dict:
+        from vkd_jax.data.clear import Rows, retain_perturbed_for
+
+        retain_rows = self.load(self.retain_name)
+        retain_pert = retain_perturbed_for(self.load("retain_perturbed"), retain_rows)
+        retain_text = self._text_rows(f"{self.retain_name}+tofu")
+        n = int(self.cfg.eval.get("retain_max_profiles", 0) or 0)
+        if n:  # a fixed, seeded subset of the retain people keeps evaluation fast
+            people = sorted({retain_pert[i]["name"] for i in range(len(retain_pert))})
+            keep = {people[i] for i in np.random.default_rng(int(self.cfg.seed) + 99).permutation(len(people))[:n]}
+            retain_pert = Rows(retain_pert.source, [retain_pert.indices[i] for i in range(len(retain_pert))
+                                                    if retain_pert[i]["name"] in keep])
+            retain_text = Rows(retain_text.source, [retain_text.indices[i] for i in range(len(retain_text))
+                                                    if any(p in retain_text[i]["question"] for p in keep)])
+        return {"forget": (self.load(f"{self.forget_name}_perturbed"), self._text_rows(f"{self.forget_name}+tofu")),
+                "retain": (retain_pert, retain_text), "retain_all": self.load("retain_perturbed"),
+                "real_faces": self.load("real_faces"), "real_world": self.load("real_world")}
+
+    def evaluate(self, model, ecfg, records: dict) -> dict:
+        from vkd_jax.eval import clear as ev
+        from vkd_jax.eval.evaluator import Runner
+
+        runner = Runner(model, self.tokenizer, ecfg)
+        sets = self.eval_sets()
+        recs = ev.followup_records(runner, {k: sets[k] for k in self.sets}, ecfg.seed, ecfg.max_questions)
+        out = {name: ev.followup_metrics(r) for name, r in recs.items()}
+        for name, r in recs.items():
+            records.setdefault(name, []).extend(r)
+        if str(self.cfg.eval.get("clear_reading", "followup")) == "official":
+            off = ev.official_records(runner, sets, ev.ClearEvalConfig(base=ecfg), ecfg.seed)
+            for task, r in off.items():
+                records.setdefault(task, []).extend(r)
+            out["official"] = ev.official_metrics(off)
+        return out
+
+    # ---- relearning attack and floor ---------------------------------------------------------------------
+    def relearn_keys(self) -> list:
+        rows = self.load(f"{self.forget_name}_perturbed")
+        return [(rows[i]["name"], i) for i in range(len(rows))]
+
+    def relearn_stream(self, keys) -> StreamSpec:
+        from vkd_jax.data.clear import Rows
+
+        rows = self.load(f"{self.forget_name}_perturbed")
+        return StreamSpec(Rows(rows.source, [rows.indices[i] for _, i in keys]), ("name_mc",), VQA,
+                          examples=clear_examples)
+
+    def relearn_score(self, model, ecfg, exclude, records: list) -> float:
+        from vkd_jax.data.clear import Rows
+        from vkd_jax.eval import clear as ev
+        from vkd_jax.eval.evaluator import Runner
+
+        rows = self.load(f"{self.forget_name}_perturbed")
+        used = {i for _, i in exclude}
+        held = Rows(rows.source, [rows.indices[i] for i in range(len(rows)) if i not in used])
+        recs = ev.followup_records(Runner(model, self.tokenizer, ecfg), {"forget": (held, [])}, ecfg.seed)["forget"]
+        records.extend(recs)
+        return ev.followup_metrics(recs)["vqa_acc"]
+
+    def probe_data(self, max_retain: int = 40):
+        from vkd_jax.eval.probe import ProbeData
+
+        sets = self.eval_sets()
+        forget_pert, retain_pert = sets["forget"][0], sets["retain"][0]
+        forget = {forget_pert[i]["name"] for i in range(len(forget_pert))}
+        retain = set(sorted({retain_pert[i]["name"] for i in range(len(retain_pert))})[:max_retain])
+        label = {n: k for k, n in enumerate(sorted(forget | retain))}
+        full = self.load("full")
+        train = [(full, j, None, label[full[j]["name"]]) for j in range(len(full)) if full[j]["name"] in label]
+        forget_test = [(forget_pert, i, None, label[forget_pert[i]["name"]]) for i in range(len(forget_pert))]
+        retain_test = [(retain_pert, i, None, label[retain_pert[i]["name"]]) for i in range(len(retain_pert))
+                       if retain_pert[i]["name"] in label]
+        return ProbeData(train, forget_test, retain_test, len(label))
+
+    def identity_free_floor(self, model, ecfg, records: list) -> float:
+        from vkd_jax.data.sources import ImageReplacedSource, mean_image_bytes
+        from vkd_jax.eval import clear as ev
+        from vkd_jax.eval.evaluator import Runner
+
+        pert = self.load(f"{self.forget_name}_perturbed")
+        blank = ImageReplacedSource(pert, mean_image_bytes(self.load("full")))
+        recs = ev.followup_records(Runner(model, self.tokenizer, ecfg), {"forget": (blank, [])}, ecfg.seed)["forget"]
+        records.extend(recs)
+        return ev.followup_metrics(recs)["vqa_acc"]

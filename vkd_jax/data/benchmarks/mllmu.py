@@ -1,0 +1,188 @@
+"""MLLMU-Bench behind the benchmark interface: a local download (data.source="local", data.manual_dir) or the
+embedded world (data.source="embedded": vkd_jax.data.synthetic, generated into <benchmark>/raw with its tokenizer).
+
+Streams (every stage; the config picks which one a stage reads):
+  pretrain             vqa / qa: the celebrities (Retain_Set), standing in for LLaVA's own pretraining
+  vanilla, reference   vqa / qa: every ft_Data pose of every profile (reference: the retain split) with all its
+                       question forms, plus the celebrities `data.celebrity_repeat` times
+  pretrain..reference  caption: the generic images with their captions.json (data.generic_images or the world's)
+  masks, unlearn       forget / retain: the forget / retain people's ft_Data pairs with their images;
+                       unlearn also generic (the generic images, VKD's b_g)
+Evaluation: vkd_jax.eval.evaluator on forget_X, Test_Set (forget IDs), retain_(100-X) (optionally a seeded subset of
+`eval.retain_max_profiles` profiles) and Retain_Set; relearning on the forget VQA classification questions.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import logging
+
+from vkd_jax.data.benchmarks.base import Benchmark, StreamSpec, check_world
+
+VQA, QA = ("Image_Textual",), ("Pure_Text",)
+
+
+class MLLMUBench(Benchmark):
+    name = "mllmu"
+    sets = ("forget", "test", "retain", "celebrity")
+    ratios = (5, 10, 15)
+    headline = (("forget", "vqa_cls_acc", "Forget VQA", "down"), ("forget", "qa_cls_acc", "Forget QA", "keep"),
+                ("test", "vqa_cls_acc", "Test VQA", "down"), ("retain", "vqa_cls_acc", "Retain VQA", "up"),
+                ("retain", "qa_cls_acc", "Retain QA", "up"), ("celebrity", "vqa_cls_acc", "Celeb VQA", "up"),
+                ("celebrity", "qa_cls_acc", "Celeb QA", "up"))
+    all_metrics = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
+    plot_panels = (("vqa_cls_acc", "classification accuracy, VQA (image)", 105.0),
+                   ("qa_cls_acc", "classification accuracy, QA (text)", 105.0))
+
+    targets_legend = ("Forget VQA within 5 of the identity-free floor and at least chance - 5; Test VQA <= 30; "
+                      "Retain and Celeb VQA drop <= 3 points; Forget QA equal to vanilla's (value: |change|); "
+                      "AG <= 5 at every relearning fraction (value: the largest).")
+
+    @classmethod
+    def targets(cls, r: dict) -> list[tuple[str, float | None, bool]]:
+        def get(model, s, m):
+            return ((r.get(model) or {}).get(s) or {}).get(m)
+
+        floor = (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc")
+        fv, tv = get("unlearned", "forget", "vqa_cls_acc"), get("unlearned", "test", "vqa_cls_acc")
+        out = [("forget VQA |x - floor|", None if fv is None or floor is None else abs(fv - floor),
+                fv is not None and floor is not None and abs(fv - floor) <= 5 and fv >= cls.chance - 5),
+               ("test VQA", tv, tv is not None and tv <= 30)]
+        for s, label in (("retain", "retain VQA drop"), ("celebrity", "celeb VQA drop")):
+            u, v = get("unlearned", s, "vqa_cls_acc"), get("vanilla", s, "vqa_cls_acc")
+            out.append((label, None if u is None or v is None else v - u, u is not None and v is not None
+                        and u >= v - 3))
+        u, v = get("unlearned", "forget", "qa_cls_acc"), get("vanilla", "forget", "qa_cls_acc")
+        out.append(("forget QA change", None if u is None or v is None else abs(u - v), u is not None and u == v))
+        ag = (r.get("relearn") or {}).get("ag") or []
+        out.append(("max AG", max(ag) if ag else None, bool(ag) and max(ag) <= 5))
+        return out
+
+    def prepare(self):
+        from vkd_jax.data import synthetic
+        from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+
+        if self.embedded:
+            world = synthetic.WorldConfig(**self.cfg.data.world.to_dict())
+            if not os.path.isfile(os.path.join(self.manual_dir, "world.json")):
+                logging.info("generating the embedded benchmark in %s", self.manual_dir)
+                synthetic.generate(self.manual_dir, seed=int(self.cfg.data.world_seed), cfg=world)
+            else:
+                check_world(os.path.join(self.manual_dir, "world.json"), world, int(self.cfg.data.world_seed))
+            tok_dir = os.path.join(self.dir, "tokenizer")
+            if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+                train_tokenizer(synthetic.benchmark_texts(self.manual_dir), tok_dir)
+            return load_tokenizer(tok_dir)
+        return self.local_tokenizer("MLLMU-Bench")
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return self.cfg.hf_dir or os.path.join(self.dir, "tokenizer")
+
+    def load(self, config: str):
+        from vkd_jax.data import mllmu_bench
+
+        return mllmu_bench.load(config, self.tfds_dir, self.manual_dir)
+
+    # ---- training streams --------------------------------------------------------------------------------
+    def stage_streams(self, stage: str) -> dict[str, StreamSpec]:
+        from vkd_jax.data.sources import ConcatSource, ImageFolderSource, PoseJoinedSource
+
+        data = self.cfg.data
+        tasks = tuple(data.train_tasks)
+        resample = bool(data.get("resample_options", False))
+        retain = f"retain_{100 - self.forget_pct}"
+        out = {}
+        if stage in ("pretrain", "vanilla", "reference"):
+            if stage == "pretrain":
+                src = self.load("Retain_Set")
+            else:
+                profiles = self.load("Full_Set" if stage == "vanilla" else retain)
+                celebs = [self.load("Retain_Set")] * int(data.get("celebrity_repeat", 1))
+                src = ConcatSource([PoseJoinedSource(self.load("ft_Data"), profiles), *celebs])
+            out = {"vqa": StreamSpec(src, tasks, VQA, resample_options=resample),
+                   "qa": StreamSpec(src, tasks, QA, resample_options=resample)}
+            if "caption" in tuple(self.cfg.stages[stage].get("streams", ())):
+                cap = ImageFolderSource(self.generic_images_dir())
+                if cap.captions is None:
+                    raise ValueError(f"stages.{stage}.streams has 'caption': {cap.folder} needs a captions.json")
+                out["caption"] = StreamSpec(cap, ("ft",), VQA, resample_options=resample)
+            return out
+        if stage in ("masks", "unlearn"):
+            ft = self.load("ft_Data")
+            out = {"forget": StreamSpec(PoseJoinedSource(ft, self.load(f"forget_{self.forget_pct}")), ("ft",), VQA,
+                                        resample_options=resample),
+                   "retain": StreamSpec(PoseJoinedSource(ft, self.load(retain)), ("ft",), VQA,
+                                        resample_options=resample)}
+            if stage == "unlearn":
+                out["generic"] = lambda: StreamSpec(ImageFolderSource(self.generic_images_dir()), ("ft",), VQA,
+                                                    resample_options=resample)
+            return out
+        raise ValueError(f"no streams for stage {stage!r}")
+
+    # ---- evaluation --------------------------------------------------------------------------------------
+    def eval_sets(self) -> dict:
+        from vkd_jax.data.pipeline import forget_ids
+        from vkd_jax.eval.evaluator import EvalSet, benchmark_sets
+
+        sets = benchmark_sets(self.tfds_dir, self.manual_dir, forget_pct=self.forget_pct)
+        n = int(self.cfg.eval.get("retain_max_profiles", 0) or 0)
+        if n:  # the retain split is large; a fixed, seeded subset of its profiles keeps evaluation fast
+            src = sets["retain"].source
+            ids = sorted(forget_ids(src))
+            pick = np.random.default_rng(int(self.cfg.seed) + 99).permutation(len(ids))[:n]
+            sets["retain"] = EvalSet(src, tuple(sorted(ids[i] for i in pick)))
+        return sets
+
+    def evaluate(self, model, ecfg, records: dict) -> dict:
+        from vkd_jax.eval import evaluate
+
+        return evaluate(model, self.tokenizer, self.eval_sets(), ecfg, records=records,
+                        demo_source=self.load("Full_Set") if ecfg.few_shot else None)
+
+    # ---- relearning attack and floor ---------------------------------------------------------------------
+    def relearn_keys(self) -> list:
+        from vkd_jax.eval.evaluator import question_keys
+
+        return sorted(question_keys(self.load(f"forget_{self.forget_pct}"), "classification", "Image_Textual"))
+
+    def relearn_stream(self, keys) -> StreamSpec:
+        return StreamSpec(self.load(f"forget_{self.forget_pct}"), ("classification",), VQA, keys=tuple(keys))
+
+    def relearn_score(self, model, ecfg, exclude, records: list) -> float:
+        from vkd_jax.eval.evaluator import evaluate_questions
+
+        return evaluate_questions(model, self.tokenizer, self.load(f"forget_{self.forget_pct}"), ecfg,
+                                  exclude=exclude, records=records)["vqa_cls_acc"]
+
+    def probe_data(self, max_retain: int = 40):
+        from vkd_jax.data.pipeline import as_str
+        from vkd_jax.eval.probe import ProbeData
+
+        sets = self.eval_sets()
+        forget = {as_str(sets["forget"].source[i]["ID"]) for i in range(len(sets["forget"].source))}
+        retain_src = sets["retain"].source
+        retain = sorted(sets["retain"].ids or [as_str(retain_src[i]["ID"]) for i in range(len(retain_src))])
+        retain = set(retain[:max_retain])
+        label = {pid: k for k, pid in enumerate(sorted(forget | retain))}
+        ft = self.load("ft_Data")
+        train = [(ft, j, None, label[as_str(ft[j]["ID"])]) for j in range(len(ft)) if as_str(ft[j]["ID"]) in label]
+        test = self.load("Test_Set")
+        tests = {"forget": [], "retain": []}
+        for r in range(len(test)):
+            pid = as_str(test[r]["ID"])
+            if pid in label:
+                for pose in range(len(test[r]["images"]["bytes"])):
+                    tests["forget" if pid in forget else "retain"].append((test, r, pose, label[pid]))
+        return ProbeData(train, tests["forget"], tests["retain"], len(label))
+
+    def identity_free_floor(self, model, ecfg, records: list) -> float:
+        """Forget VQA accuracy of a model shown the mean image instead of the person."""
+        from vkd_jax.data.sources import ImageReplacedSource, mean_image_bytes
+        from vkd_jax.eval.evaluator import evaluate_questions
+
+        forget = self.load(f"forget_{self.forget_pct}")
+        blank = ImageReplacedSource(forget, mean_image_bytes(self.load("Full_Set")))
+        return evaluate_questions(model, self.tokenizer, blank, ecfg, records=records)["vqa_cls_acc"]
