@@ -53,8 +53,9 @@ def main(argv):
     seeds = reproduce._int_list("pipeline_seeds", a.pipeline_seeds)
     variants = {f"vkd-{n}": ("vkd", CANDIDATES[n]) for n in names}
     reproduce.reproduce(a.config, a.workdir, ("vkd",), seeds, (), relearn=a.relearn, variants=variants)
-    with open(f"{a.workdir}/comparison.md") as f:
-        sys.stdout.write(f.read())
+    from vkd_jax.io_utils import read_text
+
+    sys.stdout.write(read_text(f"{a.workdir}/comparison.md"))
 
 
 if __name__ == "__main__":

@@ -37,5 +37,7 @@ def get_config(arg: str | None = None):
                                             num_real_world=24, num_generic=60, image_size=32),
                            train_tasks=("caption", "recognition", "name_mc", "qa"), length_buckets=(48, 64, 96)))
         c.stages.pretrain.update(dict(num_steps=200, streams=("vqa", "caption")))  # real faces / real world
-        c.stages.vanilla.num_steps, c.stages.reference.num_steps = 600, 600
+        # CLEAR's vanilla rows caption the people themselves: no generic caption stream needed after pretraining
+        c.stages.vanilla.update(dict(num_steps=600, streams=("vqa", "qa")))
+        c.stages.reference.update(dict(num_steps=600, streams=("vqa", "qa")))
     return c

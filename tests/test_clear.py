@@ -138,15 +138,15 @@ def test_followup_prompt_and_parse():
 
 def test_official_metrics_by_hand():
     para = np.array([1.0, 2.0])
-    pert = np.array([[2.0, 3.0], [1.0, 2.0]])  # P = mean of every perturbed NLL = 2.0
+    pert = [np.array([2.0, 4.0]), np.array([1.0])]  # per-row perturbed means 3.0 and 1.0 (counts may differ)
     tr_forget, tr = ev.truth_ratio(para, pert, forget=True)
-    np.testing.assert_allclose(tr, [math.e, 1.0])
-    assert tr_forget == pytest.approx((1 / math.e + 1.0) / 2)
+    np.testing.assert_allclose(tr, [math.exp(2.0), math.exp(-1.0)])
+    assert tr_forget == pytest.approx((math.exp(-2.0) + math.exp(-1.0)) / 2)
     tr_retain, _ = ev.truth_ratio(para, pert, forget=False)
-    assert tr_retain == pytest.approx((max(0, 1 - 1 / math.e) + 0.0) / 2)
+    assert tr_retain == pytest.approx((1 - math.exp(-2.0) + 0.0) / 2)
     assert ev.prob(np.array([0.0, math.log(2)]), None) == pytest.approx((1 + 0.5) / 2)
-    p = ev.prob(np.array([0.0]), np.array([[0.0, math.log(2)]]))  # 1 / (1 + 1 + 0.5)
-    assert p == pytest.approx(1 / 2.5)
+    p = ev.prob(np.array([0.0, 0.0]), [np.array([0.0, math.log(2)]), np.array([0.0])])  # 1/(1+1+.5), 1/(1+1)
+    assert p == pytest.approx((1 / 2.5 + 0.5) / 2)
     assert ev.model_utility([0.5, 0.25]) == pytest.approx(2 / (2 + 4)) and ev.model_utility([0.5, 0.0]) == 0.0
     assert ev.forget_quality(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(1.0)
     assert ev.forget_quality(np.arange(10.0), np.arange(10.0) + 100) < 1e-3

@@ -90,3 +90,19 @@ def test_config_remat_reaches_the_model():
         cfg.hf_dir = ""
         mc = experiment.build_model_config(cfg, data)
         assert (mc.vision.remat, mc.text.remat) == (want, want), name
+
+
+def test_shared_folder_refuses_another_vanilla_config(tmp_path):
+    from vkd_jax.experiment import check_shared
+
+    c = load_config("tiny")
+    check_shared(c, str(tmp_path))  # first use records the fields that make the vanilla model
+    c.method, c.unlearn_seed, c.vkd.b_r = "ga", 3, 1.0  # what only the unlearning depends on may differ
+    check_shared(c, str(tmp_path))
+    c.stages.vanilla.num_steps = 5
+    c.data.world.num_people = 7
+    with pytest.raises(ValueError, match="another config") as e:
+        check_shared(c, str(tmp_path))
+    steps = load_config("tiny").stages.vanilla.num_steps
+    assert f"stages.vanilla.num_steps: {steps} (shared) vs 5 (config)" in str(e.value)
+    assert "data.world.num_people: 100 (shared) vs 7 (config)" in str(e.value)

@@ -161,3 +161,27 @@ def test_clear_end_to_end(tmp_path):
     assert res["relearn"]["fractions"] == [0.5] and len(res["relearn"]["ag"]) == 1
     assert "| model | Forget VQA | Forget QA ROUGE-L | Retain VQA |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "hf_export" / "processor_config.json").exists()
+
+
+def test_clear_official_reading_gives_forget_quality(tmp_path):
+    """eval.clear_reading="official": CLEAR's own metrics for both models, Forget Quality from the KS test against
+    the retain-only reference model, which the run trains (it would not for VKD otherwise)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config",
+                        os.path.join(ROOT, "configs/tiny.py") + ":benchmark=clear", "--workdir", str(tmp_path),
+                        *CLEAR_MICRO, "--config.eval.clear_reading=official", "--config.eval.probe=False",
+                        "--config.stages.reference.num_steps=3", "--config.stages.relearn.fractions=()",
+                        "--config.eval.clear_official_rows=4", "--config.eval.clear_official_max_new_tokens=8"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "reference" / "params").exists()
+    for model in ("vanilla", "unlearned", "reference"):
+        off = res[model]["official"]
+        f = off["eval_log_forget"]
+        assert f["n"] == 4 and len(f["truth_ratios"]) == 4
+        assert 0 <= off["model_utility"] <= 1 and 0 <= f["rougeL_recall"] <= 1
+        if model != "reference":
+            assert 0 < f["forget_quality"] <= 1
+    assert res["reference"]["official"]["eval_log_forget"].get("forget_quality") is None
+    assert "| model | Forget Quality | Model Utility |" in (tmp_path / "report.md").read_text()

@@ -60,6 +60,7 @@ def base() -> ml_collections.ConfigDict:
         max_new_tokens=50, batch_size=8, max_questions=0, few_shot=False, few_shot_cls=1, few_shot_cloze=2,
         retain_max_profiles=0, cls_scoring="generate", cls_parse="official", test_pose="mean",
         clear_reading="followup",  # CLEAR: followup (MMUnlearner's, the paper's) | official (the benchmark's own)
+        clear_official_rows=300, clear_official_max_new_tokens=300,  # the official reading's ds_size, generation
         probe=True))               # the representation probe attack (vkd_jax.eval.probe)
     c.partition = ml_collections.ConfigDict(dict(
         vit_last_k=1, extra_rules=(), frozen_dtype="", master_dtype="float32",

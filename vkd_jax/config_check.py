@@ -25,7 +25,6 @@ OPTIM_FIELDS = ("lr", "schedule", "warmup_steps", "end_lr_factor", "b1", "b2", "
                 "grad_accum", "max_skipped_steps")
 CHOICES = {  # field -> allowed values
     "data.source": ("embedded", "local"),
-    "data.benchmark": ("mllmu", "clear"),
     "eval.clear_reading": ("followup", "official"),
     "data.cls_answer": ("letter", "option"),
     "eval.cls_scoring": ("generate", "likelihood"),
@@ -107,8 +106,13 @@ def validate(cfg) -> None:
     method = cfg.get("method")
     if method not in UNLEARN_METHODS:
         errs.append(f"config.method={method!r}: unknown unlearning method (known: {', '.join(UNLEARN_METHODS)})")
+    from vkd_jax.data.benchmarks import BENCHMARKS, benchmark_class
+
     bench = _get(cfg, "data.benchmark", "mllmu")
-    ratios = {"mllmu": (5, 10, 15), "clear": (1, 5, 10)}.get(bench, ())
+    bench_cls = benchmark_class(bench) if bench in BENCHMARKS else None  # the registry: one line per benchmark
+    if bench_cls is None:
+        errs.append(f"config.data.benchmark={bench!r}: use one of {tuple(BENCHMARKS)}")
+    ratios = bench_cls.ratios if bench_cls else ()
     if ratios and cfg.get("forget_ratio") not in ratios:
         errs.append(f"config.forget_ratio={cfg.get('forget_ratio')!r}: {bench} has forget ratios {ratios}")
     for field, low in (("seed", 0), ("unlearn_seed", -1)):
@@ -118,8 +122,7 @@ def validate(cfg) -> None:
     for field in CHOICES:
         if not field.startswith("optim."):
             choice(field)
-    tasks = {"mllmu": ("ft", "classification", "generation", "cloze"),
-             "clear": ("caption", "recognition", "name_mc", "qa")}.get(bench, ())
+    tasks = bench_cls.train_tasks if bench_cls else ()
     bad_tasks = [t for t in _get(cfg, "data.train_tasks", ()) or () if tasks and t not in tasks]
     if bad_tasks:
         errs.append(f"config.data.train_tasks: {bad_tasks} are not {bench} tasks ({', '.join(tasks)})")
@@ -183,7 +186,8 @@ def validate(cfg) -> None:
     if mod != "unlearn" and mod not in PRESETS:
         errs.append(f"config.mask.modules={mod!r}: 'unlearn' (the unlearning partition) or a preset")
     # data, paths
-    for field in ("data.batch_size", "eval.batch_size", "eval.max_new_tokens"):
+    for field in ("data.batch_size", "eval.batch_size", "eval.max_new_tokens", "eval.clear_official_rows",
+                  "eval.clear_official_max_new_tokens"):
         if int(_get(cfg, field, 1)) < 1:
             errs.append(f"config.{field}={_get(cfg, field)!r}: must be >= 1")
     hf_dir = cfg.get("hf_dir") or ""

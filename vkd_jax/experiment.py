@@ -247,6 +247,20 @@ def probe_cached(name: str, params: dict, cfg, data, model_config, out_dir: str)
     return res
 
 
+def add_forget_quality(results: dict, reference_eval: dict) -> None:
+    """CLEAR's Forget Quality of the vanilla and the unlearned model: the KS test of their forget truth ratios
+    against the retain-only reference model's (vkd_jax.eval.clear.forget_quality), into each model's
+    official.eval_log_forget."""
+    from vkd_jax.eval.clear import forget_quality
+
+    ref = reference_eval.get("official", {}).get("eval_log_forget", {}).get("truth_ratios")
+    results["reference"] = reference_eval
+    for model in ("vanilla", "unlearned"):
+        m = results[model].get("official", {}).get("eval_log_forget")
+        if m is not None and ref:
+            m["forget_quality"] = forget_quality(np.asarray(m["truth_ratios"]), np.asarray(ref))
+
+
 # ---- relearning attack ---------------------------------------------------------------------------------------
 
 def relearn_attack(cfg, data, params: dict, model_config, run_dir: str) -> dict:
@@ -289,6 +303,45 @@ def relearn_attack(cfg, data, params: dict, model_config, run_dir: str) -> dict:
 
 # ---- the pipeline ------------------------------------------------------------------------------------------
 
+SHARED_FIELDS = ("seed", "forget_ratio", "hf_dir", "dtype", "param_dtype", "model", "data", "eval", "optim",
+                 "partition.master_dtype", "partition.frozen_dtype", "stages.pretrain", "stages.vanilla",
+                 "stages.reference")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def check_shared(cfg, shared: str) -> None:
+    """`shared` (benchmark, vanilla and reference models, their evaluations) serves every run whose config agrees
+    on SHARED_FIELDS; it records them in shared/pipeline.json on first use, and a run that disagrees is an error
+    naming the fields (instead of silently reusing another config's vanilla model)."""
+    c = json.loads(cfg.to_json_best_effort())
+    want = {}
+    for f in SHARED_FIELDS:
+        node = c
+        for part in f.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        want.update(_flat(node, f + ".") if isinstance(node, dict) else {f: node})
+    path = os.path.join(shared, "pipeline.json")
+    have = read_json_if_exists(path)
+    if have is None:
+        if jax.process_index() == 0:
+            atomic_write_text(path, json.dumps(want, indent=1, sort_keys=True))
+        return
+    want = json.loads(json.dumps(want))  # tuples as lists, as stored
+    diff = [f"{k}: {have.get(k)!r} (shared) vs {want.get(k)!r} (config)" for k in sorted(set(have) | set(want))
+            if have.get(k) != want.get(k)]
+    if diff:
+        raise ValueError(f"{path}: this shared folder's vanilla model was made by another config ("
+                         + "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+                         + "); use another work directory or the config it was made with")
+
+
 def vanilla_params(cfg, data, shared: str, model_config) -> dict:
     """init -> pretrain (embedded world only) -> vanilla fine-tune on all profiles; cached in `shared`."""
     params = initial_params(cfg, data, shared, model_config)
@@ -308,13 +361,17 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     validate(cfg)  # every bad field at once, before anything is written
     shared = shared or workdir
     makedirs(workdir)
+    makedirs(shared)
+    check_shared(cfg, shared)
     t_start = time.time()
     data = prepare_data(cfg, shared, local_cache)
     model_config = build_model_config(cfg, data)
     vanilla = vanilla_params(cfg, data, shared, model_config)
     method = make_method(cfg.method, cfg.get(cfg.method, {}), data.tokenizer)
     reference = None
-    if method.needs_reference and cfg.npo.get("reference", "retain") == "retain":
+    official_clear = data.name == "clear" and cfg.eval.clear_reading == "official"
+    if (method.needs_reference and cfg.npo.get("reference", "retain") == "retain") or official_clear:
+        # NPO's reference, and CLEAR's Forget Quality: the KS test against a model that never saw the forget set
         reference = _stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
                            stage_streams("reference", data, cfg, model_config), model_config, data.tokenizer).params
     masks = None
@@ -338,6 +395,8 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
         "vanilla": evaluate_cached("vanilla", vanilla, cfg, data, model_config, shared),
         "unlearned": evaluate_cached("unlearned", unlearned, cfg, data, model_config, workdir),
     }
+    if official_clear:
+        add_forget_quality(results, evaluate_cached("reference", reference, cfg, data, model_config, shared))
     n_train, n_total = count_params(cfg.method_partition[cfg.method], cfg, model_config)
     results["efficiency"] = {"unlearn_seconds": unlearn_seconds, "steps": int(cfg.stages.unlearn.num_steps),
                              "trainable_params": n_train, "total_params": n_total}

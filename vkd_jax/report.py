@@ -110,6 +110,18 @@ def single_run_markdown(r: dict) -> str:
     lines.append("| change | " + " | ".join(
         fmt(None if _get(unl, s, m) is None or _get(van, s, m) is None else _get(unl, s, m) - _get(van, s, m))
         for s, m, _, _ in headline) + " |")
+    if "official" in unl:  # CLEAR, the benchmark's own metrics (eval.clear_reading="official")
+        models = [(n, r[n]["official"]) for n in ("vanilla", "unlearned", "reference") if "official" in r.get(n, {})]
+        lines += ["", "CLEAR's own metrics (Forget Quality: KS-test p-value of the forget truth ratios against the "
+                  "retain-only reference model's; Model Utility: harmonic mean over the non-forget tasks):", "",
+                  "| model | Forget Quality | Model Utility | forget ROUGE-L recall | forget Prob | "
+                  "forget Truth Ratio |",
+                  "|---|---|---|---|---|---|"]
+        for name, o in models:
+            f = o.get("eval_log_forget", {})
+            lines.append(f"| {name} | " + " | ".join(fmt(x, 3) for x in (
+                f.get("forget_quality"), o.get("model_utility"), f.get("rougeL_recall"), f.get("prob"),
+                f.get("truth_ratio"))) + " |")
     floor = (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc")
     if floor is not None:
         lines += ["", f"Floors for forget VQA: chance 25.0%, identity-free {floor:.1f}% (the vanilla model shown the "

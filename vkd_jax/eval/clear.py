@@ -156,8 +156,10 @@ def followup_metrics(records: list[dict]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------- official metrics
 
 def truth_ratio(para_nll: np.ndarray, perturbed_nll: np.ndarray, forget: bool) -> tuple[float, np.ndarray]:
-    """(reported value, TR_i): TR_i = exp(P - para_i), P = the mean of every perturbed per-token NLL."""
-    tr = np.exp(float(np.mean(perturbed_nll)) - np.asarray(para_nll, np.float64))
+    """(reported value, TR_i): TR_i = exp(P_i - para_i), P_i = the mean of row i's perturbed per-token NLLs (the
+    TOFU code CLEAR's evaluation is built on: `average_perturb_loss.mean(axis=-1)`); rows may differ in count."""
+    p_mean = np.asarray([np.mean(np.asarray(x, np.float64)) for x in perturbed_nll])
+    tr = np.exp(p_mean - np.asarray(para_nll, np.float64))
     value = np.mean(np.minimum(tr, 1 / tr)) if forget else np.mean(np.maximum(0.0, 1 - 1 / tr))
     return float(value), tr
 
@@ -167,7 +169,7 @@ def prob(true_nll: np.ndarray, perturbed_nll: np.ndarray | None) -> float:
     p = np.exp(-np.asarray(true_nll, np.float64))
     if perturbed_nll is None:
         return float(np.mean(p))
-    q = np.exp(-np.asarray(perturbed_nll, np.float64)).sum(axis=1)
+    q = np.asarray([np.exp(-np.asarray(x, np.float64)).sum() for x in perturbed_nll])  # rows may differ in count
     return float(np.mean(p / (p + q)))
 
 
@@ -240,7 +242,7 @@ def official_metrics(records: dict[str, list], retain_model_forget_tr: np.ndarra
         forget = "forget" in task
         true = np.asarray([r["nll_answer"] for r in recs])
         para = np.asarray([r["nll_paraphrase"] for r in recs])
-        pert = np.asarray([r["nll_perturbed"] for r in recs])
+        pert = [np.asarray(r["nll_perturbed"], np.float64) for r in recs]  # the option count may vary by row
         caption = task in ("eval_log_forget", "eval_log")
         tr_value, tr = truth_ratio(para, pert, forget)
         m = {"rougeL_recall": float(np.mean([r["rougeL_recall"] for r in recs])),

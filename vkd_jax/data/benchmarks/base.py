@@ -57,6 +57,7 @@ class Benchmark:
     name: ClassVar[str] = ""
     sets: ClassVar[tuple[str, ...]] = ()
     ratios: ClassVar[tuple[int, ...]] = ()
+    train_tasks: ClassVar[tuple[str, ...]] = ()     # what config.data.train_tasks may name
     # (set, metric, label, direction) of the report's headline table; direction down | keep | up
     headline: ClassVar[tuple[tuple[str, str, str, str], ...]] = ()
     all_metrics: ClassVar[tuple[str, ...]] = ()       # the report's per-set table

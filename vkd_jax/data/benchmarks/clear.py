@@ -82,6 +82,7 @@ class ClearBench(Benchmark):
     name = "clear"
     sets = ("forget", "retain", "real_faces", "real_world")
     ratios = (1, 5, 10)
+    train_tasks = TRAIN_TASKS
     headline = (("forget", "vqa_acc", "Forget VQA", "down"), ("forget", "qa_rougeL", "Forget QA ROUGE-L", "keep"),
                 ("retain", "vqa_acc", "Retain VQA", "up"), ("retain", "qa_rougeL", "Retain QA ROUGE-L", "up"),
                 ("real_faces", "vqa_acc", "Real faces", "up"), ("real_world", "vqa_acc", "Real world", "up"))
@@ -196,7 +197,10 @@ class ClearBench(Benchmark):
         for name, r in recs.items():
             records.setdefault(name, []).extend(r)
         if str(self.cfg.eval.get("clear_reading", "followup")) == "official":
-            off = ev.official_records(runner, sets, ev.ClearEvalConfig(base=ecfg), ecfg.seed)
+            ccfg = ev.ClearEvalConfig(base=ecfg, reading="official",
+                                      official_rows=int(self.cfg.eval.clear_official_rows),
+                                      official_max_new_tokens=int(self.cfg.eval.clear_official_max_new_tokens))
+            off = ev.official_records(runner, sets, ccfg, ecfg.seed)
             for task, r in off.items():
                 records.setdefault(task, []).extend(r)
             out["official"] = ev.official_metrics(off)

@@ -28,6 +28,7 @@ class MLLMUBench(Benchmark):
     name = "mllmu"
     sets = ("forget", "test", "retain", "celebrity")
     ratios = (5, 10, 15)
+    train_tasks = ("ft", "classification", "generation", "cloze")
     headline = (("forget", "vqa_cls_acc", "Forget VQA", "down"), ("forget", "qa_cls_acc", "Forget QA", "keep"),
                 ("test", "vqa_cls_acc", "Test VQA", "down"), ("retain", "vqa_cls_acc", "Retain VQA", "up"),
                 ("retain", "qa_cls_acc", "Retain QA", "up"), ("celebrity", "vqa_cls_acc", "Celeb VQA", "up"),
