@@ -78,3 +78,22 @@ def test_main_fails_before_writing_anything(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "config has 3 bad fields" in r.stderr and "config.method='foo'" in r.stderr, r.stderr[-2000:]
     assert not work.exists()
+
+
+def test_benchmark_rules_come_from_the_registry():
+    """Names, forget ratios and training tasks are the registered benchmark classes' own (one registry line adds a
+    benchmark)."""
+    from vkd_jax.data.benchmarks import BENCHMARKS, benchmark_class
+
+    c = _config("tiny")
+    c.data.benchmark = "nope"
+    with pytest.raises(ConfigError, match=r"config.data.benchmark='nope': use one of \('mllmu', 'clear'\)"):
+        validate(c)
+    c = _config("tiny", "benchmark=clear")
+    validate(c)
+    c.forget_ratio, c.data.train_tasks = 15, ("caption", "cloze")
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    assert f"clear has forget ratios {benchmark_class('clear').ratios}" in str(e.value)
+    assert "['cloze'] are not clear tasks" in str(e.value)
+    assert set(BENCHMARKS) == {"mllmu", "clear"}

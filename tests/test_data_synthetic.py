@@ -147,3 +147,22 @@ def test_image_folder_source_errors_name_the_folder(tmp_path):
     (d / "captions.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="captions.json: not a JSON object"):
         ImageFolderSource(str(d))
+
+
+def test_a_benchmark_folder_refuses_another_world(tmp_path):
+    """world.json guards the generated benchmark itself (also where no shared/pipeline.json exists yet)."""
+    import dataclasses
+    import json
+
+    from vkd_jax.data.benchmarks.base import check_world
+    from vkd_jax.data.synthetic import WorldConfig
+
+    w = WorldConfig()
+    path = tmp_path / "world.json"
+    path.write_text(json.dumps({"seed": 0, "config": dataclasses.asdict(w)}))
+    check_world(str(path), w, 0)
+    other = dataclasses.replace(w, num_facts=w.num_facts - 1)
+    with pytest.raises(ValueError, match=f"num_facts: {w.num_facts} \\(stored\\) vs {w.num_facts - 1} \\(config\\)"):
+        check_world(str(path), other, 0)
+    with pytest.raises(ValueError, match="world_seed: 0 \\(stored\\) vs 1 \\(config\\)"):
+        check_world(str(path), w, 1)

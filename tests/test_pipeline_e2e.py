@@ -124,7 +124,9 @@ def test_other_world_in_the_same_workdir_fails_clearly(vkd_run):
     w, _ = vkd_run
     r = _main(w, "--config.data.world.num_facts=2")
     assert r.returncode != 0
-    assert "world.json" in r.stderr and "num_facts: 3 (stored) vs 2 (config)" in r.stderr, r.stderr[-2000:]
+    # the shared folder's record of the config that made its vanilla model stops it before any data is touched
+    assert "pipeline.json" in r.stderr and "data.world.num_facts: 3 (shared) vs 2 (config)" in r.stderr, \
+        r.stderr[-2000:]
 
 
 CLEAR_MICRO = [

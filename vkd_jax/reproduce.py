@@ -154,9 +154,20 @@ def summarise_vanilla(runs: dict[str, list[dict]]) -> dict:
     return row
 
 
-def _cell(ms):
+def _cell(ms, digits: int = 1):
     m, sd = ms
-    return "-" if m is None else f"{fmt(m)} ± {fmt(sd)}"
+    return "-" if m is None else f"{fmt(m, digits)} ± {fmt(sd, digits)}"
+
+
+def _digits(headline) -> dict:
+    """label -> decimals: ROUGE in [0, 1] gets 3, accuracies in % get 1."""
+    return {h[2]: 3 if "rouge" in h[1].lower() else 1 for h in headline}
+
+
+def _directions(headline) -> str:
+    words = {"down": "lower is better", "keep": "should equal vanilla", "up": "higher is better"}
+    return "; ".join(f"{', '.join(h[2] for h in headline if h[3] == d)}: {w}" for d, w in words.items()
+                     if any(h[3] == d for h in headline))
 
 
 def _targets_table(runs: dict[str, list[dict]], names) -> list[str]:
@@ -195,16 +206,17 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations,
               "seed)") if unlearn_seeds else ""
     lines = ["# Method comparison", "",
              f"Mean ± std over pipeline seeds {', '.join(map(str, seeds))} (each trains its own vanilla model from "
-             f"the same benchmark world, then runs every method){nested}; {n_runs} run(s) per row. Classification "
-             "accuracy in % (chance 25). Forget/Test VQA: lower is better; Forget QA should equal vanilla; "
-             "Retain/Celeb: higher is better.",
+             f"the same benchmark world, then runs every method){nested}; {n_runs} run(s) per row. Accuracy in % "
+             f"(multiple choice, chance 25), ROUGE-L in [0, 1]. {_directions(headline)}.",
              "", "## Main table", "", "| method | " + " | ".join(labels) + " | unlearn s | trainable params |",
              "|---|" + "---|" * (len(labels) + 2)]
-    lines.append("| vanilla | " + " | ".join(_cell(vanilla.get(lab, (None, None))) for lab in labels) + " | - | - |")
+    dg = _digits(headline)
+    lines.append("| vanilla | " + " | ".join(_cell(vanilla.get(lab, (None, None)), dg[lab]) for lab in labels)
+                 + " | - | - |")
 
     def row(name):
         r = summary[name]
-        return (f"| {name} | " + " | ".join(_cell(r[lab]) for lab in labels) + f" | {_cell(r['seconds'])} | "
+        return (f"| {name} | " + " | ".join(_cell(r[lab], dg[lab]) for lab in labels) + f" | {_cell(r['seconds'])} | "
                 f"{r['trainable'][0]:,} |")
 
     lines += [row(m) for m in methods if m in summary]
@@ -240,7 +252,7 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations,
     if any(summary[n].get("within") for n in names):
         lines += ["", "## Spread over unlearning seeds (std within a pipeline seed, mean over pipeline seeds)", "",
                   "| run | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-        lines += [f"| {n} | " + " | ".join(fmt(summary[n].get("within", {}).get(lab)) for lab in labels) + " |"
+        lines += [f"| {n} | " + " | ".join(fmt(summary[n].get("within", {}).get(lab), dg[lab]) for lab in labels) + " |"
                   for n in names]
     if runs:
         lines += _targets_table(runs, names)
