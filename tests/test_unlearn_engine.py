@@ -380,3 +380,41 @@ def test_stage_without_a_stream_its_method_reads_fails_clearly(tmp_path, ukit):
         run_stage("unlearn", c, str(tmp_path), params, {"forget": ukit.Stream(1), "retain": ukit.Stream(2)},
                   model_config=cfg,
                   mesh=pt.make_mesh(None, jax.devices()[:1]), progress=False)
+
+
+LORA_RUN = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import make_batch, ocfg, pcfg, tiny_params
+from vkd_jax.unlearn.methods import make_method
+from vkd_jax.unlearn.train import Trainer
+cfg, params = tiny_params()
+part = pcfg("lora_llm")
+part.lora.dropout = 0.5
+tr = Trainer(cfg, params, make_method("ga"), partition_cfg=part, optim_cfg=ocfg(lr=1e-2), num_steps=2)
+rng = np.random.default_rng(0)
+for _ in range(2):
+    tr.step({{"forget": make_batch(rng)}})
+h = hashlib.sha256()
+for k, v in sorted(tr.params().items()):
+    h.update(k.encode()); h.update(np.asarray(v).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_lora_dropout_draws_the_same_masks_in_every_process():
+    """LoRA dropout keys derive from the param names by a stable function: two processes with different string-hash
+    salts train the same adapters bitwise."""
+    import subprocess
+    import sys
+
+    script = LORA_RUN.format(tests=os.path.join(ROOT, "tests"))
+    digests = []
+    for salt in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": salt, "JAX_PLATFORMS": "cpu"}
+        p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        digests.append(p.stdout.split()[-1])
+    assert digests[0] == digests[1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -200,7 +201,7 @@ def merge_params(trainable: dict, frozen: dict, part: Partition, lora_dropout_rn
             a, b = trainable[f"{k}/{LORA_A}"], trainable[f"{k}/{LORA_B}"]
             if lora_dropout_rng is not None and part.lora.dropout > 0:
                 keep = 1.0 - part.lora.dropout
-                m = jax.random.bernoulli(jax.random.fold_in(lora_dropout_rng, hash(k) % (2 ** 31)), keep,
+                m = jax.random.bernoulli(jax.random.fold_in(lora_dropout_rng, zlib.crc32(k.encode())), keep,
                                          (a.shape[0], 1))
                 a = jnp.where(m, a / keep, 0).astype(a.dtype)
             w = (w.astype(jnp.float32) + part.lora.scale * (a.astype(jnp.float32) @ b.astype(jnp.float32))
