@@ -1,11 +1,12 @@
-# Two entry points for a newcomer: `make demo` (main job on the embedded default) and `make test`.
+# Entry points for a newcomer: `make demo` (the main job on one forget split of the embedded default, minutes),
+# `make sized` (the embedded default itself: every forget split, the resolution its targets need) and `make test`.
 # Each creates its own virtualenv in .venv (Python 3.11 preferred: the pinned CPU torch wheel is for 3.11).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/tiny
 
-.PHONY: demo test bench clean
+.PHONY: demo sized test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +16,12 @@ $(VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 demo: $(VENV)/.installed
+	$(PY) -m vkd_jax.main --config configs/tiny.py:splits=1 --workdir $(WORKDIR)
+
+sized: $(VENV)/.installed
 	$(PY) -m vkd_jax.main --config configs/tiny.py --workdir $(WORKDIR)
 
 clean:

@@ -163,3 +163,31 @@ def test_followup_metrics_from_records():
     m = ev.followup_metrics(recs)
     assert m["vqa_acc"] == 50.0 and m["vqa_n"] == 2 and m["qa_n"] == 2
     assert m["qa_rougeL"] == pytest.approx(0.75) and m["qa_bleu"] == pytest.approx(0.6)
+
+
+def test_clear_forget_splits_are_disjoint_blocks_of_people(tmp_path, load_cfg):
+    """Forget split k of the embedded CLEAR: its people's images, text rows and held-out renderings; the rest is
+    its retain side; split 0 is forget10 itself."""
+    from vkd_jax.data.benchmarks import make_benchmark
+
+    cfg = load_cfg("tiny:benchmark=clear")
+    cfg.data.clear_world.update(dict(num_people=20, num_real_faces=4, num_real_world=4, num_generic=4))
+    bench = make_benchmark(cfg, str(tmp_path))
+    assert bench.num_splits() == 10
+    names = lambda rows: {rows[i]["name"] for i in range(len(rows))}  # noqa: E731
+    everyone = names(bench.load("full"))
+    assert names(bench.with_split(0).load("forget10")) == names(bench.load("forget10"))
+    seen = set()
+    for k in range(10):
+        b = bench.with_split(k)
+        forget = names(b.load("forget10"))
+        assert forget == (b.split_forget_names() if k else forget) and len(forget) == 2 and not seen & forget
+        seen |= forget
+        assert names(b.load("retain90")) == everyone - forget
+        assert names(b.load("forget10_perturbed")) == forget
+        assert not names(b.load("retain_perturbed")) & forget
+        text = b.load("forget10+tofu")
+        assert all(any(n in (text[i].get("question") or "") for n in forget) or text[i].get("name") in forget
+                   for i in range(len(text)))
+        assert len(text) == len(bench.load("forget10+tofu"))
+    assert seen == everyone

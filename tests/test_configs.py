@@ -18,8 +18,10 @@ def load_config(name):
 
 
 def test_variants_and_independent_stage_sections():
-    c = config_base.load_config(os.path.join(ROOT, "configs", "tiny.py") + ":method=ga,forget=5,seed=2,steps=7")
-    assert (c.method, c.forget_ratio, c.seed, c.stages.unlearn.num_steps) == ("ga", 5, 2, 7)
+    c = config_base.load_config(os.path.join(ROOT, "configs", "tiny.py") + ":method=ga,forget=5,seed=2,steps=7,"
+                                                                          "splits=1")
+    assert (c.method, c.forget_ratio, c.seed, c.stages.unlearn.num_steps, c.splits) == ("ga", 5, 2, 7, 1)
+    assert load_config("tiny").splits == 0  # the default: every person of the world forgotten once
     with pytest.raises(ValueError, match="key one of"):
         config_base.load_config(os.path.join(ROOT, "configs", "tiny.py") + ":lr=3")
     for name in ("tiny", "llava7b"):
@@ -103,6 +105,6 @@ def test_shared_folder_refuses_another_vanilla_config(tmp_path):
     c.data.world.num_people = 7
     with pytest.raises(ValueError, match="another config") as e:
         check_shared(c, str(tmp_path))
-    steps = load_config("tiny").stages.vanilla.num_steps
-    assert f"stages.vanilla.num_steps: {steps} (shared) vs 5 (config)" in str(e.value)
-    assert "data.world.num_people: 100 (shared) vs 7 (config)" in str(e.value)
+    shipped = load_config("tiny")
+    assert f"stages.vanilla.num_steps: {shipped.stages.vanilla.num_steps} (shared) vs 5 (config)" in str(e.value)
+    assert f"data.world.num_people: {shipped.data.world.num_people} (shared) vs 7 (config)" in str(e.value)

@@ -166,3 +166,31 @@ def test_a_benchmark_folder_refuses_another_world(tmp_path):
         check_world(str(path), other, 0)
     with pytest.raises(ValueError, match="world_seed: 0 \\(stored\\) vs 1 \\(config\\)"):
         check_world(str(path), w, 1)
+
+
+def test_forget_splits_are_disjoint_blocks_and_split_0_is_forget_x(tmp_path, load_cfg):
+    """Several forget splits unlearnt from one vanilla model: block k of the world's forget order; split 0 is the
+    benchmark's own forget_10; each split's forget and retain profiles partition Full_Set; one too many is an error
+    naming config.splits."""
+    from vkd_jax.data.benchmarks import make_benchmark
+    from vkd_jax.data.pipeline import as_str
+
+    cfg = load_cfg("tiny")
+    cfg.data.world.update(dict(num_people=20, num_celebrities=4, num_generic=0, ft_poses=2))
+    bench = make_benchmark(cfg, str(tmp_path))
+    assert bench.num_splits() == 10
+    ids = lambda src: [as_str(src[i]["ID"]) for i in range(len(src))]  # noqa: E731
+    everyone = set(ids(bench.load("Full_Set")))
+    seen = set()
+    for k in range(10):
+        b = bench.with_split(k)
+        forget, retain = ids(b.load("forget_10")), ids(b.load("retain_90"))
+        assert len(forget) == 2 and set(forget) | set(retain) == everyone and not set(forget) & set(retain)
+        assert not seen & set(forget)
+        seen |= set(forget)
+        sets = b.eval_sets()
+        assert set(sets["test"].ids) == set(forget)
+    assert seen == everyone
+    assert ids(bench.with_split(0).load("forget_10")) == ids(bench.load("forget_10"))
+    with pytest.raises(ValueError, match="config.splits: forget split 10 does not exist"):
+        bench.with_split(10)

@@ -62,18 +62,22 @@ def test_full_results_schema_and_records(env):
     n_forget = 2  # 10 % of 20 people
     expected = {"forget": n_forget, "test": n_forget, "retain": 18, "celebrity": 4}
     for name, m in res.items():
-        assert set(METRICS) | set(EXTRA_METRICS) | {f"{k}_n" for k in KINDS} == set(m)
+        values = set(METRICS) | set(EXTRA_METRICS)
+        assert values | {f"{v}_ci95" for v in values} | {f"{k}_n" for k in KINDS} == set(m)
+        for v in values:  # the interval of each number holds it
+            lo, hi = m[f"{v}_ci95"]
+            assert lo <= m[v] <= hi, (name, v, lo, m[v], hi)
         for k in KINDS:  # one question per fact and kind
             assert m[f"{k}_n"] == expected[name] * WORLD.num_facts, (name, k)
         for k, v in m.items():
             if k.endswith("_acc"):
                 assert 0.0 <= v <= 100.0, (name, k, v)
-            elif not k.endswith("_n"):
+            elif not k.endswith(("_n", "_ci95")):
                 assert 0.0 <= v <= 1.0, (name, k, v)
         # Test_Set VQA: one record per pose (test_pose="mean"); everything else one per question
         per_q = {k: (WORLD.test_poses if name == "test" and k.startswith("vqa") else 1) for k in KINDS}
         assert len(records[name]) == sum(m[f"{k}_n"] * per_q[k] for k in KINDS)
-        assert _same(evaluator.metrics_from_records(records[name]), m)  # the metrics ARE the records'
+        assert _same(evaluator.metrics_from_records(records[name], intervals=True), m)  # the records' metrics
     for r in records["forget"]:
         assert set(r) == set(evaluator.RECORD_FIELDS) and r["set"] == "forget"
         head, tail = prompts.TEMPLATES[r["task"], r["form"]].split("{body}")

@@ -24,6 +24,7 @@ MICRO = [
     "--config.stages.vanilla.num_steps=3", "--config.stages.unlearn.num_steps=3", "--config.stages.relearn.num_steps=2",
     "--config.stages.relearn.fractions=(0.5,)", "--config.eval.max_questions=3", "--config.eval.batch_size=4",
     "--config.eval.max_new_tokens=6", "--config.mask.num_batches=2", "--config.checkpoint.every_steps=2",
+    "--config.splits=1",
 ]
 
 
@@ -69,7 +70,8 @@ def test_results_schema_and_report(vkd_run):
         assert res["unlearned"][s]["qa_gen_rougeL"] == res["vanilla"][s]["qa_gen_rougeL"]
     report = (w / "report.md").read_text()
     assert "| model | Forget VQA | Forget QA | Test VQA |" in report and "## Relearning attack" in report
-    assert f"identity-free {floor:.1f}%" in report
+    lo, hi = res["floors"]["identity_free_forget_vqa_cls_acc_ci95"]
+    assert f"identity-free {floor:.1f} [{lo:.1f}, {hi:.1f}]%" in report
     assert res["config"]["eval"]["cls_scoring"] == "likelihood" and "scored by option likelihood" in report
     assert "pretrain and vanilla stages also trained on captioned generic images" in report
     assert f"`vkd.b_g={res['config']['vkd']['b_g']:g}`" in report and res["config"]["vkd"]["b_g"] > 0
@@ -79,7 +81,13 @@ def test_results_schema_and_report(vkd_run):
     for p in ("forget_vs_retain", "training_curves", "relearn"):
         png = (w / "plots" / f"{p}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert '"method": "vkd"' in r.stdout
+    # the console: the headline with an interval beside each number, relearning and the targets judged
+    from vkd_jax.report import fmt_ci
+
+    fv = res["unlearned"]["forget"]
+    assert "vkd on mllmu: accuracies in % [95% interval]" in r.stdout
+    assert fmt_ci(fv["vqa_cls_acc"], fv["vqa_cls_acc_ci95"]) in r.stdout
+    assert "relearning AG (points): 0.5: " in r.stdout and "| forget QA change = 0 |" in r.stdout
 
 
 def test_rerun_reuses_finished_stages(vkd_run):
@@ -114,6 +122,35 @@ def test_hf_export_loads_in_transformers_with_same_logits(vkd_run):
     np.testing.assert_array_equal(np.asarray(again(ids, px)), np.asarray(ours(ids, px)))
 
 
+def test_the_default_starts_from_the_shipped_model_and_pools_its_splits(tmp_path):
+    """configs/tiny.py as shipped: the run loads the published vanilla model (no vanilla training in the work
+    directory), unlearns two forget splits from it and pools them, with a 95% interval beside every number."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/tiny.py"),
+                        "--workdir", str(tmp_path), "--config.vanilla_model=shipped", "--config.splits=2",
+                        "--config.stages.unlearn.num_steps=3", "--config.stages.relearn.num_steps=2",
+                        "--config.stages.relearn.fractions=(0.5,)", "--config.eval.max_questions=3",
+                        "--config.eval.max_new_tokens=4", "--config.eval.retain_max_profiles=4"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "vanilla model: the shipped mllmu_seed0" in r.stderr
+    assert not (tmp_path / "vanilla").exists() and not (tmp_path / "pretrain").exists()
+    assert "Downloading and preparing dataset" not in r.stdout + r.stderr
+    assert "dataset_info.json" not in r.stdout + r.stderr
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [s["split"] for s in res["splits"]] == [0, 1]
+    forget = res["unlearned"]["forget"]
+    assert forget["vqa_cls_n"] == sum(s["unlearned"]["forget"]["vqa_cls_n"] for s in res["splits"])
+    lo, hi = forget["vqa_cls_acc_ci95"]
+    assert lo <= forget["vqa_cls_acc"] <= hi
+    assert len(res["relearn"]["ag_ci95"]) == 1 and res["floors"]["identity_free_forget_vqa_cls_acc_ci95"]
+    assert res["change"]["forget"]["qa_cls_acc"] == 0  # the LLM is frozen
+    assert res["probe"]["unlearned"]["forget_acc_ci95"]
+    report = (tmp_path / "report.md").read_text()
+    assert "2 disjoint forget splits" in report and "## Targets, judged by the interval" in report
+    assert "| forget QA change = 0 | 0.0 [0.0, 0.0] | met |" in report
+
+
 def test_bad_config_fails_clearly(tmp_path):
     r = _main(tmp_path, "--config.forget_ratio=7")
     assert r.returncode != 0
@@ -135,7 +172,8 @@ CLEAR_MICRO = [
     "--config.data.batch_size=8", "--config.stages.pretrain.num_steps=3", "--config.stages.vanilla.num_steps=3",
     "--config.stages.unlearn.num_steps=3", "--config.stages.relearn.num_steps=2",
     "--config.stages.relearn.fractions=(0.5,)", "--config.eval.max_questions=3", "--config.eval.batch_size=4",
-    "--config.eval.max_new_tokens=6", "--config.checkpoint.every_steps=2",
+    "--config.eval.max_new_tokens=6", "--config.checkpoint.every_steps=2", "--config.splits=1",
+    "--config.data.clear_world.eval_images=2",
 ]
 
 

@@ -22,7 +22,7 @@ def _micro_config():
         "data.world.num_people": 20, "data.world.num_celebrities": 8, "data.world.num_facts": 3,
         "data.world.ft_poses": 2, "data.batch_size": 8, "stages.pretrain.num_steps": 2,
         "stages.vanilla.num_steps": 2, "stages.unlearn.num_steps": 2, "eval.max_questions": 2, "eval.batch_size": 4,
-        "eval.max_new_tokens": 4, "checkpoint.every_steps": 2, "stages.relearn.fractions": ()})
+        "eval.max_new_tokens": 4, "checkpoint.every_steps": 2, "stages.relearn.fractions": (), "splits": 1})
 
 
 def test_pipeline_seeds_train_their_own_vanilla_and_nest_unlearning_seeds(tmp_path):
@@ -109,7 +109,7 @@ def test_ablation_overrides_and_tables():
     s = reproduce.summarise({"vkd": [fake, fake]})
     assert s["vkd"]["Forget VQA"] == (30.0, 0.0) and s["vkd"]["AG@0.5"] == (12.0, 0.0)
     md = reproduce.comparison_markdown({"Forget VQA": (99.0, 0.0)}, s, (0, 1), ("vkd",), (), HEADLINE)
-    assert "| vkd | 30.0 ± 0.0 |" in md and "AG@0.5" in md
+    assert "| vkd | 30.0 ± 0.0 [30.0, 30.0] |" in md and "AG@0.5" in md  # two equal runs: a point interval
 
 
 def test_tradeoff_lines_compare_means_with_chance_floor_and_ties():

@@ -2,10 +2,15 @@
 
 Every field has one meaning and one place:
   method                   the unlearning method; the unlearn stage runs it, training `method_partition[method]`
+  splits                   how many disjoint forget splits of forget_ratio a run unlearns, each from the same vanilla
+                           model (the embedded worlds; a download has its own one): results pool their questions;
+                           0: as many as the world holds (every person forgotten once)
   forget_ratio, seed       forget_5/10/15; the pipeline seed: init, data order and dropout of the stages that build
                            the model before unlearning (pretrain, vanilla, reference) and the evaluation draws
   unlearn_seed             data order and dropout of masks, unlearn and relearn (-1: `seed`); `reproduce` varies it
                            below one vanilla model of each pipeline seed
+  vanilla_model            auto (a shipped vanilla model whose fingerprint equals this config's, else train) |
+                           shipped (that, or stop) | train (always train): vkd_jax.shipped
   hf_dir                   a local HF LLaVA folder (real runs), or "" (the embedded tiny model, built from `model`)
   dtype / param_dtype      compute dtype / storage dtype of the weights ("" = as hf_dir stores each tensor)
   export_hf / export_dtype write <workdir>/hf_export; its dtype ("" = each tensor's storage dtype)
@@ -29,13 +34,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import zlib
 
 import ml_collections
 
 # key of get_config(arg) -> (field, type)
 VARIANT_KEYS = {"method": ("method", str), "forget": ("forget_ratio", int), "seed": ("seed", int),
                 "unlearn_seed": ("unlearn_seed", int),
-                "steps": ("stages.unlearn.num_steps", int), "benchmark": ("data.benchmark", str)}
+                "steps": ("stages.unlearn.num_steps", int), "benchmark": ("data.benchmark", str),
+                "splits": ("splits", int)}
 
 
 def base() -> ml_collections.ConfigDict:
@@ -44,6 +51,8 @@ def base() -> ml_collections.ConfigDict:
     c.unlearn_seed = -1
     c.method = "vkd"
     c.forget_ratio = 10
+    c.splits = 1
+    c.vanilla_model = "auto"
     c.hf_dir = ""
     c.dtype = "float32"
     c.param_dtype = "float32"
@@ -131,7 +140,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """A config file's get_config(arg), from "path/to/config.py" or "path/to/config.py:arg" (what config_flags
     accepts on the command line), for code that does not parse flags."""
     path, _, arg = os.fspath(spec).partition(":")
-    mod_spec = importlib.util.spec_from_file_location(f"vkd_config_{abs(hash(path))}", path)
+    name = f"vkd_config_{zlib.crc32(os.path.abspath(path).encode()):08x}"
+    mod_spec = importlib.util.spec_from_file_location(name, path)
     if mod_spec is None or mod_spec.loader is None or not os.path.isfile(path):
         raise FileNotFoundError(f"config {spec!r}: {path} is not a python config file")
     mod = importlib.util.module_from_spec(mod_spec)

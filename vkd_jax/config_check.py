@@ -24,6 +24,7 @@ STAGE_STREAMS = {"pretrain": ("vqa", "qa", "caption"), "vanilla": ("vqa", "qa", 
 OPTIM_FIELDS = ("lr", "schedule", "warmup_steps", "end_lr_factor", "b1", "b2", "eps", "weight_decay", "clip_norm",
                 "grad_accum", "max_skipped_steps")
 CHOICES = {  # field -> allowed values
+    "vanilla_model": ("auto", "shipped", "train"),
     "data.source": ("embedded", "local"),
     "eval.clear_reading": ("followup", "official"),
     "data.cls_answer": ("letter", "option"),
@@ -115,7 +116,7 @@ def validate(cfg) -> None:
     ratios = bench_cls.ratios if bench_cls else ()
     if ratios and cfg.get("forget_ratio") not in ratios:
         errs.append(f"config.forget_ratio={cfg.get('forget_ratio')!r}: {bench} has forget ratios {ratios}")
-    for field, low in (("seed", 0), ("unlearn_seed", -1)):
+    for field, low in (("seed", 0), ("unlearn_seed", -1), ("splits", 0)):
         v = cfg.get(field, low)
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             errs.append(f"config.{field}={v!r}: an integer >= {low}")

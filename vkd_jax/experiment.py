@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import zlib
 
@@ -218,18 +219,25 @@ def evaluate_cached(name: str, params: dict, cfg, data, model_config, out_dir: s
 def identity_free_floor(params: dict, cfg, data, model_config, shared: str) -> float:
     """Forget VQA accuracy of a model shown the mean image instead of the person: what the frozen LLM answers
     without identity (the floor a well-forgotten model should sit at, rather than far below chance)."""
+
+    return identity_free_floor_values(params, cfg, data, model_config, shared)[0]
+
+
+def identity_free_floor_values(params: dict, cfg, data, model_config, shared: str) -> tuple[float, list]:
+    """(the floor, its per-question [person, value] pairs), cached in <shared>/eval/identity_free_floor.json."""
     from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 
     path = os.path.join(shared, "eval", "identity_free_floor.json")
     cached = read_json_if_exists(path)
-    if cached is not None:
-        return cached["forget_vqa_cls_acc"]
-    model = model_from_flat_params(abstract_model(model_config)[0], params)
-    records: list[dict] = []
-    acc = data.identity_free_floor(model, eval_config(cfg), records)
-    write_predictions(os.path.join(shared, "eval", "identity_free_floor.predictions.jsonl"), records)
-    atomic_write_text(path, json.dumps({"forget_vqa_cls_acc": acc, "image": "the mean of the training images"}))
-    return acc
+    if cached is None:
+        model = model_from_flat_params(abstract_model(model_config)[0], params)
+        records: list[dict] = []
+        acc = data.identity_free_floor(model, eval_config(cfg), records)
+        write_predictions(os.path.join(shared, "eval", "identity_free_floor.predictions.jsonl"), records)
+        cached = {"forget_vqa_cls_acc": acc, "image": "the mean of the training images",
+                  "values": data.question_values(records)[data.relearn_metric]}
+        atomic_write_text(path, json.dumps(cached))
+    return cached["forget_vqa_cls_acc"], [tuple(v) for v in cached.get("values", [])]
 
 
 def probe_cached(name: str, params: dict, cfg, data, model_config, out_dir: str) -> dict:
@@ -274,7 +282,7 @@ def relearn_attack(cfg, data, params: dict, model_config, run_dir: str) -> dict:
     graphdef, _ = abstract_model(model_config)
     ecfg = eval_config(cfg)
     fractions = [float(f) for f in cfg.stages.relearn.fractions]
-    out = {"fractions": fractions, "forget_vqa_cls_acc": [], "before": [], "ag": [], "steps":
+    out = {"fractions": fractions, "forget_vqa_cls_acc": [], "before": [], "ag": [], "ag_values": [], "steps":
            int(cfg.stages.relearn.num_steps)}
     for frac in fractions:
         n = max(1, int(round(frac * len(keys))))
@@ -293,40 +301,41 @@ def relearn_attack(cfg, data, params: dict, model_config, run_dir: str) -> dict:
             after = data.relearn_score(model_from_flat_params(graphdef, res.params), ecfg, used, after_recs)
             write_predictions(os.path.join(rdir, "predictions.jsonl"),
                               [{**x, "model": m} for m, rs in (("before", recs), ("after", after_recs)) for x in rs])
-            r = {"fraction": frac, "n_used": n, "n_eval": len(keys) - n, "before": before, "after": after}
+            # the same questions in the same order before and after: per-question gains, clustered by person
+            b, a = _relearn_values(data, recs), _relearn_values(data, after_recs)
+            if [p for p, _ in b] != [p for p, _ in a]:
+                raise RuntimeError("relearning: the questions scored before and after differ")
+            diffs = [[p, va - vb] for (p, vb), (_, va) in zip(b, a)]
+            r = {"fraction": frac, "n_used": n, "n_eval": len(keys) - n, "before": before, "after": after,
+                 "ag_values": diffs}
             atomic_write_text(cache, json.dumps(r, indent=2))
         out["forget_vqa_cls_acc"].append(r["after"])
         out["before"].append(r["before"])
         out["ag"].append(r["after"] - r["before"])
+        out["ag_values"].append([tuple(v) for v in r.get("ag_values", [])])
     return out
+
+
+def _relearn_values(data, records) -> list[tuple[str, float]]:
+    return data.question_values(records)[data.relearn_metric]
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------------
 
-SHARED_FIELDS = ("seed", "forget_ratio", "hf_dir", "dtype", "param_dtype", "model", "data", "eval", "optim",
-                 "partition.master_dtype", "partition.frozen_dtype", "stages.pretrain", "stages.vanilla",
-                 "stages.reference")
+def _shared_fields() -> tuple[str, ...]:
+    from vkd_jax.shipped import VANILLA_FIELDS
 
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
+    return VANILLA_FIELDS + ("forget_ratio", "eval", "stages.reference", "vanilla_model")
 
 
 def check_shared(cfg, shared: str) -> None:
     """`shared` (benchmark, vanilla and reference models, their evaluations) serves every run whose config agrees
-    on SHARED_FIELDS; it records them in shared/pipeline.json on first use, and a run that disagrees is an error
-    naming the fields (instead of silently reusing another config's vanilla model)."""
-    c = json.loads(cfg.to_json_best_effort())
-    want = {}
-    for f in SHARED_FIELDS:
-        node = c
-        for part in f.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        want.update(_flat(node, f + ".") if isinstance(node, dict) else {f: node})
+    on its fields (the vanilla model's, the forget ratio, evaluation, reference model); it records them in
+    shared/pipeline.json on first use, and a run that disagrees is an error naming the fields (instead of silently
+    reusing another config's vanilla model)."""
+    from vkd_jax.shipped import config_fields
+
+    want = config_fields(cfg, _shared_fields())
     path = os.path.join(shared, "pipeline.json")
     have = read_json_if_exists(path)
     if have is None:
@@ -343,7 +352,16 @@ def check_shared(cfg, shared: str) -> None:
 
 
 def vanilla_params(cfg, data, shared: str, model_config) -> dict:
-    """init -> pretrain (embedded world only) -> vanilla fine-tune on all profiles; cached in `shared`."""
+    """The shipped vanilla model whose fingerprint equals this config's (vkd_jax.shipped; `config.vanilla_model`),
+    else init -> pretrain (embedded world only) -> vanilla fine-tune on all profiles, cached in `shared`."""
+    from vkd_jax.shipped import vanilla_from_shipped
+
+    if not is_complete_dir(os.path.join(shared, "vanilla")):
+        shipped, why = vanilla_from_shipped(cfg, data, model_config)
+        if jax.process_index() == 0:
+            print(why, file=sys.stderr, flush=True)
+        if shipped is not None:
+            return shipped
     params = initial_params(cfg, data, shared, model_config)
     names = (["pretrain"] if cfg.data.source == "embedded" else []) + ["vanilla"]
     for name in names:
@@ -351,6 +369,141 @@ def vanilla_params(cfg, data, shared: str, model_config) -> dict:
             params = _stage(name, cfg, shared, params, stage_streams(name, data, cfg, model_config), model_config,
                             data.tokenizer).params
     return params
+
+
+def split_dir(base: str, k: int) -> str:
+    """Where forget split k keeps its stages and evaluations: `base` itself for split 0, base/split<k> else."""
+    return base if k == 0 else os.path.join(base, f"split{k}")
+
+
+def read_eval_values(data, out_dir: str, name: str) -> dict:
+    """{set: {metric: [(person, value), ...]}} of a cached evaluation, from its predictions file."""
+    from vkd_jax.io_utils import read_text
+
+    by_set: dict[str, list] = {}
+    for line in read_text(os.path.join(out_dir, "eval", f"{name}.predictions.jsonl")).splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_set.setdefault(r["set"], []).append(r)
+    return {s: data.question_values(recs) for s, recs in by_set.items()}
+
+
+def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir: str, shared: str, *,
+              relearn: bool) -> dict:
+    """One forget split from the vanilla model: masks, unlearning, the evaluations, the relearning attack, the
+    probe and the identity-free floor; its results and the per-question values the pooled results are made of."""
+    run_dir, shared_dir = split_dir(workdir, data.split), split_dir(shared, data.split)
+    makedirs(run_dir)
+    masks = None
+    if method.needs_masks or cfg.stages.unlearn.get("use_masks", False):
+        masks = _stage("masks", cfg, run_dir, vanilla, stage_streams("masks", data, cfg, model_config),
+                       model_config, data.tokenizer).masks
+    timing_path = os.path.join(run_dir, "unlearn", "timing.json")
+    t = time.time()
+    unlearned = _stage("unlearn", cfg, run_dir, vanilla, stage_streams("unlearn", data, cfg, model_config),
+                       model_config, data.tokenizer, reference=reference, masks=masks).params
+    timing = read_json_if_exists(timing_path)
+    if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
+        timing = {"unlearn_seconds": time.time() - t}
+        atomic_write_text(timing_path, json.dumps(timing))
+    out = {"split": data.split, "unlearn_seconds": timing["unlearn_seconds"], "unlearned_params": unlearned,
+           "vanilla": evaluate_cached("vanilla", vanilla, cfg, data, model_config, shared_dir),
+           "unlearned": evaluate_cached("unlearned", unlearned, cfg, data, model_config, run_dir)}
+    out["values"] = {m: read_eval_values(data, d, m) for m, d in (("vanilla", shared_dir), ("unlearned", run_dir))}
+    if masks is not None:
+        from vkd_jax.unlearn.masks import kept_fraction
+
+        out["masks"] = {"kept_fraction": kept_fraction(masks)}
+    if relearn and cfg.stages.relearn.fractions:
+        out["relearn"] = relearn_attack(cfg, data, unlearned, model_config, run_dir)
+    if bool(cfg.eval.get("probe", True)):
+        out["probe"] = {"vanilla": probe_cached("vanilla", vanilla, cfg, data, model_config, shared_dir),
+                        "unlearned": probe_cached("unlearned", unlearned, cfg, data, model_config, run_dir)}
+    out["floor"], out["floor_values"] = identity_free_floor_values(vanilla, cfg, data, model_config, shared_dir)
+    return out
+
+
+def pool_splits(data, splits: list[dict]) -> dict:
+    """The run's results over its forget splits: every metric the mean over all splits' questions, its interval a
+    bootstrap over people (a person evaluated in several splits is one cluster); per-split results beside."""
+    from vkd_jax.eval.intervals import cluster_ci, with_intervals
+
+    def pooled(model):
+        out = {}
+        for set_name in splits[0]["values"][model]:
+            metrics = splits[0]["values"][model][set_name]
+            values = {m: [v for s in splits for v in s["values"][model].get(set_name, {}).get(m, [])]
+                      for m in metrics}
+            res = with_intervals(values)
+            for m, pairs in values.items():
+                kind = m[:-len("_acc")] if m.endswith("_acc") else m.rsplit("_", 1)[0]
+                res[f"{kind}_n"] = len(pairs)
+            out[set_name] = _none_for_nan(res)
+        if "official" in splits[0][model]:  # CLEAR's own reading: the benchmark's own forget split
+            out["official"] = splits[0][model]["official"]
+        return out
+
+    res = {"vanilla": pooled("vanilla"), "unlearned": pooled("unlearned"), "change": {}}
+    # unlearned - vanilla, question by question (both scored the same questions in the same order), by person
+    for set_name, metrics in splits[0]["values"]["unlearned"].items():
+        diffs = {}
+        for m in metrics:
+            pairs = []
+            for s in splits:
+                u = s["values"]["unlearned"].get(set_name, {}).get(m, [])
+                v = s["values"]["vanilla"].get(set_name, {}).get(m, [])
+                if [p for p, _ in u] != [p for p, _ in v]:
+                    raise RuntimeError(f"split {s['split']}: the vanilla and unlearned {set_name} questions differ")
+                pairs += [(p, a - b) for (p, a), (_, b) in zip(u, v)]
+            diffs[m] = pairs
+        res["change"][set_name] = {k: v for k, v in _none_for_nan(with_intervals(diffs, "change/")).items()}
+    floor = [v for s in splits for v in s["floor_values"]]
+    res["floors"] = {"chance_cls_acc": data.chance,
+                     "identity_free_forget_vqa_cls_acc": float(np.mean([v for _, v in floor])) if floor
+                     else splits[0]["floor"],
+                     "identity_free_forget_vqa_cls_acc_ci95": list(cluster_ci(*zip(*floor), "floor")) if floor
+                     else None}
+    if all("relearn" in s for s in splits):
+        r0 = splits[0]["relearn"]
+        rl = {"fractions": r0["fractions"], "steps": r0["steps"], "forget_vqa_cls_acc": [], "before": [], "ag": [],
+              "ag_ci95": [], "n_eval": []}
+        for i in range(len(r0["fractions"])):
+            diffs = [v for s in splits for v in s["relearn"]["ag_values"][i]]
+            weights = [len(s["relearn"]["ag_values"][i]) for s in splits]
+            w = np.asarray(weights, np.float64) / max(sum(weights), 1)
+            before = float(np.dot(w, [s["relearn"]["before"][i] for s in splits]))
+            after = float(np.dot(w, [s["relearn"]["forget_vqa_cls_acc"][i] for s in splits]))
+            rl["before"].append(before)
+            rl["forget_vqa_cls_acc"].append(after)
+            rl["ag"].append(after - before)
+            rl["ag_ci95"].append(list(cluster_ci(*zip(*diffs), f"ag{i}")) if diffs else None)
+            rl["n_eval"].append(len(diffs))
+        res["relearn"] = rl
+    if all("probe" in s for s in splits):
+        res["probe"] = {m: pool_probe([s["probe"][m] for s in splits]) for m in ("vanilla", "unlearned")}
+    res["splits"] = [{k: v for k, v in s.items() if k not in ("values", "floor_values", "unlearned_params")}
+                     for s in splits]
+    for s in res["splits"]:
+        if "relearn" in s:
+            s["relearn"] = {k: v for k, v in s["relearn"].items() if k != "ag_values"}
+    return res
+
+
+def pool_probe(runs: list[dict]) -> dict:
+    """The probe's accuracies over splits: each split's held-out images (clustered by split and person)."""
+    from vkd_jax.eval.intervals import with_intervals
+
+    out = dict(runs[0])
+    for key in ("n_forget_test", "n_retain_test"):
+        out[key] = sum(int(r.get(key, 0)) for r in runs)
+    for key in ("forget_acc", "retain_acc"):
+        items = [(f"{k}/{lab}", 100.0 * c) for k, r in enumerate(runs) for lab, c in r.get(f"{key}_items", [])]
+        if items:
+            out.update(with_intervals({key: items}))
+    for key in list(out):
+        if key.endswith("_items"):
+            out.pop(key)
+    return out
 
 
 def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
@@ -365,6 +518,8 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     check_shared(cfg, shared)
     t_start = time.time()
     data = prepare_data(cfg, shared, local_cache)
+    num_splits = int(cfg.splits) or data.num_splits()  # 0: every person of the world forgotten once
+    split_data = [data.with_split(k) for k in range(num_splits)]  # a split too many: an error now
     model_config = build_model_config(cfg, data)
     vanilla = vanilla_params(cfg, data, shared, model_config)
     method = make_method(cfg.method, cfg.get(cfg.method, {}), data.tokenizer)
@@ -374,44 +529,25 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
         # NPO's reference, and CLEAR's Forget Quality: the KS test against a model that never saw the forget set
         reference = _stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
                            stage_streams("reference", data, cfg, model_config), model_config, data.tokenizer).params
-    masks = None
-    if method.needs_masks or cfg.stages.unlearn.get("use_masks", False):
-        masks = _stage("masks", cfg, workdir, vanilla, stage_streams("masks", data, cfg, model_config),
-                       model_config, data.tokenizer).masks
-    timing_path = os.path.join(workdir, "unlearn", "timing.json")
-    t = time.time()
-    unlearned = _stage("unlearn", cfg, workdir, vanilla, stage_streams("unlearn", data, cfg, model_config),
-                       model_config, data.tokenizer, reference=reference, masks=masks).params
-    timing = read_json_if_exists(timing_path)
-    if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
-        timing = {"unlearn_seconds": time.time() - t}
-        atomic_write_text(timing_path, json.dumps(timing))
-    unlearn_seconds = timing["unlearn_seconds"]
+    splits = [run_split(cfg, d, vanilla, reference, method, model_config, workdir, shared, relearn=relearn)
+              for d in split_data]
+    unlearned = splits[0]["unlearned_params"]  # the benchmark's own forget split: what hf_export holds
     results = {
         "benchmark": data.name,
         "method": cfg.method,
         "config": json.loads(cfg.to_json_best_effort()),
         "protocol": eval_config(cfg).protocol(),
-        "vanilla": evaluate_cached("vanilla", vanilla, cfg, data, model_config, shared),
-        "unlearned": evaluate_cached("unlearned", unlearned, cfg, data, model_config, workdir),
+        **pool_splits(data, splits),
     }
     if official_clear:
         add_forget_quality(results, evaluate_cached("reference", reference, cfg, data, model_config, shared))
     n_train, n_total = count_params(cfg.method_partition[cfg.method], cfg, model_config)
-    results["efficiency"] = {"unlearn_seconds": unlearn_seconds, "steps": int(cfg.stages.unlearn.num_steps),
-                             "trainable_params": n_train, "total_params": n_total}
-    if masks is not None:
-        from vkd_jax.unlearn.masks import kept_fraction
-
-        results["masks"] = {"kept_fraction": kept_fraction(masks)}
-    if relearn and cfg.stages.relearn.fractions:
-        results["relearn"] = relearn_attack(cfg, data, unlearned, model_config, workdir)
-    if bool(cfg.eval.get("probe", True)):
-        results["probe"] = {"vanilla": probe_cached("vanilla", vanilla, cfg, data, model_config, shared),
-                            "unlearned": probe_cached("unlearned", unlearned, cfg, data, model_config, workdir)}
-    results["floors"] = {"chance_cls_acc": 25.0,
-                         "identity_free_forget_vqa_cls_acc": identity_free_floor(vanilla, cfg, data, model_config,
-                                                                                 shared)}
+    seconds = [s["unlearn_seconds"] for s in splits]
+    results["efficiency"] = {"unlearn_seconds": float(np.mean(seconds)), "unlearn_seconds_total": float(sum(seconds)),
+                             "steps": int(cfg.stages.unlearn.num_steps), "trainable_params": n_train,
+                             "total_params": n_total}
+    if "masks" in splits[0]:
+        results["masks"] = splits[0]["masks"]
     results["seconds_total"] = time.time() - t_start
     if jax.process_index() == 0:
         from vkd_jax import report

@@ -16,7 +16,6 @@ process join a jax.distributed run; a single-process run never initialises it.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -54,11 +53,9 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if jax.process_index() == 0:
-        from vkd_jax.report import benchmark_of
+        from vkd_jax.report import console_summary
 
-        head = {label: results["unlearned"].get(s, {}).get(m) for s, m, label, _ in benchmark_of(results).headline}
-        print(json.dumps({"benchmark": results["benchmark"], "method": results["method"], "unlearned": head,
-                          "efficiency": results["efficiency"]}, indent=2))
+        print(console_summary(results))
         print(f"report: {os.path.join(workdir, 'report.md')}")
 
 

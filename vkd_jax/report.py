@@ -29,6 +29,30 @@ def _get(res: dict, s: str, m: str):
     return (res.get(s) or {}).get(m)
 
 
+def fmt_ci(v, ci, digits: int = 1) -> str:
+    """'v [lo, hi]' (the 95% interval), or v alone without one."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if not ci or ci[0] is None:
+        return fmt(v, digits)
+    return f"{fmt(v, digits)} [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def cell(res: dict, s: str, m: str, digits: int = 1) -> str:
+    return fmt_ci(_get(res, s, m), _get(res, s, f"{m}_ci95"), digits)
+
+
+def splits_line(r: dict) -> str:
+    sp = r.get("splits") or []
+    if len(sp) <= 1:
+        return ("One forget split. Each number has its 95% interval in brackets: a bootstrap over the people "
+                "evaluated (one person's questions are not independent).")
+    return (f"{len(sp)} disjoint forget splits, each unlearnt from the same vanilla model; every number pools their "
+            "questions (per-split results: results.json `splits`), with its 95% interval in brackets: a bootstrap "
+            "over the people evaluated (one person's questions are not independent; a retain person evaluated in "
+            "several splits is one).")
+
+
 def read_curve(stage_dir: str, key: str = "loss") -> tuple[list, list]:
     steps, vals = [], []
     path = as_path(os.path.join(stage_dir, "metrics.jsonl"))
@@ -72,6 +96,45 @@ def protocol_line(p: dict, benchmark: str = "mllmu", clear_reading: str = "follo
             "`eval/<model>.predictions.jsonl`.")
 
 
+def headline_lines(r: dict) -> list[str]:
+    """The headline table (vanilla, unlearned, change, each with its 95% interval) and the splits it pools."""
+    van, unl, headline = r["vanilla"], r["unlearned"], benchmark_of(r).headline
+    lines = ["| model | " + " | ".join(h[2] for h in headline) + " |", "|---|" + "---|" * len(headline)]
+    dg = {m: 3 if "rouge" in m.lower() else 1 for _, m, _, _ in headline}
+    for name, res in (("vanilla", van), ("unlearned", unl)):
+        lines.append(f"| {name} | " + " | ".join(cell(res, s, m, dg[m]) for s, m, _, _ in headline) + " |")
+    ch = r.get("change") or {}
+    lines.append("| change | " + " | ".join(cell(ch, s, m, dg[m]) if _get(ch, s, m) is not None else
+        fmt(None if _get(unl, s, m) is None or _get(van, s, m) is None else _get(unl, s, m) - _get(van, s, m))
+        for s, m, _, _ in headline) + " |")
+    return lines + ["", splits_line(r)]
+
+
+def targets_lines(r: dict) -> list[str]:
+    judged = benchmark_of(r).judged_targets(r)
+    if not judged:
+        return []
+    return ["", "## Targets, judged by the interval", "",
+            "Met: the 95% interval lies inside the target; not met: outside it; undecided: it straddles the bound.",
+            "", "| target | value [95% interval] | verdict |", "|---|---|---|"] + \
+        [f"| {name} | {fmt_ci(v, ci)} | {verdict} |" for name, v, ci, verdict in judged]
+
+
+def console_summary(r: dict) -> str:
+    """What main prints when a run ends: the headline with intervals, relearning, the targets judged, the cost."""
+    lines = [f"{r['method']} on {benchmark_of(r).name}: accuracies in % [95% interval]", ""] + headline_lines(r)
+    rl = r.get("relearn")
+    if rl:
+        cis = rl.get("ag_ci95") or [None] * len(rl["fractions"])
+        lines += ["", "relearning AG (points): " + ", ".join(
+            f"{f:g}: {fmt_ci(g, ci)}" for f, g, ci in zip(rl["fractions"], rl["ag"], cis))]
+    lines += targets_lines(r)
+    e = r["efficiency"]
+    lines += ["", f"unlearning: {e['unlearn_seconds']:.1f} s per split, {e['steps']} steps, "
+                  f"{e['trainable_params']:,} of {e['total_params']:,} params trained"]
+    return "\n".join(lines)
+
+
 def single_run_markdown(r: dict) -> str:
     van, unl = r["vanilla"], r["unlearned"]
     bench = benchmark_of(r)
@@ -102,14 +165,8 @@ def single_run_markdown(r: dict) -> str:
     if r["method"] == "vkd" and float((cfg.get("vkd") or {}).get("b_g", 0) or 0) > 0:
         lines += ["", f"VKD also distilled the projector features of generic images outside every split "
                   f"(`vkd.b_g={float(cfg['vkd']['b_g']):g}`): no forget, retain, test or celebrity image."]
-    lines += ["", "## Headline", "",
-              "| model | " + " | ".join(h[2] for h in headline) + " |",
-              "|---|" + "---|" * len(headline)]
-    for name, res in (("vanilla", van), ("unlearned", unl)):
-        lines.append(f"| {name} | " + " | ".join(fmt(_get(res, s, m)) for s, m, _, _ in headline) + " |")
-    lines.append("| change | " + " | ".join(
-        fmt(None if _get(unl, s, m) is None or _get(van, s, m) is None else _get(unl, s, m) - _get(van, s, m))
-        for s, m, _, _ in headline) + " |")
+    lines += ["", "## Headline", ""] + headline_lines(r)
+    lines += targets_lines(r)
     if "official" in unl:  # CLEAR, the benchmark's own metrics (eval.clear_reading="official")
         models = [(n, r[n]["official"]) for n in ("vanilla", "unlearned", "reference") if "official" in r.get(n, {})]
         lines += ["", "CLEAR's own metrics (Forget Quality: KS-test p-value of the forget truth ratios against the "
@@ -122,17 +179,20 @@ def single_run_markdown(r: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(fmt(x, 3) for x in (
                 f.get("forget_quality"), o.get("model_utility"), f.get("rougeL_recall"), f.get("prob"),
                 f.get("truth_ratio"))) + " |")
-    floor = (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc")
+    floors = r.get("floors") or {}
+    floor = floors.get("identity_free_forget_vqa_cls_acc")
     if floor is not None:
-        lines += ["", f"Floors for forget VQA: chance 25.0%, identity-free {floor:.1f}% (the vanilla model shown the "
-                      "mean image instead of the person). Forgotten means near these, not far below them."]
+        lines += ["", f"Floors for forget VQA: chance {fmt(bench.chance)}%, identity-free "
+                      f"{fmt_ci(floor, floors.get('identity_free_forget_vqa_cls_acc_ci95'))}% (the vanilla model "
+                      "shown the mean image instead of the person). Forgotten means near these, not far below them."]
     flags = []
     for s, m, _, direction in headline:
         if direction != "down":
             continue
         v = _get(unl, s, m)
-        if v is not None and v < 15:
-            flags.append(f"{s} VQA accuracy {v:.1f}% is far below chance (25%): the answers are systematically "
+        if v is not None and v < bench.chance - 10:
+            flags.append(f"{s} VQA accuracy {v:.1f}% is far below chance ({bench.chance:g}%): the answers are "
+                         "systematically "
                          "avoided, which still leaks them.")
     if flags:
         lines += ["", "**Warning:** " + " ".join(flags)]
@@ -141,10 +201,11 @@ def single_run_markdown(r: dict) -> str:
     for s in sets:
         for name, res in (("vanilla", van), ("unlearned", unl)):
             digits = lambda m: 3 if "rouge" in m else 1
-            lines.append(f"| {s} | {name} | " + " | ".join(fmt(_get(res, s, m), digits(m)) for m in all_metrics)
+            lines.append(f"| {s} | {name} | " + " | ".join(cell(res, s, m, digits(m)) for m in all_metrics)
                          + " |")
     e = r["efficiency"]
-    lines += ["", "## Cost", "", "| unlearning wall time (s) | steps | trainable params | total params | trainable % |",
+    lines += ["", "## Cost", "", "| unlearning wall time per split (s) | steps | trainable params | total params | "
+              "trainable % |",
               "|---|---|---|---|---|",
               f"| {e['unlearn_seconds']:.1f} | {e['steps']} | {e['trainable_params']:,} | {e['total_params']:,} | "
               f"{100 * e['trainable_params'] / max(e['total_params'], 1):.1f} |"]
@@ -157,13 +218,16 @@ def single_run_markdown(r: dict) -> str:
         lines += ["", "## Relearning attack", "",
                   f"Fine-tune all params on a fraction of the forget VQA questions for {rl.get('steps', '?')} steps; "
                   "score forget VQA on the questions not used. AG = after - before (points).", "",
-                  "| fraction | before | after | AG | recovery vs vanilla |", "|---|---|---|---|---|"]
-        v0 = _get(van, "forget", "vqa_cls_acc")
-        for f, b, a, g in zip(rl["fractions"], rl["before"], rl["forget_vqa_cls_acc"], rl["ag"]):
+                  "| fraction | questions scored | before | after | AG [95% interval] | recovery vs vanilla |",
+                  "|---|---|---|---|---|---|"]
+        v0 = _get(van, "forget", bench.relearn_metric)
+        cis = rl.get("ag_ci95") or [None] * len(rl["fractions"])
+        ns = rl.get("n_eval") or ["-"] * len(rl["fractions"])
+        for f, n, b, a, g, ci in zip(rl["fractions"], ns, rl["before"], rl["forget_vqa_cls_acc"], rl["ag"], cis):
             # recovery is only meaningful when unlearning removed something (>= 5 points below vanilla)
             rec = None if v0 is None or v0 - b < 5 else 100 * (a - b) / (v0 - b)
-            cell = "-" if rec is None else f"{rec:.1f}%"
-            lines.append(f"| {f:g} | {fmt(b)} | {fmt(a)} | {fmt(g)} | {cell} |")
+            lines.append(f"| {f:g} | {n} | {fmt(b)} | {fmt(a)} | {fmt_ci(g, ci)} | "
+                         f"{'-' if rec is None else f'{rec:.1f}%'} |")
     pr = r.get("probe")
     if pr:
         lines += ["", "## Representation probe", "",
@@ -173,7 +237,8 @@ def single_run_markdown(r: dict) -> str:
                   "people's accuracy falls toward chance while the retain people's stays.", "",
                   "| model | forget people | retain people |", "|---|---|---|"]
         for name in ("vanilla", "unlearned"):
-            lines.append(f"| {name} | {fmt(pr[name].get('forget_acc'))} | {fmt(pr[name].get('retain_acc'))} |")
+            lines.append(f"| {name} | {fmt_ci(pr[name].get('forget_acc'), pr[name].get('forget_acc_ci95'))} | "
+                         f"{fmt_ci(pr[name].get('retain_acc'), pr[name].get('retain_acc_ci95'))} |")
     lines += ["", "Plots: `plots/forget_vs_retain.png`, `plots/training_curves.png`, `plots/relearn.png`."]
     return "\n".join(lines) + "\n"
 
@@ -202,10 +267,11 @@ def plot_sets(r: dict, path: str):
     fig, axes = plt.subplots(1, len(bench.plot_panels), figsize=(10, 3.8))
     for ax, (metric, title, top) in zip(axes, bench.plot_panels):
         xs = range(len(sets))
-        v = [(_get(r["vanilla"], s, metric) or 0) for s in sets]
-        u = [(_get(r["unlearned"], s, metric) or 0) for s in sets]
-        ax.bar([x - 0.2 for x in xs], v, 0.4, label="vanilla", color="#7a9cc6")
-        ax.bar([x + 0.2 for x in xs], u, 0.4, label=f"unlearned ({r['method']})", color="#d9534f")
+        for shift, model, label, colour in ((-0.2, "vanilla", "vanilla", "#7a9cc6"),
+                                            (0.2, "unlearned", f"unlearned ({r['method']})", "#d9534f")):
+            vals = [(_get(r[model], s, metric) or 0) for s in sets]
+            ax.bar([x + shift for x in xs], vals, 0.4, label=label, color=colour,
+                   yerr=error_bars(vals, [_get(r[model], s, f"{metric}_ci95") for s in sets]), capsize=3)
         if top > 2:
             ax.axhline(bench.chance, color="grey", ls="--", lw=1, label="chance")
         ax.set_xticks(list(xs), sets)
@@ -215,6 +281,13 @@ def plot_sets(r: dict, path: str):
     axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     save_fig(fig, path)
+
+
+def error_bars(values, cis):
+    """[2, n] distances below/above each value to its 95% interval's ends (0 where there is none)."""
+    lo = [max(v - c[0], 0.0) if c and c[0] is not None else 0.0 for v, c in zip(values, cis)]
+    hi = [max(c[1] - v, 0.0) if c and c[1] is not None else 0.0 for v, c in zip(values, cis)]
+    return [lo, hi]
 
 
 def plot_curves(curves_dirs: dict, path: str):
@@ -240,12 +313,17 @@ def plot_relearn(r: dict, path: str):
     rl = r.get("relearn") or {}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if rl:
-        ax.plot(rl["fractions"], rl["forget_vqa_cls_acc"], "o-", label="after relearning", color="#d9534f")
+        cis = rl.get("ag_ci95") or [None] * len(rl["fractions"])
+        # the interval of the gain, drawn around the after-relearning point
+        ax.errorbar(rl["fractions"], rl["forget_vqa_cls_acc"],
+                    yerr=error_bars(rl["ag"], cis), fmt="o-", capsize=3, color="#d9534f",
+                    label="after relearning (bars: AG's 95% interval)")
         ax.plot(rl["fractions"], rl["before"], "s--", label="after unlearning", color="#7a9cc6")
-        v0 = _get(r["vanilla"], "forget", "vqa_cls_acc")
+        bench = benchmark_of(r)
+        v0 = _get(r["vanilla"], "forget", bench.relearn_metric)
         if v0 is not None:
             ax.axhline(v0, color="green", ls=":", label="vanilla")
-        ax.axhline(25, color="grey", ls="--", lw=1, label="chance")
+        ax.axhline(bench.chance, color="grey", ls="--", lw=1, label="chance")
         ax.legend(fontsize=8)
     ax.set_xlabel("fraction of forget questions relearnt")
     ax.set_ylabel("forget VQA accuracy on held-out questions (%)")

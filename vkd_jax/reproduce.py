@@ -120,17 +120,37 @@ def columns(headline, rs: list[dict], model: str = "unlearned") -> list:
     return cols
 
 
+def split_runs(r: dict) -> list[dict]:
+    """One results-shaped dict per forget split of a run (the run itself when it has one split)."""
+    sp = r.get("splits") or []
+    if len(sp) <= 1:
+        return [r]
+    return [{**r, "vanilla": s["vanilla"], "unlearned": s["unlearned"], "relearn": s.get("relearn"),
+             "probe": s.get("probe")} for s in sp]
+
+
+def unit_ci(rs: list[dict], get, name: str = "") -> list | None:
+    """95% interval of the mean over units (pipeline seed x unlearning seed x forget split), units resampled."""
+    from vkd_jax.eval.intervals import cluster_ci
+
+    vals = [get(u) for r in rs for u in split_runs(r)]
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return list(cluster_ci(range(len(vals)), vals, name)) if len(vals) > 1 else None
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
     """{name: [results of every run]} -> {name: {label: (mean, std)}}: mean ± std over pipeline seeds (each the
     mean over its unlearning seeds); `within` holds the unlearning seeds' std where a pipeline seed has several."""
     out = {}
     headline = benchmark_of(next(iter(runs.values()))[0]).headline if runs else ()
     for name, rs in runs.items():
-        row, within = {}, {}
+        row, within, ci = {}, {}, {}
         for label, get in columns(headline, rs):
             row[label], w = _nested(rs, get)
+            ci[label] = unit_ci(rs, get, label)
             if w is not None:
                 within[label] = w
+        row["ci"] = ci
         row["trainable"] = (rs[0]["efficiency"]["trainable_params"], 0.0)
         row["n_pipeline"] = len({pipeline_seed_of(r) for r in rs})
         row["n_runs"] = len(rs)
@@ -149,14 +169,18 @@ def summarise_vanilla(runs: dict[str, list[dict]]) -> dict:
     rs = list(per_seed.values())
     if not rs:
         return {}
-    row = {label: _nested(rs, get)[0] for label, get in columns(benchmark_of(rs[0]).headline, rs, "vanilla")}
+    cols = columns(benchmark_of(rs[0]).headline, rs, "vanilla")
+    row = {label: _nested(rs, get)[0] for label, get in cols}
+    row["ci"] = {label: unit_ci(rs, get, label) for label, get in cols}
     row["floor"] = _nested(rs, lambda r: (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc"))[0]
     return row
 
 
-def _cell(ms, digits: int = 1):
+def _cell(ms, digits: int = 1, ci=None):
     m, sd = ms
-    return "-" if m is None else f"{fmt(m, digits)} ± {fmt(sd, digits)}"
+    if m is None:
+        return "-"
+    return f"{fmt(m, digits)} ± {fmt(sd, digits)}" + (f" [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]" if ci else "")
 
 
 def _digits(headline) -> dict:
@@ -206,17 +230,21 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations,
               "seed)") if unlearn_seeds else ""
     lines = ["# Method comparison", "",
              f"Mean ± std over pipeline seeds {', '.join(map(str, seeds))} (each trains its own vanilla model from "
-             f"the same benchmark world, then runs every method){nested}; {n_runs} run(s) per row. Accuracy in % "
+             f"the same benchmark world, then runs every method){nested}; {n_runs} run(s) per row; in brackets the "
+             "95% interval of the mean, a bootstrap over the runs' forget splits (pipeline seed x split). "
+             "Accuracy in % "
              f"(multiple choice, chance 25), ROUGE-L in [0, 1]. {_directions(headline)}.",
              "", "## Main table", "", "| method | " + " | ".join(labels) + " | unlearn s | trainable params |",
              "|---|" + "---|" * (len(labels) + 2)]
     dg = _digits(headline)
-    lines.append("| vanilla | " + " | ".join(_cell(vanilla.get(lab, (None, None)), dg[lab]) for lab in labels)
+    lines.append("| vanilla | " + " | ".join(_cell(vanilla.get(lab, (None, None)), dg[lab],
+                                                   (vanilla.get("ci") or {}).get(lab)) for lab in labels)
                  + " | - | - |")
 
     def row(name):
         r = summary[name]
-        return (f"| {name} | " + " | ".join(_cell(r[lab], dg[lab]) for lab in labels) + f" | {_cell(r['seconds'])} | "
+        return (f"| {name} | " + " | ".join(_cell(r[lab], dg[lab], r.get("ci", {}).get(lab)) for lab in labels)
+                + f" | {_cell(r['seconds'])} | "
                 f"{r['trainable'][0]:,} |")
 
     lines += [row(m) for m in methods if m in summary]
@@ -240,7 +268,8 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations,
     if ag_cols:
         lines += ["", "## Relearning attack (AG, points: forget VQA after relearning - after unlearning)", "",
                   "| run | " + " | ".join(ag_cols) + " |", "|---|" + "---|" * len(ag_cols)]
-        lines += [f"| {n} | " + " | ".join(_cell(summary[n].get(c, (None, None))) for c in ag_cols) + " |"
+        lines += [f"| {n} | " + " | ".join(_cell(summary[n].get(c, (None, None)), 1, summary[n].get("ci", {}).get(c))
+                                           for c in ag_cols) + " |"
                   for n in names]
     if any("Probe forget" in summary[n] for n in names):
         lines += ["", "## Representation probe (identity accuracy in % of a linear probe on the visual features, "

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vkd_jax.data.mllmu_bench import BadRowReport, DataError, iter_valid_rows
+from vkd_jax.data.mllmu_bench import BadRowReport, DataError, QuietBuilder, data_source, iter_valid_rows
 
 RATIOS = (1, 5, 10)
 CONFIGS = ("full", "full+tofu", *[f"forget{p:02d}{s}" for p in RATIOS for s in ("", "+tofu", "_perturbed")],
@@ -159,7 +159,7 @@ class ClearBenchConfig(tfds.core.BuilderConfig):
     pass
 
 
-class ClearBench(tfds.core.GeneratorBasedBuilder):
+class ClearBench(QuietBuilder):
     """CLEAR (and the embedded CLEAR), one example per row, read from manual_dir parquet."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -201,10 +201,4 @@ def load(config: str, data_dir, manual_dir=None, skip_bad_rows: bool = False) ->
     """`clear_bench/<config>` (train split) as decoded random-access rows (prepared on first use)."""
     if config not in CONFIGS and config not in [tfds_name(c) for c in CONFIGS]:
         raise ValueError(f"unknown CLEAR config {config!r}; expected one of {CONFIGS}")
-    kw = {}
-    if manual_dir is not None:
-        kw["download_and_prepare_kwargs"] = {
-            "download_config": tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))}
-    src = tfds.data_source(f"clear_bench/{tfds_name(config)}", data_dir=os.fspath(data_dir), split="train",
-                           builder_kwargs={"skip_bad_rows": skip_bad_rows}, **kw)
-    return Rows(src)
+    return Rows(data_source(f"clear_bench/{tfds_name(config)}", data_dir, manual_dir, skip_bad_rows=skip_bad_rows))

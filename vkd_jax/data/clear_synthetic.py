@@ -214,8 +214,10 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: ClearWorldConfig = Clea
     img = {p["index"]: _image_rows(p, cfg, seed, 0, cfg.images_per_person, False) for p in people}
     pert = {p["index"]: _image_rows(p, cfg, seed, 100, cfg.eval_images, True) for p in people}
     tofu = {p["index"]: _tofu_rows(p, cfg) for p in people}
-    order = np.random.default_rng([seed, 104729]).permutation(len(people))  # nested forget sets
-    splits = {pct: {people[i]["index"] for i in order[:max(1, round(len(people) * pct / 100))]} for pct in FORGET}
+    from vkd_jax.data.synthetic import forget_order, split_size
+
+    order = forget_order(seed, len(people))  # nested forget sets
+    splits = {pct: {people[i]["index"] for i in order[:split_size(len(people), pct)]} for pct in FORGET}
     everyone = [p["index"] for p in people]
 
     def cap_rows(ids):

@@ -224,7 +224,37 @@ class MllmuBenchConfig(tfds.core.BuilderConfig):
     pass
 
 
-class MllmuBench(tfds.core.GeneratorBasedBuilder):
+class QuietBuilder(tfds.core.GeneratorBasedBuilder):
+    """A local-files builder: nothing is downloaded, so TFDS's download banners ("Downloading and preparing dataset
+    Unknown size ...") would only mislead; one log line instead."""
+
+    def _log_download_bytes(self) -> None:
+        log.info("preparing %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.info("prepared %s", self.name)
+
+
+def data_source(name: str, data_dir, manual_dir=None, **builder_kwargs):
+    """tfds.data_source of one of our builders (train split, prepared from manual_dir on first use), without TFDS's
+    progress bars and its warnings about the folder it is about to create."""
+    kw = {}
+    if manual_dir is not None:
+        kw["download_and_prepare_kwargs"] = {
+            "download_config": tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))}
+    from absl import logging as absl_logging
+
+    tfds.disable_progress_bar()
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # "Variant folder ... has no dataset_info.json": being written
+    try:
+        return tfds.data_source(name, data_dir=os.fspath(data_dir), split="train", builder_kwargs=builder_kwargs,
+                                **kw)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
+class MllmuBench(QuietBuilder):
     """MLLMU-Bench (and the embedded benchmark), one example per profile, read from manual_dir parquet."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -269,10 +299,5 @@ def load(config: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike
     """The `train` split of `mllmu_bench/<config>` as a random-access tfds data source (prepared on first use)."""
     if config not in CONFIGS:
         raise ValueError(f"unknown MLLMU-Bench config {config!r}; expected one of {CONFIGS}")
-    kw = {}
-    if manual_dir is not None:
-        kw["download_and_prepare_kwargs"] = {
-            "download_config": tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))}
-    return tfds.data_source(f"mllmu_bench/{config}", data_dir=os.fspath(data_dir), split="train",
-                            builder_kwargs={"skip_bad_rows": skip_bad_rows}, **kw)
+    return data_source(f"mllmu_bench/{config}", data_dir, manual_dir, skip_bad_rows=skip_bad_rows)
 

@@ -54,6 +54,22 @@ class PoseJoinedSource:
         return tuple(sorted({as_str(self.profiles[k]["ID"]) for _, k in self.rows}))
 
 
+class RowsWithIds:
+    """The rows of `source` whose profile ID is (or, with `exclude`, is not) in `ids`, in source order: a forget
+    split's profiles (or its retain profiles) taken from Full_Set."""
+
+    def __init__(self, source, ids, exclude: bool = False):
+        ids = set(ids)
+        self.source = source
+        self.rows = [i for i in range(len(source)) if (as_str(source[i]["ID"]) in ids) != exclude]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.source[self.rows[i]]
+
+
 class ImageReplacedSource:
     """Every row's image (and Test_Set poses) replaced by one given encoded image: the identity-free input used to
     measure what a model answers when it cannot see who it is (the 'floor' beside chance)."""

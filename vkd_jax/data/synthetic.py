@@ -232,6 +232,16 @@ def _row(p, img, cfg, image_col="image"):
     return row
 
 
+def forget_order(seed: int, num_people: int) -> np.ndarray:
+    """The order in which people enter the forget sets: forget_X is its first `split_size` people; forget split k
+    (several unlearning runs from one vanilla model) is the k-th block of that size."""
+    return np.random.default_rng([seed, 104729]).permutation(num_people)
+
+
+def split_size(num_people: int, pct: int) -> int:
+    return max(1, round(num_people * pct / 100))
+
+
 def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConfig()) -> dict:
     """Writes <out>/<config>/train-00000-of-00001.parquet for every MLLMU-Bench config (atomically)."""
     import pyarrow as pa
@@ -253,10 +263,9 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConf
         for p in people]
     tables["ft_Data"] = [{"image": canon[p["ID"]] if k == 0 else img(all_idx[p["ID"]], p, k), "ID": p["ID"],
                           "metadata": json.dumps(p["ft"])} for k in range(cfg.ft_poses) for p in people]
-    order = np.random.default_rng([seed, 104729]).permutation(len(people))  # nested forget sets, as the real ones
+    order = forget_order(seed, len(people))  # nested forget sets, as the real ones
     for pct in (5, 10, 15):
-        n_forget = max(1, round(len(people) * pct / 100))
-        forget = set(order[:n_forget].tolist())
+        forget = set(order[:split_size(len(people), pct)].tolist())
         tables[f"forget_{pct}"] = [r for i, r in enumerate(tables["Full_Set"]) if i in forget]
         tables[f"retain_{100 - pct}"] = [r for i, r in enumerate(tables["Full_Set"]) if i not in forget]
     generic = generic_codes(world)

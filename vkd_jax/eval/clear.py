@@ -81,7 +81,8 @@ def _mc_query(rows, r: int, question: str, truth: str, others: list[str], seed: 
     pos = int(np.random.default_rng([seed, r, len(tag)]).integers(len(opts) + 1))
     opts.insert(pos, truth)
     letter = chr(ord("A") + pos)
-    ex = {"id": str(r), "row": r, "task": "classification", "type": "Image_Textual", "item": 0,
+    ex = {"id": str(r), "person": str(rows[r].get("name") or truth), "row": r, "task": "classification",
+          "type": "Image_Textual", "item": 0,
           "question": question, "correct_letter": letter, "ground_truth": truth,
           "options": {chr(ord("A") + i): o for i, o in enumerate(opts)}}
     prompt = chat_prompt(f"{question}\n{options_block(opts)}\n", True)
@@ -97,7 +98,7 @@ def _mc_records(runner: Runner, set_name: str, queries: list[Query]) -> list[dic
     else:
         gens = [g for g, _ in runner.generate(queries)]
         scores, parsed = [None] * len(queries), [mc_letter(g) for g in gens]
-    return [{"set": set_name, "id": q.ex["id"], "task": "name_mc", "form": "VQA", "item": 0,
+    return [{"set": set_name, "id": q.ex["id"], "person": q.ex["person"], "task": "name_mc", "form": "VQA", "item": 0,
              "question": q.ex["question"], "pose": None, "prompt": q.prompt, "generation": g,
              "option_scores": s, "reply": g, "parsed": p, "gold": q.ex["correct_letter"],
              "correct": p == q.ex["correct_letter"], "scores": None}
@@ -143,13 +144,26 @@ def followup_records(runner: Runner, sets: dict, seed: int, max_questions: int |
     return out
 
 
-def followup_metrics(records: list[dict]) -> dict[str, float]:
+def followup_values(records: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    """{metric: [(cluster, value), ...]}: name MC per rendering, clustered by the person shown; QA scores per
+    question, each its own cluster (the text-only rows name no person)."""
     mc = [r for r in records if r["task"] == "name_mc"]
     qa = [r for r in records if r["task"] == "qa_generation"]
-    out = {"vqa_acc": float(np.mean([100.0 * r["correct"] for r in mc])) if mc else math.nan, "vqa_n": len(mc),
-           "qa_n": len(qa)}
+    out = {"vqa_acc": [(r.get("person", r.get("id", f"mc{i}")), 100.0 * r["correct"]) for i, r in enumerate(mc)]}
     for m in ("rougeL", "rouge1", "rouge2", "bleu"):
-        out[f"qa_{m}"] = float(np.mean([r["scores"][m] for r in qa])) if qa else math.nan
+        out[f"qa_{m}"] = [(f"q{r.get('id', i)}", r["scores"][m]) for i, r in enumerate(qa)]
+    return out
+
+
+def followup_metrics(records: list[dict], intervals: bool = False) -> dict[str, float]:
+    from vkd_jax.eval.intervals import with_intervals
+
+    values = followup_values(records)
+    out = {"vqa_n": len(values["vqa_acc"]), "qa_n": len(values["qa_rougeL"])}
+    for metric, pairs in values.items():
+        out[metric] = float(np.mean([v for _, v in pairs])) if pairs else math.nan
+    if intervals:
+        out.update({k: v for k, v in with_intervals(values).items() if k.endswith("_ci95")})
     return out
 
 

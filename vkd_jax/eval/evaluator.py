@@ -408,26 +408,42 @@ def _kind(rec: dict) -> str:
     return f"{rec['form'].lower()}_{TASK_KEYS[rec['task']]}"
 
 
-def metrics_from_records(records: Iterable[dict], tasks: Sequence[str] = TASKS,
-                         types: Sequence[str] = ("Image_Textual", "Pure_Text")) -> dict[str, float]:
-    """One set's results from its records: per question (ID, item) the mean over its poses (one record unless
-    test_pose="mean" on Test_Set), then the mean over questions; accuracies in %, n = questions."""
+def question_values(records: Iterable[dict], tasks: Sequence[str] = TASKS,
+                    types: Sequence[str] = ("Image_Textual", "Pure_Text")) -> dict[str, list[tuple[str, float]]]:
+    """{metric: [(profile ID, value), ...]}, one value per question (ID, item): the mean over its poses (one record
+    unless test_pose="mean" on Test_Set); accuracies in %. A metric is the mean of its values."""
     per_q: dict[str, dict[tuple, list[dict]]] = {}
     for r in records:
         per_q.setdefault(_kind(r), {}).setdefault((r["id"], r["item"]), []).append(r)
-    out: dict[str, float] = {}
+    out: dict[str, list[tuple[str, float]]] = {}
     for task in tasks:
         for typ in types:
             kind = f"{TYPE_KEYS[typ]}_{TASK_KEYS[task]}"
-            qs = list(per_q.get(kind, {}).values())
+            qs = per_q.get(kind, {})
             if task == "generation":
                 for m in GEN_SCORES:
-                    vals = [np.mean([r["scores"][m] for r in rs]) for rs in qs]
-                    out[f"{kind}_{m}"] = float(np.mean(vals)) if vals else math.nan
+                    out[f"{kind}_{m}"] = [(q[0], float(np.mean([r["scores"][m] for r in rs]))) for q, rs in qs.items()]
             else:
-                vals = [np.mean([100.0 * bool(r["correct"]) for r in rs]) for rs in qs]
-                out[f"{kind}_acc"] = float(np.mean(vals)) if vals else math.nan
-            out[f"{kind}_n"] = len(qs)
+                out[f"{kind}_acc"] = [(q[0], float(np.mean([100.0 * bool(r["correct"]) for r in rs])))
+                                      for q, rs in qs.items()]
+    return out
+
+
+def metrics_from_records(records: Iterable[dict], tasks: Sequence[str] = TASKS,
+                         types: Sequence[str] = ("Image_Textual", "Pure_Text"), intervals: bool = False
+                         ) -> dict[str, float]:
+    """One set's results from its records (`question_values`): each metric the mean over its questions, `{kind}_n`
+    the number of questions; with `intervals`, `{metric}_ci95` by bootstrap over profiles (vkd_jax.eval.intervals)."""
+    from vkd_jax.eval.intervals import with_intervals
+
+    values = question_values(records, tasks, types)
+    out: dict[str, float] = {}
+    for metric, pairs in values.items():
+        out[metric] = float(np.mean([v for _, v in pairs])) if pairs else math.nan
+        kind = metric[:-len("_acc")] if metric.endswith("_acc") else metric.rsplit("_", 1)[0]
+        out[f"{kind}_n"] = len(pairs)
+    if intervals:
+        out.update({k: v for k, v in with_intervals(values).items() if k.endswith("_ci95")})
     return out
 
 
@@ -453,7 +469,7 @@ def evaluate(model, tokenizer, sets: Mapping[str, Any], cfg: EvalConfig = EvalCo
             for typ in cfg.types:
                 demos = _demos(demo_source, es, name, task, typ, cfg)
                 recs += _run(runner, name, _queries(es, name, task, typ, cfg, demos))
-        results[name] = metrics_from_records(recs, cfg.tasks, cfg.types)
+        results[name] = metrics_from_records(recs, cfg.tasks, cfg.types, intervals=True)
         if records is not None:
             records.setdefault(name, []).extend(recs)
     return results

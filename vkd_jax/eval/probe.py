@@ -90,22 +90,37 @@ def _fit(x, y, num_classes: int, steps: int, lr: float, l2: float):
 def fit_and_score(train_x, train_y, tests: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
                   cfg: ProbeConfig = ProbeConfig()) -> dict[str, float]:
     """Standardise by the train features, fit, and score each test set (accuracy in %)."""
+    return {k: float(100.0 * np.mean(c)) if len(c) else float("nan")
+            for k, c in probe_hits(train_x, train_y, tests, num_classes, cfg).items()}
+
+
+def probe_hits(train_x, train_y, tests: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int,
+               cfg: ProbeConfig = ProbeConfig()) -> dict[str, np.ndarray]:
+    """Per test image, whether the fitted probe names the person shown."""
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
     z = lambda a: jnp.asarray((a - mu) / sd, jnp.float32)  # noqa: E731
     w, b = _fit(z(train_x), jnp.asarray(train_y, jnp.int32), num_classes, cfg.steps, cfg.lr, cfg.l2)
     out = {}
     for name, (x, y) in tests.items():
-        pred = np.asarray(jnp.argmax(z(x) @ w + b, axis=-1))
-        out[name] = float(100.0 * np.mean(pred == np.asarray(y))) if len(y) else float("nan")
+        out[name] = (np.asarray(jnp.argmax(z(x) @ w + b, axis=-1)) == np.asarray(y)) if len(y) else np.zeros(0, bool)
     return out
 
 
 def probe_attack(model, data: ProbeData, image_cfg, cfg: ProbeConfig = ProbeConfig()) -> dict:
+    """Accuracies with 95% intervals (bootstrap over the people shown) and, per test image, [person label, hit]
+    (`*_items`, which runs pool over forget splits)."""
+    from vkd_jax.eval.intervals import with_intervals
+
     feats = {k: features(model, getattr(data, k), image_cfg, cfg.batch_size)
              for k in ("train", "forget_test", "retain_test")}
     labels = {k: np.asarray([it[3] for it in getattr(data, k)]) for k in feats}
-    acc = fit_and_score(feats["train"], labels["train"],
-                        {"forget_acc": (feats["forget_test"], labels["forget_test"]),
-                         "retain_acc": (feats["retain_test"], labels["retain_test"])}, data.num_classes, cfg)
-    return {**acc, "chance": 100.0 / data.num_classes, "num_classes": data.num_classes,
-            "n_train": len(data.train), "n_forget_test": len(data.forget_test), "n_retain_test": len(data.retain_test)}
+    hits = probe_hits(feats["train"], labels["train"],
+                      {"forget_acc": (feats["forget_test"], labels["forget_test"]),
+                       "retain_acc": (feats["retain_test"], labels["retain_test"])}, data.num_classes, cfg)
+    out = {"chance": 100.0 / data.num_classes, "num_classes": data.num_classes, "n_train": len(data.train),
+           "n_forget_test": len(data.forget_test), "n_retain_test": len(data.retain_test)}
+    for key, test in (("forget_acc", "forget_test"), ("retain_acc", "retain_test")):
+        items = [(int(lab), float(100.0 * h)) for lab, h in zip(labels[test], hits[key])]
+        out.update(with_intervals({key: items}))
+        out[f"{key}_items"] = [[lab, h / 100.0] for lab, h in items]
+    return out

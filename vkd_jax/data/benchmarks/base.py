@@ -14,6 +14,7 @@ unlearn). Adding a benchmark: a module here and one line in `BENCHMARKS` (vkd_ja
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -63,12 +64,19 @@ class Benchmark:
     all_metrics: ClassVar[tuple[str, ...]] = ()       # the report's per-set table
     plot_panels: ClassVar[tuple[tuple[str, str, float], ...]] = ()  # (metric, title, y max) per plotted panel
     chance: ClassVar[float] = 25.0                    # multiple-choice chance level (4 options), %
+    relearn_metric: ClassVar[str] = ""                # the forget-set metric relearning and the floor score
     targets_legend: ClassVar[str] = ""                # what `targets` checks, for the comparison table
 
     @classmethod
     def targets(cls, r: dict) -> list[tuple[str, float | None, bool]]:
         """(name, value, holds) of each of the benchmark's targets for one run's results.json (none here); the
         larger a value, the worse."""
+        return []
+
+    @classmethod
+    def judged_targets(cls, r: dict) -> list[tuple[str, float | None, list | None, str]]:
+        """(name, value, its 95% interval, met | not met | undecided) of each target, judged by the interval
+        (vkd_jax.eval.intervals.judge); none here."""
         return []
 
     def __init__(self, cfg, shared: str, local_cache: str | None = None):
@@ -81,6 +89,23 @@ class Benchmark:
         self.manual_dir = os.path.join(self.dir, "raw") if self.embedded else cfg.data.manual_dir
         self.tfds_dir = cfg.data.tfds_dir or os.path.join(self.dir, "tfds")
         self.tokenizer = self.prepare()
+        self.split = 0  # which forget split (with_split): 0 is the benchmark's own forget set
+
+    def num_splits(self) -> int:
+        """How many disjoint forget splits of the configured ratio the data holds (a download: its own one)."""
+        return 1
+
+    def with_split(self, k: int) -> Benchmark:
+        """This benchmark with forget split k: another block of people unlearnt from the same vanilla model."""
+        if not 0 <= k < self.num_splits():
+            raise ValueError(f"config.splits: forget split {k} does not exist: {self.name} "
+                             f"({'the embedded world' if self.embedded else 'a local download'}) has "
+                             f"{self.num_splits()} disjoint forget splits of {self.forget_pct}%")
+        if k == 0:
+            return self
+        b = copy.copy(self)
+        b.split = k
+        return b
 
     def prepare(self):
         """Generate (embedded) or check (local) the data; return the tokenizer."""
@@ -114,6 +139,12 @@ class Benchmark:
                          f"every {self.name} split")
 
     def stage_streams(self, stage: str) -> dict[str, StreamSpec]:
+        raise NotImplementedError
+
+    @staticmethod
+    def question_values(records: list[dict]) -> dict[str, list[tuple[str, float]]]:
+        """{metric: [(person, value), ...]} of one set's records: each metric is the mean of its values, and its
+        interval a bootstrap over the persons (vkd_jax.eval.intervals)."""
         raise NotImplementedError
 
     def evaluate(self, model, ecfg, records: dict) -> dict:

@@ -88,6 +88,13 @@ class ClearBench(Benchmark):
                 ("real_faces", "vqa_acc", "Real faces", "up"), ("real_world", "vqa_acc", "Real world", "up"))
     all_metrics = ("vqa_acc", "qa_rougeL", "qa_rouge1", "qa_bleu")
     plot_panels = (("vqa_acc", "name recognition accuracy (image)", 105.0), ("qa_rougeL", "text QA ROUGE-L", 1.05))
+    relearn_metric = "vqa_acc"
+
+    @staticmethod
+    def question_values(records):
+        from vkd_jax.eval.clear import followup_values
+
+        return followup_values(records)
 
     def prepare(self):
         from vkd_jax.data import clear_synthetic
@@ -112,9 +119,65 @@ class ClearBench(Benchmark):
         return self.cfg.hf_dir or os.path.join(self.dir, "tokenizer")
 
     def load(self, config: str):
+        """A CLEAR config; for forget split k > 0, the forget / retain configs hold that split's people."""
         from vkd_jax.data import clear
 
+        if self.split:
+            rows = self._split_config(config)
+            if rows is not None:
+                return rows
         return clear.load(config, self.tfds_dir, self.manual_dir)
+
+    def _world_people(self) -> list[str]:
+        import json
+
+        with open(os.path.join(self.manual_dir, "world.json")) as f:
+            return [p["name"] for p in json.load(f)["people"] if not p["celebrity"]]
+
+    def num_splits(self) -> int:
+        from vkd_jax.data.synthetic import split_size
+
+        if not self.embedded:
+            return 1
+        n = len(self._world_people())
+        return n // split_size(n, self.forget_pct)
+
+    def split_forget_names(self) -> set[str]:
+        """The people of this forget split: block `split` of the embedded world's forget order (block 0 is
+        forget{NN} itself)."""
+        from vkd_jax.data.synthetic import forget_order, split_size
+
+        people = self._world_people()
+        order, size = forget_order(int(self.cfg.data.world_seed), len(people)), split_size(len(people),
+                                                                                           self.forget_pct)
+        return {people[i] for i in order[self.split * size:(self.split + 1) * size]}
+
+    def _split_config(self, config: str):
+        """forget{NN}, retain{NN} (+tofu, _perturbed) and retain_perturbed of split k, as views of the stored
+        configs that hold everyone (full, full+tofu, and the two perturbed configs together)."""
+        from vkd_jax.data import clear
+        from vkd_jax.data.sources import ConcatSource
+
+        names = self.split_forget_names()
+        fn, rn = self.forget_name, self.retain_name
+
+        def where(rows, keep):
+            return clear.Rows(rows.source, [rows.indices[i] for i in range(len(rows)) if keep(rows[i])])
+
+        def forgotten(r):  # an image row shows the person; a text row names them in its question
+            return r.get("name") in names or any(n in (r.get("question") or "") for n in names)
+
+        load = lambda c: clear.load(c, self.tfds_dir, self.manual_dir)  # noqa: E731
+        if config in (fn, rn):
+            return where(load("full"), forgotten if config == fn else lambda r: not forgotten(r))
+        if config in (f"{fn}+tofu", f"{rn}+tofu"):
+            return where(load("full+tofu"), forgotten if config == f"{fn}+tofu" else lambda r: not forgotten(r))
+        if config in (f"{fn}_perturbed", "retain_perturbed"):
+            a, b = load(f"forget{max(self.ratios):02d}_perturbed"), load("retain_perturbed")  # everyone, together
+            both = clear.Rows(ConcatSource([a.source, b.source]), list(a.indices) + [len(a.source) + j for j in
+                                                                                     b.indices])
+            return where(both, forgotten if config == f"{fn}_perturbed" else lambda r: not forgotten(r))
+        return None
 
     @property
     def forget_name(self) -> str:
@@ -193,7 +256,7 @@ class ClearBench(Benchmark):
         runner = Runner(model, self.tokenizer, ecfg)
         sets = self.eval_sets()
         recs = ev.followup_records(runner, {k: sets[k] for k in self.sets}, ecfg.seed, ecfg.max_questions)
-        out = {name: ev.followup_metrics(r) for name, r in recs.items()}
+        out = {name: ev.followup_metrics(r, intervals=True) for name, r in recs.items()}
         for name, r in recs.items():
             records.setdefault(name, []).extend(r)
         if str(self.cfg.eval.get("clear_reading", "followup")) == "official":

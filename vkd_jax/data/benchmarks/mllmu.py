@@ -34,6 +34,7 @@ class MLLMUBench(Benchmark):
                 ("retain", "qa_cls_acc", "Retain QA", "up"), ("celebrity", "vqa_cls_acc", "Celeb VQA", "up"),
                 ("celebrity", "qa_cls_acc", "Celeb QA", "up"))
     all_metrics = ("vqa_cls_acc", "qa_cls_acc", "vqa_cloze_acc", "qa_cloze_acc", "vqa_gen_rougeL", "qa_gen_rougeL")
+    relearn_metric = "vqa_cls_acc"
     plot_panels = (("vqa_cls_acc", "classification accuracy, VQA (image)", 105.0),
                    ("qa_cls_acc", "classification accuracy, QA (text)", 105.0))
 
@@ -61,6 +62,34 @@ class MLLMUBench(Benchmark):
         out.append(("max AG", max(ag) if ag else None, bool(ag) and max(ag) <= 5))
         return out
 
+    @classmethod
+    def judged_targets(cls, r: dict) -> list[tuple[str, float | None, list | None, str]]:
+        from vkd_jax.eval.intervals import judge
+
+        def get(model, s, m):
+            return ((r.get(model) or {}).get(s) or {}).get(m)
+
+        out = []
+        floor = (r.get("floors") or {}).get("identity_free_forget_vqa_cls_acc")
+        fv, fci = get("unlearned", "forget", "vqa_cls_acc"), get("unlearned", "forget", "vqa_cls_acc_ci95")
+        if floor is not None:
+            out.append((f"forget VQA within 5 of the floor ({floor:.1f}) and >= chance - 5", fv, fci,
+                        judge(fci, max(floor - 5, cls.chance - 5), floor + 5)))
+        out.append(("test VQA <= 30", get("unlearned", "test", "vqa_cls_acc"),
+                    get("unlearned", "test", "vqa_cls_acc_ci95"),
+                    judge(get("unlearned", "test", "vqa_cls_acc_ci95"), None, 30)))
+        for s, label in (("retain", "retain VQA change >= -3"), ("celebrity", "celeb VQA change >= -3")):
+            ci = get("change", s, "vqa_cls_acc_ci95")
+            out.append((label, get("change", s, "vqa_cls_acc"), ci, judge(ci, -3, None)))
+        # text knowledge kept exactly: every forget QA answer as vanilla's, a fact about these questions
+        ch = get("change", "forget", "qa_cls_acc")
+        out.append(("forget QA change = 0", ch, get("change", "forget", "qa_cls_acc_ci95"),
+                    "undecided" if ch is None else "met" if ch == 0 else "not met"))
+        rl = r.get("relearn") or {}
+        for f, g, ci in zip(rl.get("fractions", []), rl.get("ag", []), rl.get("ag_ci95") or []):
+            out.append((f"AG@{f:g} <= 5", g, ci, judge(ci, None, 5)))
+        return out
+
     def prepare(self):
         from vkd_jax.data import synthetic
         from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
@@ -83,9 +112,40 @@ class MLLMUBench(Benchmark):
         return self.cfg.hf_dir or os.path.join(self.dir, "tokenizer")
 
     def load(self, config: str):
+        """An MLLMU-Bench config; for forget split k > 0, forget_X / retain_Y are that split's profiles."""
         from vkd_jax.data import mllmu_bench
+        from vkd_jax.data.sources import RowsWithIds
 
+        if self.split and config in (f"forget_{self.forget_pct}", f"retain_{100 - self.forget_pct}"):
+            return RowsWithIds(self.load("Full_Set"), self.split_forget_ids(), exclude=config.startswith("retain"))
         return mllmu_bench.load(config, self.tfds_dir, self.manual_dir)
+
+    def _split_blocks(self) -> tuple[list[str], int]:
+        from vkd_jax.data.pipeline import as_str
+        from vkd_jax.data.synthetic import forget_order, split_size
+
+        full = self.load("Full_Set")
+        ids = [as_str(full[i]["ID"]) for i in range(len(full))]
+        return [ids[i] for i in forget_order(int(self.cfg.data.world_seed), len(ids))], \
+            split_size(len(ids), self.forget_pct)
+
+    def num_splits(self) -> int:
+        if not self.embedded:
+            return 1
+        order, size = self._split_blocks()
+        return len(order) // size
+
+    def split_forget_ids(self) -> list[str]:
+        """The profile IDs of this forget split: block `split` of the embedded world's forget order (block 0 is
+        forget_X itself)."""
+        order, size = self._split_blocks()
+        return order[self.split * size:(self.split + 1) * size]
+
+    @staticmethod
+    def question_values(records):
+        from vkd_jax.eval.evaluator import question_values
+
+        return question_values(records)
 
     # ---- training streams --------------------------------------------------------------------------------
     def stage_streams(self, stage: str) -> dict[str, StreamSpec]:
@@ -126,9 +186,12 @@ class MLLMUBench(Benchmark):
     # ---- evaluation --------------------------------------------------------------------------------------
     def eval_sets(self) -> dict:
         from vkd_jax.data.pipeline import forget_ids
-        from vkd_jax.eval.evaluator import EvalSet, benchmark_sets
+        from vkd_jax.eval.evaluator import EvalSet
 
-        sets = benchmark_sets(self.tfds_dir, self.manual_dir, forget_pct=self.forget_pct)
+        forget = self.load(f"forget_{self.forget_pct}")
+        sets = {"forget": EvalSet(forget), "test": EvalSet(self.load("Test_Set"), forget_ids(forget)),
+                "retain": EvalSet(self.load(f"retain_{100 - self.forget_pct}")),
+                "celebrity": EvalSet(self.load("Retain_Set"))}
         n = int(self.cfg.eval.get("retain_max_profiles", 0) or 0)
         if n:  # the retain split is large; a fixed, seeded subset of its profiles keeps evaluation fast
             src = sets["retain"].source
