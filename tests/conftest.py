@@ -14,6 +14,7 @@ matmuls on CPU.
   (`vision_tower.vision_model.*` keys, `torch_dtype` in config.json) with that tokenizer and llava-hf's processor
   files (preprocessor_config.json, processor_config.json) beside it.
 - `load_cfg`: configs/<name>.py[:variant] through `vkd_jax.config_base.load_config`.
+- `hf_cache_put`: a folder moved into a Hugging Face cache as a downloaded repo of that id.
 Scripts run outside pytest (tests/_mp_worker.py, tests/golden/make_golden.py) import the helpers from here.
 """
 
@@ -383,6 +384,23 @@ def llama_tok_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def hub_llava_dir(tmp_path_factory, llama_tok_dir):
     return build_hub_llava(tmp_path_factory.mktemp("hub_llava"), llama_tok_dir)
+
+
+def into_hf_cache(cache, repo_id: str, repo_type: str, folder) -> str:
+    """`folder` moved where huggingface_hub's cache keeps a downloaded repo (refs/main -> snapshots/<commit>)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots").mkdir()
+    return str(shutil.move(str(folder), str(repo / "snapshots" / commit)))
+
+
+@pytest.fixture(scope="session")
+def hf_cache_put():
+    return into_hf_cache
 
 
 @pytest.fixture(scope="session")

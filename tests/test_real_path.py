@@ -1,7 +1,8 @@
 """The real-weights path in miniature, as a user runs it: `python -m vkd_jax.main --config configs/llava7b.py` on a
 tiny LLaVA that transformers saved in float16 in the hub layout (Llama-style tokenizer, processor files) and an
 MLLMU-Bench folder of all ten configs in the dataset's parquet schema, with only size and step overrides and the
-user's own vanilla model (`stages.vanilla.num_steps=0`, as MLLMU-Bench publishes one)."""
+user's own vanilla model (`stages.vanilla.num_steps=0`, as MLLMU-Bench publishes one), both named by their hub
+repo ids and found in a local Hugging Face cache."""
 
 import json
 import os
@@ -44,16 +45,22 @@ def _mllmu_folder(out):
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory, make_llama_tokenizer, make_hub_llava):
+def real_run(tmp_path_factory, make_llama_tokenizer, make_hub_llava, hf_cache_put):
+    """As users type it: the model and the benchmark by their hub names, from a (temporary) local HF cache."""
     root = tmp_path_factory.mktemp("real_path")
     manual = _mllmu_folder(root / "MLLMU-Bench")
     tok = make_llama_tokenizer(root / "tok", extra_texts=synthetic.benchmark_texts(manual), vocab_size=800)
     hf_dir = make_hub_llava(root / "llava-hf", tok)
+    cache = root / "hf_cache"
+    hf_dir = hf_cache_put(cache, "tiny-org/llava-1.5-tiny-hf", "model", hf_dir)
+    hf_cache_put(cache, "tiny-org/MLLMU-Bench", "dataset", manual)
     work = root / "work"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "HF_HUB_CACHE": str(cache),
+           "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/llava7b.py"),
-                        "--workdir", str(work), f"--config.hf_dir={hf_dir}", f"--config.data.manual_dir={manual}",
-                        *OVERRIDES], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+                        "--workdir", str(work), "--config.hf_dir=tiny-org/llava-1.5-tiny-hf",
+                        "--config.data.manual_dir=tiny-org/MLLMU-Bench", *OVERRIDES],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
     assert r.returncode == 0, r.stderr[-6000:]
     return hf_dir, work
 

@@ -11,7 +11,8 @@ Every field has one meaning and one place:
                            below one vanilla model of each pipeline seed
   vanilla_model            auto (a shipped vanilla model whose fingerprint equals this config's, else train) |
                            shipped (that, or stop) | train (always train): vkd_jax.shipped
-  hf_dir                   a local HF LLaVA folder (real runs), or "" (the embedded tiny model, built from `model`)
+  hf_dir                   a local HF LLaVA folder or its repo id in the local HF cache (real runs; vkd_jax.hub),
+                           or "" (the embedded tiny model, built from `model`)
   dtype / param_dtype      compute dtype / storage dtype of the weights ("" = as hf_dir stores each tensor)
   export_hf / export_dtype write <workdir>/hf_export; its dtype ("" = each tensor's storage dtype)
   remat                    activation checkpointing per block: none | full | dots

@@ -193,13 +193,13 @@ def validate(cfg) -> None:
             errs.append(f"config.{field}={_get(cfg, field)!r}: must be >= 1")
     hf_dir = cfg.get("hf_dir") or ""
     if hf_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
-        errs.append(f"config.hf_dir={hf_dir!r}: no config.json there (a local HF LLaVA folder is needed; nothing "
-                    "is downloaded)")
+        errs.append(f"config.hf_dir={hf_dir!r}: no config.json there (a local HF LLaVA folder, or the repo id of "
+                    "one in the local Hugging Face cache, is needed; nothing is downloaded)")
     if _get(cfg, "data.source") == "local":
         manual = _get(cfg, "data.manual_dir", "")
         if not manual or not os.path.isdir(manual):
-            errs.append(f"config.data.manual_dir={manual!r}: the downloaded {bench} folder is needed (nothing "
-                        "is downloaded at run time)")
+            errs.append(f"config.data.manual_dir={manual!r}: the downloaded {bench} folder (or its repo id in the "
+                        "local Hugging Face cache) is needed (nothing is downloaded at run time)")
         if not hf_dir:
             errs.append("config.hf_dir='': the HF LLaVA folder (weights and tokenizer) is needed for "
                         "data.source='local'")

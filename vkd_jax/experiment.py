@@ -509,8 +509,10 @@ def pool_probe(runs: list[dict]) -> dict:
 def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
         local_cache: str | None = None) -> dict:
     from vkd_jax.config_check import validate
+    from vkd_jax.hub import resolve_hub_names
     from vkd_jax.unlearn.methods import make_method
 
+    resolve_hub_names(cfg)  # repo ids typed for hf_dir / data.manual_dir -> their cached local folders
     validate(cfg)  # every bad field at once, before anything is written
     shared = shared or workdir
     makedirs(workdir)

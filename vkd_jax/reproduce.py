@@ -400,7 +400,9 @@ def reproduce(cfg, workdir: str, methods, pipeline_seeds, ablations, relearn: bo
 
     from vkd_jax import experiment
     from vkd_jax.config_check import validate
+    from vkd_jax.hub import resolve_hub_names
 
+    resolve_hub_names(cfg)
     table = ablations_for(cfg) if ablations else {}
     unknown = [a for a in ablations if a not in table]
     if unknown:
