@@ -10,7 +10,7 @@ from vkd_jax import config_base
 def get_config(arg: str | None = None):
     c = config_base.base()
     c.data.update(dict(
-        world=dict(num_people=100, num_celebrities=20, num_facts=4, values_per_fact=12, image_size=32, ft_poses=6,
+        world=dict(num_people=160, num_celebrities=40, num_facts=4, values_per_fact=12, image_size=32, ft_poses=6,
                    test_poses=2, max_rotation=12.0, max_scale=0.08, max_shift=0.04, num_generic=200,
                    generic_poses=4),
         length_buckets=(56, 72, 96, 128), resample_options=True, cls_answer="option", celebrity_repeat=4))
@@ -28,16 +28,17 @@ def get_config(arg: str | None = None):
         projector_hidden_act="gelu", multimodal_projector_bias=True, tie_word_embeddings=False)
     c.vkd.update(dict(b_r=30.0, b_g=30.0))
     streams = ("vqa", "qa", "caption")  # caption: the generic images, standing in for LLaVA's pretrained CLIP
-    c.stages.pretrain.update(dict(streams=streams, num_steps=300))
-    c.stages.vanilla.update(dict(streams=streams, num_steps=800))
-    c.stages.reference.update(dict(streams=streams, num_steps=800))
+    c.stages.pretrain.update(dict(streams=streams, num_steps=450))
+    c.stages.vanilla.update(dict(streams=streams, num_steps=1200))
+    c.stages.reference.update(dict(streams=streams, num_steps=1200))
+    c.splits = 0  # every person forgotten once: the resolution the targets need (bench/RESULTS.md, "Resolution")
     c = config_base.apply_variant(c, arg)
     if c.data.benchmark == "clear":  # the embedded CLEAR (vkd_jax.data.clear_synthetic), forget10 by default
-        c.data.update(dict(clear_world=dict(num_people=60, images_per_person=6, eval_images=2, num_real_faces=20,
+        c.data.update(dict(clear_world=dict(num_people=120, images_per_person=6, eval_images=8, num_real_faces=20,
                                             num_real_world=24, num_generic=60, image_size=32),
                            train_tasks=("caption", "recognition", "name_mc", "qa"), length_buckets=(48, 64, 96)))
         c.stages.pretrain.update(dict(num_steps=200, streams=("vqa", "caption")))  # real faces / real world
         # CLEAR's vanilla rows caption the people themselves: no generic caption stream needed after pretraining
-        c.stages.vanilla.update(dict(num_steps=600, streams=("vqa", "qa")))
-        c.stages.reference.update(dict(num_steps=600, streams=("vqa", "qa")))
+        c.stages.vanilla.update(dict(num_steps=1200, streams=("vqa", "qa")))
+        c.stages.reference.update(dict(num_steps=1200, streams=("vqa", "qa")))
     return c
