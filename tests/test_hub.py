@@ -26,6 +26,9 @@ def test_repo_ids_resolve_from_the_local_cache_only(tmp_path, monkeypatch, hf_ca
                                      "data": {"manual_dir": "tiny-org/MLLMU-Bench"}})
     resolve_hub_names(cfg)
     assert (cfg.hf_dir, cfg.data.manual_dir) == (model, data)
+    partial = ml_collections.ConfigDict({"seed": 0})  # configs without those fields are left as they are
+    resolve_hub_names(partial)
+    assert partial.to_dict() == {"seed": 0}
     # a local folder is a local folder, even when it could be a repo id; paths and URIs are left alone
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny-org" / "llava-tiny-hf").mkdir(parents=True)

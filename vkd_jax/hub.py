@@ -43,6 +43,6 @@ def resolve_hub_names(cfg) -> None:
         *parents, leaf = field.split(".")
         node = cfg
         for p in parents:
-            node = node[p]
-        if leaf in node:
+            node = node.get(p) if node is not None and p in node else None
+        if node is not None and leaf in node:
             node[leaf] = local_folder(str(node[leaf] or ""), field, repo_type)
