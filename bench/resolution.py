@@ -15,17 +15,7 @@ import os
 
 from vkd_jax.data.benchmarks import benchmark_class
 from vkd_jax.eval.intervals import half_width, with_intervals
-from vkd_jax.experiment import split_dir
-
-
-def _values(bench, path: str) -> dict:
-    by_set: dict[str, list] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                by_set.setdefault(r["set"], []).append(r)
-    return {s: bench.question_values(recs) for s, recs in by_set.items()}
+from vkd_jax.experiment import read_eval_values, relearn_dir, split_dir
 
 
 def main(argv=None):
@@ -43,11 +33,14 @@ def main(argv=None):
     for k in range(n):
         d = split_dir(a.workdir, k)
         rl = []
-        for frac in results.get("relearn", {}).get("fractions", []):
-            with open(os.path.join(d, "relearn", f"p{frac:g}", "result.json")) as f:
-                rl.append(json.load(f).get("ag_values", []))
-        per_split.append({"unlearned": _values(bench, os.path.join(d, "eval", "unlearned.predictions.jsonl")),
-                          "relearn": rl})
+        rels = results.get("relearn", {})
+        for frac, attacks in zip(rels.get("fractions", []), rels.get("attacks", [])):
+            values = []
+            for j in range(attacks):  # the fraction's attacks pooled, as the run pools them
+                with open(os.path.join(relearn_dir(d, frac, j), "result.json")) as f:
+                    values += json.load(f).get("ag_values", [])
+            rl.append(values)
+        per_split.append({"unlearned": read_eval_values(bench, d, "unlearned"), "relearn": rl})
     rows = []
     for k in range(1, n + 1):
         row = {"splits": k}

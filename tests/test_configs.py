@@ -108,3 +108,24 @@ def test_shared_folder_refuses_another_vanilla_config(tmp_path):
     shipped = load_config("tiny")
     assert f"stages.vanilla.num_steps: {shipped.stages.vanilla.num_steps} (shared) vs 5 (config)" in str(e.value)
     assert f"data.world.num_people: {shipped.data.world.num_people} (shared) vs 7 (config)" in str(e.value)
+
+
+@pytest.mark.parametrize("n_keys", [7, 20, 320])
+def test_relearn_windows_cross_fit_holds_out_every_question(n_keys):
+    from vkd_jax.experiment import relearn_windows
+
+    for frac in (0.1, 0.25, 0.5, 0.75, 0.9):
+        windows = relearn_windows(n_keys, frac, cross_fit_from=0.1)
+        n = max(1, round(frac * n_keys))
+        assert all(len(w) == n == len(set(w)) for w in windows)
+        if n_keys == 320:  # no rounding: k = ceil(1 / (1 - frac)) attacks
+            assert len(windows) == {0.1: 2, 0.25: 2, 0.5: 2, 0.75: 4, 0.9: 10}[frac]
+        assert all(0 <= i < n_keys for w in windows for i in w)
+        held_out = set(range(n_keys)) - set.intersection(*map(set, windows))
+        assert held_out == set(range(n_keys)), (frac, n_keys)  # every question scored by some attack
+        # window 0 is the single attack's training set, so a cross-fitted run extends an earlier one
+        assert windows[0] == relearn_windows(n_keys, frac, cross_fit_from=2.0)[0] == list(range(n))
+    halves = relearn_windows(n_keys, 0.5, cross_fit_from=0.5)
+    if n_keys % 2 == 0:  # at one half, the two attacks' held-out questions partition the forget questions
+        assert sorted(halves[0] + halves[1]) == list(range(n_keys))
+    assert len(relearn_windows(n_keys, 0.25, cross_fit_from=0.5)) == 1

@@ -22,7 +22,9 @@ Every field has one meaning and one place:
   mesh.*, optim.*          the device mesh; the optimiser fields every stage shares (Adam, clip, decay, accum)
   stages.<stage>           pretrain / vanilla / reference / unlearn / relearn: num_steps, its learning rate and
                            schedule (`optim`), and for the training stages method, streams and partition; unlearn
-                           adds use_masks, relearn fractions
+                           adds use_masks; relearn fractions and cross_fit_from (fractions >= it attack
+                           ceil(1/(1-p)) times from evenly spaced windows of the forget questions, so every question
+                           is held out at least once; > 1: one attack per fraction)
   mask.*, checkpoint.*     saliency masks; checkpoint cadence
   <method>.*               each method's own switches (vkd, ga, gd, kl, npo, idk, mmunlearner)
 
@@ -105,7 +107,7 @@ def base() -> ml_collections.ConfigDict:
         reference=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=0, optim=optim("linear")),
         unlearn=dict(num_steps=100, use_masks=False, optim=optim("constant")),
         relearn=dict(method="ft", streams=("forget",), partition="full", num_steps=50, fractions=(0.1, 0.25, 0.5),
-                     optim=optim("constant"))))
+                     cross_fit_from=0.5, optim=optim("constant"))))
     return c
 
 

@@ -169,6 +169,8 @@ def validate(cfg) -> None:
     for f in _get(cfg, "stages.relearn.fractions", ()) or ():
         if not 0 < float(f) < 1:
             errs.append(f"config.stages.relearn.fractions: {f!r} is not in (0, 1)")
+    if not float(_get(cfg, "stages.relearn.cross_fit_from", 1.0)) > 0:
+        errs.append("config.stages.relearn.cross_fit_from: must be > 0 (> 1: one attack per fraction)")
     _check_optim(cfg.get("optim"), "optim", errs)
     # methods
     _check_taps(_get(cfg, "vkd.taps", ()), layers, "vkd.taps", errs)

@@ -217,16 +217,21 @@ def single_run_markdown(r: dict) -> str:
     if rl:
         lines += ["", "## Relearning attack", "",
                   f"Fine-tune all params on a fraction of the forget VQA questions for {rl.get('steps', '?')} steps; "
-                  "score forget VQA on the questions not used. AG = after - before (points).", "",
-                  "| fraction | questions scored | before | after | AG [95% interval] | recovery vs vanilla |",
-                  "|---|---|---|---|---|---|"]
+                  "score forget VQA on the questions not used. AG = after - before (points). Where a fraction has "
+                  "several attacks (cross-fitting), each trains on another window of the questions so that every "
+                  "question is scored at least once, and their scores are pooled.", "",
+                  "| fraction | attacks | questions scored | before | after | AG [95% interval] | recovery vs vanilla "
+                  "|",
+                  "|---|---|---|---|---|---|---|"]
         v0 = _get(van, "forget", bench.relearn_metric)
         cis = rl.get("ag_ci95") or [None] * len(rl["fractions"])
         ns = rl.get("n_eval") or ["-"] * len(rl["fractions"])
-        for f, n, b, a, g, ci in zip(rl["fractions"], ns, rl["before"], rl["forget_vqa_cls_acc"], rl["ag"], cis):
+        ks = rl.get("attacks") or [1] * len(rl["fractions"])
+        for f, k, n, b, a, g, ci in zip(rl["fractions"], ks, ns, rl["before"], rl["forget_vqa_cls_acc"], rl["ag"],
+                                        cis):
             # recovery is only meaningful when unlearning removed something (>= 5 points below vanilla)
             rec = None if v0 is None or v0 - b < 5 else 100 * (a - b) / (v0 - b)
-            lines.append(f"| {f:g} | {n} | {fmt(b)} | {fmt(a)} | {fmt_ci(g, ci)} | "
+            lines.append(f"| {f:g} | {k} | {n} | {fmt(b)} | {fmt(a)} | {fmt_ci(g, ci)} | "
                          f"{'-' if rec is None else f'{rec:.1f}%'} |")
     pr = r.get("probe")
     if pr:
