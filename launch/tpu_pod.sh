@@ -6,6 +6,9 @@
 #
 # Steps: (optionally) create the slice; copy this checkout to all workers; create a virtualenv with the TPU extra on
 # each; run `python -m vkd_jax.main` on all workers at once. With --dry_run every command is printed, none is run.
+# SIGTERM or SIGINT to this script is passed on as SIGTERM to vkd_jax.main on every worker: they save the training
+# step in flight together and exit 143; run the script again to resume. (A maintenance event or a spot preemption
+# sends SIGTERM on the workers themselves.)
 set -euo pipefail
 
 TPU="" ZONE="" PROJECT="" ACCEL="v4-32" CONFIG="" WORKDIR="" CREATE=0 DRY_RUN=0
@@ -57,7 +60,29 @@ run "${GCLOUD[@]}" scp "$ARCHIVE" "$TPU:/tmp/" --zone "$ZONE" "${PROJECT_FLAG[@]
 SETUP="mkdir -p $REMOTE_DIR && tar -xzf /tmp/vkd_jax_src.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -e '.[tpu,gcs]'"
 run "${GCLOUD[@]}" ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$SETUP"
 
-# One process per host; jax.distributed picks up the pod topology from the TPU environment.
-MAIN="cd $REMOTE_DIR && .venv/bin/python -m vkd_jax.main --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
+# One process per host; jax.distributed picks up the pod topology from the TPU environment. `exec`: the signal
+# reaches python itself, not a shell in between.
+MAIN="cd $REMOTE_DIR && exec .venv/bin/python -m vkd_jax.main --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
 for arg in "${EXTRA[@]}"; do MAIN+=" $(printf '%q' "$arg")"; done
-run "${GCLOUD[@]}" ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$MAIN"
+STOP="pkill -TERM -f '[v]kd_jax[.]main --config' || true"
+if [[ "$DRY_RUN" == 1 ]]; then
+  run "${GCLOUD[@]}" ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$MAIN"
+  echo "# on SIGTERM/SIGINT:"
+  run "${GCLOUD[@]}" ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$STOP"
+  exit 0
+fi
+# shellcheck disable=SC2329  # invoked by the trap
+forward() {
+  echo "tpu_pod.sh: passing SIGTERM on to vkd_jax.main on every worker (it saves the step in flight)" >&2
+  "${GCLOUD[@]}" ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$STOP"
+}
+trap forward TERM INT
+"${GCLOUD[@]}" ssh "$TPU" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$MAIN" &
+pid=$!
+rc=0
+wait "$pid" || rc=$?
+while kill -0 "$pid" 2>/dev/null; do  # a trapped signal interrupts `wait`: keep waiting for the workers' exit
+  rc=0
+  wait "$pid" || rc=$?
+done
+exit "$rc"

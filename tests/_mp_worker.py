@@ -4,14 +4,17 @@
 
 MODE "multi": joins `jax.distributed` on 127.0.0.1:PORT; each process feeds only its rows of every global batch.
 MODE "single": one process, all rows. Both build the tiny LLaVA from the same seed, put a (data=2, fsdp=2) mesh on
-the 4 global devices and run VKD (visual tower trains, LLM frozen) for NUM_STEPS steps through `Trainer.fit`. The
-multi run is killed after KILL_AT steps (checkpoint at step CKPT_EVERY written by all processes together), then `fit`
-restores that checkpoint (replacing the step-3 state in memory) and finishes. Process 0 writes the gathered final
-params to OUT_DIR.
+the 4 global devices and run VKD (visual tower trains, LLM frozen) for NUM_STEPS steps through `Trainer.fit`. In the
+multi run process 1 receives SIGTERM while it fetches the batch of step TERM_AT: jax.distributed's preemption service
+tells both processes the same step to stop at, they save it together and raise Preempted (each writes the step to
+OUT_DIR/preempted<id>.txt); then `fit` restores that checkpoint (replacing the state in memory) and finishes.
+Process 0 writes the gathered final params to OUT_DIR. First, both modes train a LoRA baseline (GA on `lora_llm`, LoRA
+dropout on) for LORA_STEPS steps and write its merged params: the processes run with different PYTHONHASHSEED.
 The XLA_FLAGS device count is set by the parent before this file imports jax.
 """
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,20 +29,24 @@ from vkd_jax import distributed  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-GLOBAL_BATCH, NUM_STEPS, CKPT_EVERY, KILL_AT = 8, 4, 2, 3
+GLOBAL_BATCH, NUM_STEPS, CKPT_EVERY, TERM_AT, LORA_STEPS = 8, 4, 2, 2, 2
 
 
 class LocalSlice:
     """This process's rows of a deterministic global stream (what the data pipeline's process slicing gives)."""
 
-    def __init__(self, seed, index, count):
+    def __init__(self, seed, index, count, term_at=None):
         from conftest import Stream
         self.inner, self.index, self.count = Stream(seed, b=GLOBAL_BATCH), index, count
+        self.term_at = term_at
 
     def __iter__(self):
         return self
 
     def __next__(self):
+        if self.term_at is not None and self.inner.i == self.term_at - 1:
+            self.term_at = None
+            os.kill(os.getpid(), signal.SIGTERM)  # jax.distributed's preemption notifier takes it
         b = next(self.inner)
         n = GLOBAL_BATCH // self.count
         return {k: v[self.index * n:(self.index + 1) * n] for k, v in b.items()}
@@ -71,17 +78,33 @@ def main(out_dir, mode, port=None, pid=0, nproc=1):
         return Trainer(cfg, params, method, partition_cfg=pcfg("visual"), optim_cfg=ocfg(lr=1e-2),
                        num_steps=NUM_STEPS, mesh=mesh)
 
-    def streams():
+    def streams(term_at=None):
         idx, cnt = jax.process_index(), jax.process_count()
-        return {"forget": LocalSlice(1, idx, cnt), "retain": LocalSlice(2, idx, cnt)}
+        return {"forget": LocalSlice(1, idx, cnt, term_at if idx == 1 else None), "retain": LocalSlice(2, idx, cnt)}
 
+    # a LoRA baseline with dropout: every process must draw the same dropout masks (keys from the param names);
+    # first, since the preemption service answers its sync step once per process lifetime (a preempted run exits)
+    lora = Trainer(cfg, params, make_method("ga"), partition_cfg=pcfg("lora_llm", lora=dict(rank=4, alpha=8.0,
+                                                                                             dropout=0.25)),
+                   optim_cfg=ocfg(lr=1e-2), num_steps=LORA_STEPS, mesh=mesh)
+    lora.fit({"forget": streams()["forget"]}, log_every=1)
+    merged = multihost_utils.process_allgather(lora.params(), tiled=True)
+    np.savez(os.path.join(out_dir, f"lora_{mode}{jax.process_index()}.npz"),
+             **{k: np.asarray(v) for k, v in merged.items()})
     ckpt_cfg = ml_collections.ConfigDict(dict(every_steps=CKPT_EVERY, keep=2, async_save=True))
     tr = trainer()
     if mode == "multi":
+        from vkd_jax.preemption import Preempted
+
         workdir = os.path.join(out_dir, "work")
-        tr.fit(streams(), workdir=workdir, ckpt_cfg=ckpt_cfg, log_every=1, stop_after=KILL_AT)  # "killed"
-        # resume as a restarted run would: the step-3 state in memory is replaced by the step-2 checkpoint both
-        # processes wrote (the same Trainer object only to reuse its compiled step on 2 slow cores)
+        try:
+            tr.fit(streams(TERM_AT), workdir=workdir, ckpt_cfg=ckpt_cfg, log_every=1)
+            raise AssertionError("SIGTERM did not stop the run")
+        except Preempted as e:
+            with open(os.path.join(out_dir, f"preempted{jax.process_index()}.txt"), "w") as f:
+                f.write(f"{int(tr.state.step)}\n{e}\n")
+        # resume as a restarted run would: the in-memory state is replaced by the checkpoint both processes saved
+        # (the same Trainer object only to reuse its compiled step on 2 slow cores)
         last = tr.fit(streams(), workdir=workdir, ckpt_cfg=ckpt_cfg, log_every=1)
         restored = sorted(int(s) for s in os.listdir(os.path.join(workdir, "ckpt")) if s.isdigit())
     else:

@@ -184,7 +184,8 @@ class Stream:
 def pcfg(preset="visual", **kw):
     return ml_collections.ConfigDict(dict(preset=preset, vit_last_k=kw.pop("vit_last_k", 1),
                                           num_vit_layers=kw.pop("num_vit_layers", 2),
-                                          lora=dict(rank=4, alpha=8.0, dropout=0.0), frozen_dtype="", **kw))
+                                          lora=kw.pop("lora", dict(rank=4, alpha=8.0, dropout=0.0)), frozen_dtype="",
+                                          **kw))
 
 
 def ocfg(**kw):
@@ -411,3 +412,70 @@ def load_cfg():
         path, _, arg = name.partition(":")
         return load_config(os.path.join(ROOT, "configs", f"{path}.py") + (f":{arg}" if arg else ""))
     return load
+
+
+# ---- damaging files on disk (vkd_jax.digests tests) ----------------------------------------------------
+
+def _largest_file(folder):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs if f != "DIGESTS.json"]
+    return max(files, key=os.path.getsize)
+
+
+def flip_bytes(folder, n=64):
+    """XOR n bytes in the middle of the folder's largest file (size unchanged); returns the file."""
+    path = _largest_file(folder)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        chunk = f.read(n)
+        f.seek(-len(chunk), os.SEEK_CUR)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    return path
+
+
+def truncate(folder):
+    path = _largest_file(folder)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 100)
+    return path
+
+
+# ---- one tiny unlearning stage, run uninterrupted once per session (resume, preemption, damage tests) ----------
+
+STAGE_STEPS, STAGE_EVERY = 6, 2
+
+
+def stage_cfg():
+    """configs/tiny.py's unlearning stage on the tiny test model: STAGE_STEPS steps, a checkpoint every
+    STAGE_EVERY."""
+    from vkd_jax.config_base import load_config
+
+    c = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"))
+    c.model = ml_collections.ConfigDict(json.loads(tiny_config().hf_config_json))
+    c.stages.unlearn.num_steps = STAGE_STEPS
+    c.checkpoint.every_steps = STAGE_EVERY
+    c.mesh.data = 1
+    return c
+
+
+def run_unlearn(workdir, forget=None, **kw):
+    """The unlearning stage of stage_cfg() in `workdir` from tiny_params(); `forget`: another forget stream."""
+    from vkd_jax.unlearn import partition as pt
+    from vkd_jax.unlearn.stages import run_stage
+
+    cfg, params = tiny_params()
+    streams = {"forget": forget or Stream(1), "retain": Stream(2), "generic": Stream(3)}
+    return run_stage("unlearn", stage_cfg(), str(workdir), params, streams, model_config=cfg,
+                     mesh=pt.make_mesh(None, jax.devices()[:1]), progress=False, **kw)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_unlearn(tmp_path_factory):
+    """(work dir, {param: numpy array}) of run_unlearn uninterrupted: what every interrupted run must equal."""
+    w = tmp_path_factory.mktemp("uninterrupted")
+    return w, {k: np.asarray(v) for k, v in run_unlearn(w).params.items()}
+
+
+def assert_params_equal(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)

@@ -35,8 +35,10 @@ def test_tpu_pod_dry_run():
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("gcloud compute tpus tpu-vm create vkd --zone us-central2-b --accelerator-type v4-32")
     assert any("--worker=all" in x and "pip\\ install" in x for x in lines)
-    main = lines[-1]
-    assert "--worker=all" in main and "vkd_jax.main" in main and "gs://bucket/run" in main
+    main, stop = lines[-3], lines[-1]
+    assert "--worker=all" in main and "gs://bucket/run" in main
+    assert "exec\\ .venv/bin/python\\ -m\\ vkd_jax.main" in main
+    assert lines[-2] == "# on SIGTERM/SIGINT:" and "--worker=all" in stop and "pkill\\ -TERM" in stop
     assert "--config.hf_dir=/mnt/llava" in main
 
 
@@ -69,3 +71,57 @@ def test_detect_distributed_sources():
         detect("127.0.0.1:1234", None, 0, environ={})
     with pytest.raises(ValueError, match="--process_id=2 is not in"):
         detect("127.0.0.1:1234", 2, 2, environ={})
+
+
+def _fake_bin(tmp_path, **scripts):
+    """Executables named by the keys (bash bodies), first on PATH; each logs its arguments to tmp_path/log."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, body in scripts.items():
+        p = bindir / name
+        p.write_text(f'#!/bin/bash\necho "{name} $*" >> {tmp_path}/log\n{body}\n')
+        p.chmod(0o755)
+    return {**os.environ, "PATH": f"{bindir}:/usr/bin:/bin"}
+
+
+def test_tpu_pod_passes_sigterm_on_to_every_worker(tmp_path):
+    """SIGTERM to the launcher reaches vkd_jax.main on the workers as SIGTERM (here a fake gcloud stands in for the
+    pod: its `ssh ... vkd_jax.main` runs until the forwarded pkill stops it, then exits 143 as a preempted run)."""
+    import signal
+    import time
+
+    env = _fake_bin(tmp_path, tar="exit 0", gcloud=f"""
+if [[ "$*" == *"exec .venv/bin/python -m vkd_jax.main"* ]]; then
+  trap 'kill $!; exit 143' TERM; sleep 60 >/dev/null 2>&1 & echo $$ > {tmp_path}/main.pid; wait $!; exit 0
+fi
+if [[ "$*" == *"pkill -TERM"* ]]; then kill -TERM "$(cat {tmp_path}/main.pid)"; fi
+exit 0""")
+    p = subprocess.Popen(["bash", os.path.join(ROOT, "launch/tpu_pod.sh"), "--tpu", "vkd", "--zone", "z",
+                          "--config", "configs/llava7b.py", "--workdir", "gs://b/run"], env=env, cwd=ROOT,
+                         stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if (tmp_path / "main.pid").exists():
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err
+    log = (tmp_path / "log").read_text()
+    assert "passing SIGTERM on" in err
+    stop = [x for x in log.splitlines() if "pkill -TERM" in x]
+    assert len(stop) == 1 and "--worker=all" in stop[0] and "[v]kd_jax[.]main --config" in stop[0]
+
+
+def test_slurm_requeues_a_preempted_job(tmp_path):
+    env = _fake_bin(tmp_path, srun="exit 143", scontrol='[[ "$1" == show ]] && echo gpu01; exit 0')
+    env.update(SLURM_JOB_NODELIST="gpu[01-02]", SLURM_NTASKS="2", SLURM_JOB_ID="77")
+    r = subprocess.run(["bash", os.path.join(ROOT, "launch/gpu_slurm.sbatch"), "configs/llava7b.py", "/runs/x"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 143 and "requeueing job 77" in r.stderr
+    assert "scontrol requeue 77" in (tmp_path / "log").read_text()
+    script = open(os.path.join(ROOT, "launch/gpu_slurm.sbatch")).read()
+    assert "#SBATCH --signal=TERM@" in script and "#SBATCH --requeue" in script
+    env["VKD_REQUEUE"] = "0"
+    r = subprocess.run(["bash", os.path.join(ROOT, "launch/gpu_slurm.sbatch"), "configs/llava7b.py", "/runs/x"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 143 and (tmp_path / "log").read_text().count("requeue") == 1

@@ -8,6 +8,7 @@ exactly as it was.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -57,6 +58,11 @@ def test_results_schema_and_report(vkd_run):
                 assert v is None or (0 <= v <= (100 if k.endswith("acc") else 1)), (model, s, k, v)
     rl = res["relearn"]
     assert rl["fractions"] == [0.5] and len(rl["forget_vqa_cls_acc"]) == 1
+    # cross-fitted at one half: two attacks, every forget question scored by one of them
+    assert rl["attacks"] == [2] and (w / "relearn" / "p0.5-w1" / "result.json").is_file()
+    halves = [json.loads((w / "relearn" / d / "result.json").read_text()) for d in ("p0.5", "p0.5-w1")]
+    assert rl["n_eval"] == [sum(h["n_eval"] for h in halves)] and halves[0]["n_eval"] + halves[1]["n_eval"] >= \
+        halves[0]["n_used"] + halves[0]["n_eval"]
     assert rl["ag"][0] == pytest.approx(rl["forget_vqa_cls_acc"][0] - rl["before"][0])
     floor = res["floors"]["identity_free_forget_vqa_cls_acc"]
     assert res["floors"]["chance_cls_acc"] == 25.0 and 0 <= floor <= 100
@@ -229,3 +235,18 @@ def test_clear_official_reading_gives_forget_quality(tmp_path):
             assert 0 < f["forget_quality"] <= 1
     assert res["reference"]["official"]["eval_log_forget"].get("forget_quality") is None
     assert "| model | Forget Quality | Model Utility |" in (tmp_path / "report.md").read_text()
+
+
+def test_damaged_vanilla_model_stops_the_run_before_any_step(vkd_run, tmp_path):
+    """The issue's case: 64 bytes flipped in the vanilla model's params on disk. The run names the folder in one
+    error line and exits non-zero before unlearning starts (no unlearn progress, no unlearn checkpoint)."""
+    from conftest import flip_bytes
+
+    w, _ = vkd_run
+    copy = tmp_path / "w"
+    shutil.copytree(w, copy, ignore=shutil.ignore_patterns("unlearn", "split*", "relearn", "results.json"))
+    flip_bytes(copy / "vanilla" / "params")
+    r = _main(copy)
+    assert r.returncode != 0
+    assert f"error: {copy / 'vanilla' / 'params'}: this params checkpoint is damaged" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and not (copy / "unlearn" / "ckpt").exists()

@@ -225,6 +225,30 @@ def orbax_dir(out_dir, overwrite: bool = False, *, collective: bool = False):
         multihost_utils.sync_global_devices(f"orbax_dir done {out}")
 
 
+@contextlib.contextmanager
+def exclusive(folder, what: str):
+    """Hold `folder`'s lock while a stage trains in it, so that two runs started on one work directory take turns
+    (the second then finds the stage finished) instead of writing the same checkpoints at once. Local folders of a
+    one-process run only (flock on <folder>/.lock); a multi-process run's processes write together by design, and
+    object stores have no locks."""
+    if is_remote(folder) or _jax_processes()[1] > 1:
+        yield
+        return
+    import fcntl
+
+    os.makedirs(os.fspath(folder), exist_ok=True)
+    with open(os.path.join(os.fspath(folder), ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{what}: another run is training in {folder}; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def upload_tree(local_src: str, dst) -> None:
     """Copy the files under local folder `local_src` into folder `dst` (local or remote), 1 MiB at a time."""
     dst = as_path(dst)

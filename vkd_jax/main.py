@@ -5,7 +5,8 @@ MLLMU-Bench download), the tokenizer, the vanilla model (pretraining on the cele
 profiles for the tiny model; real LLaVA weights from `config.hf_dir`), the reference model when the method needs
 one, saliency masks, unlearning, evaluation of the vanilla and unlearned models, the relearning attack; then
 W/results.json, W/report.md and W/plots/*.png (and W/hf_export with `--config.export_hf=True`). A rerun reuses the
-finished stages; a killed stage resumes from its checkpoint.
+finished stages; a killed stage resumes from its checkpoint. SIGTERM saves the training step in flight and exits
+143 with one line saying how to resume (vkd_jax.preemption).
 
 `--workdir` may be a gs:// URI (process 0 writes logs, reports, exports there; orbax writes checkpoints from all
 processes); the benchmark is then built in a local cache on each host (`--local_cache`, see vkd_jax.experiment).
@@ -43,15 +44,13 @@ def main(argv):
     import jax
 
     from vkd_jax import experiment
-    from vkd_jax.cli import EXPECTED_ERRORS
+    from vkd_jax.cli import guarded
     from vkd_jax.io_utils import resolve
 
     workdir = resolve(_WORKDIR.value)
-    try:
+    # bad config / data / weights: one clear line, non-zero exit, no traceback; SIGTERM: saved, exit 143
+    with guarded([sys.executable, "-m", "vkd_jax.main", *sys.argv[1:]]):
         results = experiment.run(_CONFIG.value, workdir, local_cache=_CACHE.value)
-    except EXPECTED_ERRORS as e:  # bad config / data / weights: one clear line, non-zero exit, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     if jax.process_index() == 0:
         from vkd_jax.report import console_summary
 

@@ -468,13 +468,10 @@ def main(argv):
     unlearn_seeds = _int_list("seeds", a.seeds) or None
     ablations = tuple(ablations_for(a.config)) if a.ablations else ()
     workdir = resolve(a.workdir)
-    from vkd_jax.cli import EXPECTED_ERRORS
-    try:
+    from vkd_jax.cli import guarded
+    with guarded([sys.executable, "-m", "vkd_jax.reproduce", *sys.argv[1:]]):
         reproduce(a.config, workdir, methods, pipeline_seeds, ablations, relearn=a.relearn,
                   local_cache=a.local_cache, unlearn_seeds=unlearn_seeds)
-    except EXPECTED_ERRORS as e:  # bad config / data / weights: one clear line, non-zero exit
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     print(read_text(os.path.join(workdir, "comparison.md")))
 
 

@@ -26,6 +26,8 @@ import tempfile
 import numpy as np
 from absl import logging
 
+from vkd_jax.digests import file_sha256
+
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped_models")
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> the config (variant) that makes it, relative to the repository
@@ -140,14 +142,6 @@ def fingerprint_diff(have: dict, want: dict) -> list[str]:
     out += [f"config.{k}: {hc.get(k)!r} (shipped) vs {wc.get(k)!r} (config)" for k in sorted(set(hc) | set(wc))
             if hc.get(k) != wc.get(k)]
     return out
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_files(folder: str, fp: dict) -> list[str]:

@@ -3,6 +3,7 @@
 Layout of a checkpoint folder C:
   C/model_config.json  HF config.json contents plus {"vkd_jax": {"dtype", "param_dtype", "param_dtype_overrides"}}
   C/params/            orbax StandardCheckpointer pytree: {"vision_tower/layers/0/mlp/fc1/kernel": array, ...}
+  C/DIGESTS.json       size and sha256 of every file, checked before every restore (vkd_jax.digests)
 The folder appears atomically: locally built under a temp name and renamed; on an object store written in place
 (orbax commits `params/` atomically itself) and then marked `_COMPLETE` (`io_utils.orbax_dir`).
 """
@@ -15,6 +16,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from vkd_jax.digests import verify_digests, write_digests
 from vkd_jax.io_utils import as_path, orbax_dir, resolve
 from vkd_jax.models.config import LlavaConfig, config_from_hf_dict, config_to_hf_dict
 from vkd_jax.models.hf_io import abstract_model, flat_params, model_from_flat_params
@@ -36,6 +38,8 @@ def save_params_orbax(params: dict, config: LlavaConfig, ckpt_dir, *, overwrite:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(as_path(tmp) / "params", dict(params))
             ckptr.wait_until_finished()
+        if jax.process_index() == 0:  # every process's shards are committed once the save has finished
+            write_digests(tmp)
     return resolve(ckpt_dir)
 
 
@@ -54,7 +58,9 @@ def read_orbax_config(ckpt_dir, dtype: str | None = None, param_dtype: str | Non
 
 def load_model_orbax(ckpt_dir, *, dtype: str | None = None, param_dtype: str | None = None,
                      sharding_fn=None) -> Llava:
-    """Restore a params checkpoint straight into (optionally sharded) arrays of the requested dtype."""
+    """Restore a params checkpoint straight into (optionally sharded) arrays of the requested dtype, once its files
+    match the digests recorded when it was written (vkd_jax.digests)."""
+    verify_digests(ckpt_dir, "params checkpoint")
     config = read_orbax_config(ckpt_dir, dtype, param_dtype)
     graphdef, abstract = abstract_model(config)
     target = {}

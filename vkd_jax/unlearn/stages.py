@@ -27,7 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vkd_jax.config_base import stage_seed
-from vkd_jax.io_utils import AppendFile, as_path, atomic_write_text, is_complete_dir, makedirs, orbax_dir
+from vkd_jax.digests import verify_digests, write_digests
+from vkd_jax.io_utils import AppendFile, as_path, atomic_write_text, exclusive, is_complete_dir, makedirs, orbax_dir
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.hf_io import abstract_model, flat_params
 from vkd_jax.models.orbax_io import load_model_orbax, save_params_orbax
@@ -80,10 +81,14 @@ def save_masks(masks: dict, folder: str):
         with ocp.StandardCheckpointer() as ck:
             ck.save(os.path.join(tmp, "masks"), {k: np.asarray(v) for k, v in masks.items()})
             ck.wait_until_finished()
-        as_path(tmp).joinpath("kept_fraction.json").write_text(json.dumps(masks_lib.kept_fraction(masks), indent=2))
+        if jax.process_index() == 0:
+            as_path(tmp).joinpath("kept_fraction.json").write_text(
+                json.dumps(masks_lib.kept_fraction(masks), indent=2))
+            write_digests(tmp)
 
 
 def load_masks(folder: str) -> dict:
+    verify_digests(folder, "masks folder")
     with ocp.StandardCheckpointer() as ck:
         return dict(ck.restore(as_path(folder) / "masks"))
 
@@ -104,7 +109,8 @@ def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str 
     if workdir:
         save_masks(m, workdir)
         if jax.process_index() == 0:
-            with AppendFile(os.path.join(workdir, "metrics.jsonl")) as f:
+            # beside the masks folder, not in it: its files are exactly the digested ones
+            with AppendFile(os.path.join(os.path.dirname(os.fspath(workdir).rstrip("/")), "metrics.jsonl")) as f:
                 f.write(json.dumps({"mask_kept_fraction": masks_lib.kept_fraction(m)}) + "\n")
     return m
 
@@ -127,6 +133,15 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
     final = os.path.join(sdir, "params")
     if is_complete_dir(final):  # finished before: never re-run
         return StageResult(flat_params(load_model_orbax(final)))
+    with exclusive(sdir, name):  # another run on this work directory trains it first; then it is finished here
+        if is_complete_dir(final):
+            return StageResult(flat_params(load_model_orbax(final)))
+        return _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, reference, masks,
+                            tokenizer, mesh, num_steps, stop_after, progress)
+
+
+def _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, reference, masks, tokenizer, mesh,
+                 num_steps, stop_after, progress) -> StageResult:
     method_name = stage_method(cfg, name)
     mcfg = ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {}))
     if "streams" in scfg:

@@ -9,6 +9,7 @@ A non-finite loss or gradient norm keeps the old state (the step is skipped and 
 FloatingPointError once more than `optim.max_skipped_steps` were skipped. The check lags one step: after
 dispatching step n the host reads step n-1's counter (copied to the host asynchronously), so the device always has
 the next step queued and there is no per-step synchronisation; the abort comes one step after the count is exceeded.
+SIGTERM (vkd_jax.preemption) saves the step in flight at the next step boundary and raises Preempted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 import jax
 import numpy as np
 
+from vkd_jax import preemption
 from vkd_jax.unlearn import partition as pt
 from vkd_jax.unlearn.methods import Method
 from vkd_jax.unlearn.methods.common import answer_slots, get
@@ -132,26 +134,39 @@ class Trainer:
         start = int(self.state.step)
         iters = {s: iter(streams[s]) for s in self.method.streams}
         last, done_now = {}, 0
-        for step in range(start, self.num_steps):
-            try:
-                raw = {s: next(it) for s, it in iters.items()}
-            except StopIteration:
-                raise ValueError(f"a data stream ran out at step {step} of {self.num_steps}; build training "
-                                 f"pipelines with num_epochs=None") from None
-            metrics = self.step(raw)
-            n, done_now = step + 1, done_now + 1
-            if stop_after is not None and done_now >= stop_after:
+        with preemption.deferred():  # SIGTERM: answered at the next step boundary, below
+            for step in range(start, self.num_steps):
+                try:
+                    raw = {s: next(it) for s, it in iters.items()}
+                except StopIteration:
+                    raise ValueError(f"a data stream ran out at step {step} of {self.num_steps}; build training "
+                                     f"pipelines with num_epochs=None") from None
+                metrics = self.step(raw)
+                n, done_now = step + 1, done_now + 1
+                if stop_after is not None and done_now >= stop_after:
+                    if ckpt is not None:
+                        ckpt.wait()
+                    return last
+                if n % log_every == 0 or n == self.num_steps:
+                    self.check_skipped()
+                    last = jax.device_get(metrics)
+                    if logger is not None:
+                        logger.log(n, last)
                 if ckpt is not None:
-                    ckpt.wait()
-                return last
-            if n % log_every == 0 or n == self.num_steps:
-                self.check_skipped()
-                last = jax.device_get(metrics)
-                if logger is not None:
-                    logger.log(n, last)
-            if ckpt is not None and (n % every == 0 or n == self.num_steps):
-                self.check_skipped()
-                ckpt.save(n, self.state, {s: streams[s].get_state() for s in self.method.streams})
+                    ckpt.poll()  # seal the previous checkpoint once orbax has finished it
+                saved = ckpt is not None and (n % every == 0 or n == self.num_steps)
+                if saved:
+                    self.check_skipped()
+                    ckpt.save(n, self.state, {s: streams[s].get_state() for s in self.method.streams})
+                if preemption.reached(n):  # every process at the same step (multi-process: the sync point)
+                    if ckpt is None:
+                        raise preemption.Preempted(f"preempted (SIGTERM) at step {n} of {self.num_steps}; "
+                                                   "nothing saved (no work directory)")
+                    if not saved:
+                        ckpt.save(n, self.state, {s: streams[s].get_state() for s in self.method.streams})
+                    ckpt.wait()  # written and sealed by every process before any exits
+                    raise preemption.Preempted(f"preempted (SIGTERM) at step {n} of {self.num_steps}: saved in "
+                                               f"{os.path.join(workdir, 'ckpt', str(n))}")
         if ckpt is not None:
             ckpt.wait()
         return last
