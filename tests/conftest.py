@@ -27,6 +27,18 @@ import types
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One XLA compilation cache for the session and every process it starts (the e2e and multi-process tests): the
+# tests compile the same tiny programs many times over. A cached executable is the compiled program itself, so
+# results are the same bits as a fresh compile.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _xla_cache = tempfile.mkdtemp(prefix="vkd_jax_test_xla_cache-")
+    atexit.register(shutil.rmtree, _xla_cache, True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_xla_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
