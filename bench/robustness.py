@@ -28,6 +28,13 @@ CANDIDATES = {
                             "stages.unlearn.use_masks": True},
     "target-augment-200": {"vkd.a_f": 0.0, "vkd.forget_kd": "target", "vkd.b_f": 30.0, "vkd.augment": "affine",
                            "stages.unlearn.num_steps": 200},
+    # one switch each away from the default: when to stop, how fast, what keeps the retained side
+    "steps50": {"stages.unlearn.num_steps": 50},
+    "lr3e-4": {"stages.unlearn.optim.lr": 3e-4},
+    "retain-distill-100": {"vkd.b_r": 100.0},
+    "generic-100": {"vkd.b_g": 100.0},
+    "mask": {"stages.unlearn.use_masks": True},
+    "tap-llm": {"vkd.taps": ("llm:1",)},
 }
 
 
