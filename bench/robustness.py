@@ -35,6 +35,15 @@ CANDIDATES = {
     "generic-100": {"vkd.b_g": 100.0},
     "mask": {"stages.unlearn.use_masks": True},
     "tap-llm": {"vkd.taps": ("llm:1",)},
+    # the two distillation weights together (each alone kept the most of the retained side)
+    "distill-100": {"vkd.b_r": 100.0, "vkd.b_g": 100.0},
+    "distill-300": {"vkd.b_r": 300.0, "vkd.b_g": 300.0},
+    "distill-1000": {"vkd.b_r": 1000.0, "vkd.b_g": 1000.0},
+    # between the default's weights and those that stop the forgetting, and longer runs of them
+    "distill-60": {"vkd.b_r": 60.0, "vkd.b_g": 60.0},
+    "distill-100-200": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 200},
+    "distill-100-400": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 400},
+    "distill-150-400": {"vkd.b_r": 150.0, "vkd.b_g": 150.0, "stages.unlearn.num_steps": 400},
 }
 
 
