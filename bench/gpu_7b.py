@@ -12,7 +12,7 @@ Per variant (--variants NAME[:BATCH],...: vkd_jax/plan.py VARIANTS; default vkd_
 this device; the plan row and the timing use the same compiled step. Params are made on the device by one jitted
 function (normal x 0.02, norm scales 1, biases 0; frozen ones in the partition's frozen dtype, the teacher a copy
 of the trainable ones); the state is the built step's init. --warmup 2 + --steps timed steps, each blocked
-on. Reported: median step s, tokens/s (rows x seq len, all streams), matmul FLOPs (bench/step.py dot_flops on the
+on. Reported: median step s, tokens/s (rows x seq len, all streams), matmul FLOPs (vkd_jax.flops.dot_flops on the
 step's jaxpr: remat recompute included) / s, MFU against --peak_flops (989e12, H100/H200 dense bf16: an
 assumption), XLA's memory analysis (peak = argument + output - alias + temp) beside the plan's analytic peak_est,
 and the device's bytes_in_use / peak_bytes_in_use (process-wide: a later row's peak includes the earlier rows').
@@ -117,7 +117,7 @@ def flop_rates(fn, args, seconds: float, peak: float) -> dict:
     """bench/step.py's matmul FLOPs of fn's jaxpr, per second and over the assumed peak (errors recorded)."""
     import jax
 
-    from bench.step import dot_flops
+    from vkd_jax.flops import dot_flops
     try:
         f = dot_flops(jax.make_jaxpr(fn)(*args).jaxpr)
         return {"matmul_flops": f, "flops_per_s": f / seconds, "mfu": f / seconds / peak}

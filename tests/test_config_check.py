@@ -19,10 +19,12 @@ def _config(name, arg=None):
 
 
 def test_shipped_configs_are_valid(hub_llava_dir, tmp_path):
-    validate(_config("tiny"))
-    c = _config("llava7b")
-    c.hf_dir, c.data.manual_dir = hub_llava_dir, str(tmp_path)
-    validate(c)
+    for arg in (None, "benchmark=clear"):
+        validate(_config("tiny", arg))
+        for name in ("llava7b", "llava13b"):
+            c = _config(name, arg)
+            c.hf_dir, c.data.manual_dir = hub_llava_dir, str(tmp_path)
+            validate(c)
 
 
 def test_every_bad_field_is_named_at_once():

@@ -24,7 +24,7 @@ def test_variants_and_independent_stage_sections():
     assert load_config("tiny").splits == 0  # the default: every person of the world forgotten once
     with pytest.raises(ValueError, match="key one of"):
         config_base.load_config(os.path.join(ROOT, "configs", "tiny.py") + ":lr=3")
-    for name in ("tiny", "llava7b"):
+    for name in ("tiny", "llava7b", "llava13b"):
         c = load_config(name)
         c.stages.unlearn.optim.lr = 0.5  # one stage's optimiser section is its own object
         assert {s: c.stages[s].optim.lr for s in c.stages if s != "unlearn"} == {
@@ -54,7 +54,7 @@ def test_stage_seeds_and_stream_seeds_derive_from_names():
                                                                     for n in names}
 
 
-@pytest.mark.parametrize("name", ["llava7b", "tiny"])
+@pytest.mark.parametrize("name", ["llava7b", "llava13b", "tiny"])
 def test_abstract_model_matches_transformers_param_count_and_shapes(name):
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration
@@ -69,6 +69,8 @@ def test_abstract_model_matches_transformers_param_count_and_shapes(name):
     assert n_ours == sum(p.numel() for p in hf.parameters())
     if name == "llava7b":
         assert 7_000_000_000 < n_ours < 7_200_000_000  # LLaVA-1.5-7B: 7.06B
+    if name == "llava13b":
+        assert 13_300_000_000 < n_ours < 13_400_000_000  # LLaVA-1.5-13B: 13.35B
     from vkd_jax.models.hf_io import hf_shape, normalize_hf_key
 
     hf_norm = {normalize_hf_key(k): s for k, s in hf_params.items()}

@@ -51,6 +51,12 @@ def test_partition_rules_cover_every_param(ukit):
     assert lora.rules["language_model/layers/0/self_attn/q_proj/kernel"] == "lora"
     assert lora.shapes["language_model/layers/0/mlp/up_proj/kernel/lora_a"].shape == (32, 4)
     assert all(k.endswith(("lora_a", "lora_b")) for k in lora.trainable_keys)
+    # the large configs' relearning attack: the visual side at full rank and the baselines' LoRA on the LLM
+    both = pt.make_partition(abstract, ukit.pcfg("visual_lora_llm"))
+    assert {k for k, r in both.rules.items() if r == "train"} == {
+        k for k in abstract if k.startswith(("vision_tower/", "projector/"))}
+    assert {k for k, r in both.rules.items() if r == "lora"} == {k for k, r in lora.rules.items() if r == "lora"}
+    assert both.rules["lm_head/kernel"] == both.rules["language_model/embed_tokens/embedding"] == "frozen"
     mesh = pt.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=2)))
     spec = pt.logical_to_spec(("embed", "mlp"), (32, 64), mesh)
     assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")

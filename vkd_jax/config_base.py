@@ -16,6 +16,9 @@ Every field has one meaning and one place:
   dtype / param_dtype      compute dtype / storage dtype of the weights ("" = as hf_dir stores each tensor)
   export_hf / export_dtype write <workdir>/hf_export; its dtype ("" = each tensor's storage dtype)
   remat                    activation checkpointing per block: none | full | dots
+  preflight                before any work, plan every stage on this run's devices and stop when one cannot fit
+                           (vkd_jax.plan_pipeline; skipped where the devices report no memory, as CPUs)
+  preflight_device_gib     per-device memory the preflight assumes (0: what the devices report)
   data.*, eval.*           the benchmark (mllmu | clear), its source (embedded | local) and the input pipeline;
                            the evaluation protocol (vkd_jax.eval)
   partition.*              trainable-set details shared by all stages (vit_last_k, LoRA, dtypes, rules)
@@ -62,6 +65,8 @@ def base() -> ml_collections.ConfigDict:
     c.export_hf = False
     c.export_dtype = ""
     c.remat = "none"
+    c.preflight = True
+    c.preflight_device_gib = 0.0
     c.data = ml_collections.ConfigDict(dict(
         benchmark="mllmu",    # mllmu (MLLMU-Bench) | clear (CLEAR): vkd_jax.data.benchmarks
         source="embedded",    # embedded (generated into <workdir>/benchmark) | local (a download in manual_dir)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 
 from vkd_jax.models.config import ConfigError, canonical_dtype
+from vkd_jax.unlearn.partition import PRESETS
 
 UNLEARN_METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
-PRESETS = ("projector", "visual_last_k", "visual", "full", "llm", "lora_llm", "none")
 TRAIN_STAGES = ("pretrain", "vanilla", "reference", "unlearn", "relearn")
 STAGE_STREAMS = {"pretrain": ("vqa", "qa", "caption"), "vanilla": ("vqa", "qa", "caption"),
                  "reference": ("vqa", "qa", "caption"), "relearn": ("forget",)}
@@ -120,6 +120,9 @@ def validate(cfg) -> None:
         v = cfg.get(field, low)
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             errs.append(f"config.{field}={v!r}: an integer >= {low}")
+    gib = cfg.get("preflight_device_gib", 0.0)
+    if isinstance(gib, bool) or not isinstance(gib, (int, float)) or gib < 0:
+        errs.append(f"config.preflight_device_gib={gib!r}: GiB per device, >= 0 (0: what the devices report)")
     for field in CHOICES:
         if not field.startswith("optim."):
             choice(field)

@@ -416,6 +416,18 @@ def read_eval_values(data, out_dir: str, name: str) -> dict:
     return {s: data.question_values(recs) for s, recs in by_set.items()}
 
 
+def uses_masks(cfg, method) -> bool:
+    """Whether the unlearn stage of this config trains with saliency masks (so the masks stage runs)."""
+    return bool(method.needs_masks or cfg.stages.unlearn.get("use_masks", False))
+
+
+def uses_reference(cfg, method, benchmark: str) -> bool:
+    """Whether the run trains the reference model: NPO's retain-only reference, and CLEAR's official reading
+    (Forget Quality: the KS test against a model that never saw the forget set)."""
+    official_clear = benchmark == "clear" and cfg.eval.clear_reading == "official"
+    return bool((method.needs_reference and cfg.npo.get("reference", "retain") == "retain") or official_clear)
+
+
 def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir: str, shared: str, *,
               relearn: bool) -> dict:
     """One forget split from the vanilla model: masks, unlearning, the evaluations, the relearning attack, the
@@ -423,7 +435,7 @@ def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir
     run_dir, shared_dir = split_dir(workdir, data.split), split_dir(shared, data.split)
     makedirs(run_dir)
     masks = None
-    if method.needs_masks or cfg.stages.unlearn.get("use_masks", False):
+    if uses_masks(cfg, method):
         masks = _stage("masks", cfg, run_dir, vanilla, stage_streams("masks", data, cfg, model_config),
                        model_config, data.tokenizer).masks
     timing_path = os.path.join(run_dir, "unlearn", "timing.json")
@@ -542,6 +554,9 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
 
     resolve_hub_names(cfg)  # repo ids typed for hf_dir / data.manual_dir -> their cached local folders
     validate(cfg)  # every bad field at once, before anything is written
+    from vkd_jax.preflight import preflight
+
+    preflight(cfg)  # a stage that cannot fit these devices: stop now, not hours into the run
     shared = shared or workdir
     makedirs(workdir)
     makedirs(shared)
@@ -555,8 +570,7 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     method = make_method(cfg.method, cfg.get(cfg.method, {}), data.tokenizer)
     reference = None
     official_clear = data.name == "clear" and cfg.eval.clear_reading == "official"
-    if (method.needs_reference and cfg.npo.get("reference", "retain") == "retain") or official_clear:
-        # NPO's reference, and CLEAR's Forget Quality: the KS test against a model that never saw the forget set
+    if uses_reference(cfg, method, data.name):
         reference = _stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
                            stage_streams("reference", data, cfg, model_config), model_config, data.tokenizer).params
     splits = [run_split(cfg, d, vanilla, reference, method, model_config, workdir, shared, relearn=relearn)

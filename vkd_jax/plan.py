@@ -59,14 +59,18 @@ class Platform:
     chips: int
     hbm_gib: float
     what: str
+    peak_tflops: float   # dense bf16 per chip (vendor figures)
+    hbm_gbps: float      # memory bandwidth per chip, GB/s (vendor figures)
 
 
 PLATFORMS = {p.name: p for p in (
-    Platform("v4-8", 4, 32, "TPU v4-8: 4 chips x 32 GiB HBM"),
-    Platform("v5e-16", 16, 16, "TPU v5e-16: 16 chips x 16 GiB HBM"),
-    Platform("v4-32", 16, 32, "TPU v4-32: 16 chips x 32 GiB HBM"),
-    Platform("gpu1x80", 1, 80, "one 80 GB GPU (A100/H100)"),
-    Platform("gpu8x80", 8, 80, "eight 80 GB GPUs (one node)"),
+    Platform("v4-8", 4, 32, "TPU v4-8: 4 chips x 32 GiB HBM", 275, 1228),
+    Platform("v5e-16", 16, 16, "TPU v5e-16: 16 chips x 16 GiB HBM", 197, 819),
+    Platform("v5p-8", 4, 95, "TPU v5p-8: 4 chips x 95 GiB HBM", 459, 2765),
+    Platform("v4-32", 16, 32, "TPU v4-32: 16 chips x 32 GiB HBM", 275, 1228),
+    Platform("gpu1x80", 1, 80, "one 80 GB GPU (H100 SXM figures)", 989, 3350),
+    Platform("gpu1x141", 1, 140, "one H200 (141 GB)", 989, 4800),
+    Platform("gpu8x80", 8, 80, "eight 80 GB GPUs, one node (H100 SXM figures)", 989, 3350),
 )}
 
 VARIANTS = {  # name -> (stage kind, remat, frozen params in bf16)
@@ -212,10 +216,18 @@ def plan_one(cfg, model_config, platform: Platform, batch: int, variant: str, te
     return plan_row(ps, platform, batch, variant, compiled, time.perf_counter() - t0)
 
 
+def saved_key(ps: PlannedStep, batch: int) -> tuple:
+    """plan_row's memo key of a step's (global) saved activations: what they depend on besides the depth."""
+    return ("saved", ps.method_name, ps.preset, batch, ps.text_len, tuple(sorted(ps.batch)))
+
+
 def plan_row(ps: PlannedStep, platform: Platform, batch: int, variant: str, compiled=None,
-             compile_s: float = 0.0) -> dict:
-    """The plan's row for a planned step (and its compiled form, when there is one)."""
+             compile_s: float = 0.0, memo: dict | None = None) -> dict:
+    """The plan's row for a planned step (and its compiled form, when there is one). `memo`: a dict that keeps
+    the global activation counts of a (method, partition, batch) between platforms (they do not depend on the
+    mesh; tracing them at 7B takes seconds)."""
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     b_ = ps.built
@@ -225,9 +237,16 @@ def plan_row(ps: PlannedStep, platform: Platform, batch: int, variant: str, comp
     # its backward (the remat policy applied) over the batch shards, one block's working set, the gradients.
     shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
     exclude = {(tuple(x.shape), np.dtype(x.dtype)) for x in jax.tree.leaves((trainable, frozen, aux, ps.batch))}
-    saved = saved_bytes(lambda tr, fr, ax, b: method.loss(b_.ctx, tr, fr, ax, b, jax.random.PRNGKey(0), 0)[0],
-                        (trainable, frozen, aux, ps.batch), exclude)
-    work = block_bytes(mc, -(-batch // shards), ps.text_len)
+    memo = {} if memo is None else memo
+    key = saved_key(ps, batch)
+    if key not in memo:
+        memo[key] = saved_bytes(lambda tr, fr, ax, b: method.loss(b_.ctx, tr, fr, ax, b, jax.random.PRNGKey(0),
+                                                                  jnp.zeros((), jnp.int32))[0],
+                                (trainable, frozen, aux, ps.batch), exclude)
+    rows = -(-batch // shards)
+    if ("work", rows, ps.text_len) not in memo:
+        memo["work", rows, ps.text_len] = block_bytes(mc, rows, ps.text_len)
+    saved, work = memo[key], memo["work", rows, ps.text_len]
     b = {"params_trainable": tree_bytes(trainable, b_.trainable_shardings),
          "params_frozen": tree_bytes(frozen, b_.frozen_shardings),
          "teacher": tree_bytes(aux, b_.aux_shardings) if aux else 0,
@@ -268,11 +287,9 @@ def run_plan(cfg, platforms, batches, variants, *, text_len: int = 64, param_dty
         cfg.model.text_config.num_hidden_layers, cfg.model.vision_config.num_hidden_layers = layers
     mc = model_config_of(cfg)
     devices = list(devices if devices is not None else jax.devices())
+    check_devices(platforms, devices)
     rows = []
     for p in platforms:
-        if p.chips > len(devices):
-            raise ValueError(f"platform {p.name} needs {p.chips} devices; {len(devices)} available (set "
-                             f"XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)")
         for bsz in batches:
             for v in variants:
                 r = plan_one(cfg, mc, p, bsz, v, text_len, devices, compile)
@@ -283,6 +300,14 @@ def run_plan(cfg, platforms, batches, variants, *, text_len: int = 64, param_dty
                       "params": int(sum(math.prod(s.shape) for s in _abstract(mc).values()))},
             "seq_len": 1 + mc.image_seq_length + text_len, "param_dtype": mc.param_dtype, "compute_dtype": mc.dtype,
             "rows": rows}
+
+
+def check_devices(platforms, devices) -> None:
+    """Every platform's mesh needs that many (fake) devices in this process."""
+    for p in platforms:
+        if p.chips > len(devices):
+            raise ValueError(f"platform {p.name} needs {p.chips} devices; {len(devices)} available (set "
+                             f"XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)")
 
 
 def _abstract(mc):
@@ -311,12 +336,17 @@ def define_flags() -> None:
     flags.DEFINE_string("param_dtype", "float32", "storage dtype of the params (master weights)")
     flags.DEFINE_bool("no_compile", False, "exact param/optimizer/batch bytes only (fast)")
     flags.DEFINE_string("layers", "", "TEXT,VISION: a proxy with the config's widths and these layer counts")
+    flags.DEFINE_bool("pipeline", False, "every stage main runs for the config (vkd_jax.plan_pipeline); "
+                      "--platforms defaults to its list, --text_len to 128; --batches/--variants are unused")
     flags.mark_flags_as_required(["config"])
 
 
 def main(argv) -> int:
     del argv
     a = flags.FLAGS
+    if a.pipeline and not a["platforms"].present:
+        from vkd_jax.plan_pipeline import PIPELINE_PLATFORMS
+        a.platforms = ",".join(PIPELINE_PLATFORMS)
     try:
         platforms = [PLATFORMS[n] for n in a.platforms.split(",") if n]
     except KeyError as e:
@@ -333,9 +363,19 @@ def main(argv) -> int:
         xla = [f for f in xla if "host_platform_device_count" not in f]
         os.environ["XLA_FLAGS"] = " ".join(xla + [f"--xla_force_host_platform_device_count={need}"])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    out = run_plan(a.config, platforms, [int(b) for b in a.batches.split(",")], variants, text_len=a.text_len,
-                   param_dtype=a.param_dtype, compile=not a.no_compile,
-                   layers=tuple(int(x) for x in a.layers.split(",")) if a.layers else None)
+    if a.pipeline:
+        from vkd_jax.plan_pipeline import plan_pipeline
+        cfg = a.config
+        if a.layers:
+            cfg.model.text_config.num_hidden_layers, cfg.model.vision_config.num_hidden_layers = (
+                int(x) for x in a.layers.split(","))
+        out = plan_pipeline(cfg, platforms, text_len=a.text_len if a["text_len"].present else 128)
+        from vkd_jax.plan_pipeline import markdown
+        print(markdown(out))
+    else:
+        out = run_plan(a.config, platforms, [int(b) for b in a.batches.split(",")], variants,
+                       text_len=a.text_len, param_dtype=a.param_dtype, compile=not a.no_compile,
+                       layers=tuple(int(x) for x in a.layers.split(",")) if a.layers else None)
     out["config"] = a["config"].config_filename
     if a.out:
         from vkd_jax.io_utils import atomic_write_text

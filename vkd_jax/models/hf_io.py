@@ -9,6 +9,7 @@ which transformers 4.x and 5.x both load.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -113,7 +114,14 @@ def hf_shape(shape: tuple, tag: str) -> tuple:
 
 
 def abstract_model(config: LlavaConfig):
-    """(graphdef, {key: ShapeDtypeStruct}) without allocating any weights; each param in its storage dtype."""
+    """(graphdef, {key: ShapeDtypeStruct}) without allocating any weights; each param in its storage dtype. Kept
+    per config (tracing a 7B model's init takes seconds; the planner and the stages ask for it repeatedly)."""
+    graphdef, out = _abstract_model(config)
+    return graphdef, dict(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_model(config: LlavaConfig):
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Llava(config, rngs=nnx.Rngs(0))))
     out = {key_of(path): v.get_value() for path, v in nnx.to_flat_state(state)}
     for key, dt in config.param_dtype_overrides:

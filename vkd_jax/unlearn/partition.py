@@ -50,10 +50,16 @@ def first_match(rules: Sequence[tuple[str, Any]], name: str, what: str):
 
 # ---- presets: the trainable-side switch of the config --------------------------------------------------------
 
+# every preset preset_rules knows (the config's allowed values for a partition)
+PRESETS = ("projector", "visual_last_k", "visual", "full", "llm", "lora_llm", "visual_lora_llm", "none")
+
+
 def preset_rules(name: str, *, vit_last_k: int = 0, num_vit_layers: int = 0) -> list[tuple[str, str]]:
     """Named trainable sets. VKD: "projector", "visual_last_k" (projector + last k ViT blocks + post norm),
     "visual" (whole vision tower + projector); baselines: "full", "lora_llm" (LoRA on the LLM's linear layers,
-    everything else frozen, as the public MLLMU-Bench baselines), "llm"."""
+    everything else frozen, as the public MLLMU-Bench baselines), "llm"; "visual_lora_llm" (the visual side at
+    full rank and LoRA on the LLM's linear layers: every parameter any method changes when the baselines train
+    "lora_llm", the relearning attack of the large configs)."""
     llm_linear = r"^language_model/layers/\d+/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel$"
     if name == "none":  # extra_rules alone decide
         return []
@@ -72,7 +78,9 @@ def preset_rules(name: str, *, vit_last_k: int = 0, num_vit_layers: int = 0) -> 
         return [(r"^(language_model|lm_head)/", "train"), (r".*", "frozen")]
     if name == "lora_llm":
         return [(llm_linear, "lora"), (r".*", "frozen")]
-    raise PartitionError(f"unknown partition preset {name!r}: projector, visual_last_k, visual, full, llm, lora_llm")
+    if name == "visual_lora_llm":
+        return [(r"^(projector|vision_tower)/", "train"), (llm_linear, "lora"), (r".*", "frozen")]
+    raise PartitionError(f"unknown partition preset {name!r}: {', '.join(PRESETS)}")
 
 
 DEFAULT_SHARDING_RULES = (

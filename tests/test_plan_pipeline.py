@@ -1,0 +1,154 @@
+"""The whole pipeline's plan (vkd_jax/plan_pipeline.py): the stages main runs for each config and variant, the
+plan's JSON, every stage of configs/llava7b.py and llava13b.py on the platforms they are meant for, and the
+preflight that stops a run which cannot fit before it writes anything."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from vkd_jax import plan_pipeline as pp
+from vkd_jax import preflight as pf
+from vkd_jax.config_base import load_config
+from vkd_jax.plan import PLATFORMS
+from vkd_jax.reproduce import apply_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+LLAVA7B = os.path.join(ROOT, "configs", "llava7b.py")
+LLAVA13B = os.path.join(ROOT, "configs", "llava13b.py")
+METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
+
+
+def names(cfg):
+    return [s.name for s in pp.pipeline_stages(cfg)]
+
+
+def test_pipeline_stages_follow_the_config():
+    tiny = load_config(TINY)
+    assert names(tiny) == ["pretrain", "vanilla", "unlearn", "eval", "relearn@0.1", "relearn@0.25", "relearn@0.5",
+                           "probe"]
+    by = {s.name: s for s in pp.pipeline_stages(tiny)}
+    assert by["unlearn"].repeats == 10 and by["relearn@0.5"].repeats == 20  # splits=0: 10 splits; 2 attacks at 1/2
+    assert by["eval"].repeats == 20 and by["relearn@0.1"].repeats == 10
+    assert "reference" in names(load_config(TINY + ":method=npo"))  # NPO's retain-only reference
+    assert "reference" not in names(apply_overrides(load_config(TINY + ":method=npo"), {"npo.reference": "vanilla"}))
+    assert "masks" in names(load_config(TINY + ":method=mmunlearner"))
+    assert "masks" in names(apply_overrides(tiny, {"stages.unlearn.use_masks": True}))
+    assert "reference" in names(apply_overrides(load_config(TINY + ":benchmark=clear"),
+                                                {"eval.clear_reading": "official"}))
+    assert names(apply_overrides(tiny, {"export_hf": True, "eval.probe": False}))[-2:] == ["relearn@0.5", "export"]
+    big = load_config(LLAVA7B)  # a download: no pretraining; one forget split; the model exported
+    assert names(big) == ["vanilla", "unlearn", "eval", "relearn@0.1", "relearn@0.25", "relearn@0.5", "probe",
+                          "export"]
+    assert {s.name: s.steps for s in pp.pipeline_stages(big)}["vanilla"] == 2000
+
+
+def test_plan_pipeline_cli_tiny(tmp_path):
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI sets the fake device count
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.plan", "--config", TINY + ":method=npo", "--pipeline",
+                        "--platforms", "gpu1x80,v4-8", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(out.read_text())
+    stages = names(load_config(TINY + ":method=npo"))
+    assert [(s["platform"], s["stage"]) for s in d["stages"]] == [(p, n) for p in ("gpu1x80", "v4-8")
+                                                                  for n in stages]
+    for s in d["stages"]:
+        assert {"platform", "stage", "peak_gib", "hbm_gib", "fits", "seconds", "flops", "bytes_moved"} <= set(s)
+        assert s["fits"] and 0 < s["peak_gib"] < 2 and s["seconds"] > 0
+        if s["stage"] in ("pretrain", "vanilla", "reference", "unlearn") or s["stage"].startswith("relearn"):
+            assert s["flops"] > 0 and s["bytes_gib"]["opt_state"] > 0
+    for p in ("gpu1x80", "v4-8"):
+        rows = [s for s in d["stages"] if s["platform"] == p]
+        assert d["totals"][p]["seconds"] == pytest.approx(sum(s["seconds"] for s in rows))
+        assert d["totals"][p]["fits"] and d["totals"][p]["too_big"] == []
+    row = {(s["platform"], s["stage"]): s for s in d["stages"]}
+    # NPO carries a frozen reference (aux); the same train step on 4 data-parallel chips: a quarter of the batch
+    assert row["gpu1x80", "unlearn"]["bytes_gib"]["teacher"] > 0
+    assert row["v4-8", "unlearn"]["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert row["v4-8", "unlearn"]["bytes_gib"]["batch"] < row["gpu1x80", "unlearn"]["bytes_gib"]["batch"]
+    # the same FLOPs on 4 chips of a quarter the peak take longer than on the GPU
+    assert row["v4-8", "unlearn"]["flops"] == row["gpu1x80", "unlearn"]["flops"] > 0
+
+
+def test_layer_slopes_equal_the_whole_model_trace():
+    """The plan traces 2-3 layer proxies and extrapolates: on a 6 + 5 layer model the extrapolated saved
+    activations and matmul FLOPs of VKD's and relearning's steps equal the whole model's, exactly."""
+    from vkd_jax.plan import plan_row
+
+    cfg = apply_overrides(load_config(TINY), {"model.text_config.num_hidden_layers": 6,
+                                              "model.vision_config.num_hidden_layers": 5})
+    mc = pp.pipeline_model_config(cfg)
+    p = PLATFORMS["gpu1x80"]
+    mesh = pp.mesh_of(cfg, p, jax.devices())
+    for stage in ("unlearn", "relearn"):
+        def saved(m, stage=stage):
+            return plan_row(pp.stage_step(cfg, m, stage, mesh, 24), p, 32, stage)["bytes"]["saved_activations"]
+
+        def flops(m, stage=stage):
+            return pp.step_flops(pp.stage_step(cfg, m, stage, mesh, 24))
+        for f in (saved, flops):
+            assert pp.by_layer_slopes(mc, f) == f(mc) > 0
+
+
+@pytest.mark.parametrize("config", [LLAVA7B, LLAVA13B])
+def test_large_configs_fit_where_they_are_meant_to(config):
+    """Every stage of every method of llava7b fits one 80 GB GPU and a v4-8, and so does llava13b (VKD, NPO with
+    its reference copy, MMUnlearner with its masks) with its FSDP mesh (the plan's exact state and analytic
+    activations, no compilation)."""
+    platforms = ("gpu1x80", "v4-8")
+    devices = jax.devices()
+    memo: dict = {}
+    for method in METHODS if config == LLAVA7B else ("vkd", "npo", "mmunlearner"):
+        cfg = load_config(f"{config}:method={method}")
+        mc = pp.pipeline_model_config(cfg)
+        sizes = pp.model_sizes(mc)
+        seq = 1 + mc.image_seq_length + 128
+        for p in platforms:
+            for s in pp.pipeline_stages(cfg):
+                if s.name in ("pretrain", "vanilla", "reference", "eval", "probe", "export") and method != "vkd":
+                    continue  # the same for every method: checked once
+                r = pp.plan_stage(cfg, mc, s, PLATFORMS[p], devices, sizes, seq, 128, memo, with_time=False)
+                assert r["fits"], (config, method, p, r)
+    cfg = load_config(config)
+    rl = pp.plan_stage(cfg, pp.pipeline_model_config(cfg), pp.pipeline_stages(cfg)[3], PLATFORMS["gpu1x80"],
+                       devices, pp.model_sizes(pp.pipeline_model_config(cfg)), 1 + 576 + 128, 128, {},
+                       with_time=False)
+    assert rl["stage"] == "relearn@0.1" and rl["partition"] == "visual_lora_llm"
+    # the stronger attack (every parameter) does not fit one 80 GB GPU: the plan says so, and what would help
+    full = apply_overrides(cfg, {"stages.relearn.partition": "full"})
+    r = pp.plan_stage(full, pp.pipeline_model_config(full), pp.pipeline_stages(full)[3], PLATFORMS["gpu1x80"],
+                      devices, pp.model_sizes(pp.pipeline_model_config(full)), 1 + 576 + 128, 128, {},
+                      with_time=False)
+    assert not r["fits"] and r["bytes_gib"]["opt_state"] > 40
+    assert any("stages.relearn.partition" in f for f in pf.fixes_for(full, r))
+    # 8 GPUs: the global batch of 4 does not split 8 ways; the plan says so and names the mesh that runs
+    r = pp.plan_stage(cfg, pp.pipeline_model_config(cfg), pp.pipeline_stages(cfg)[1], PLATFORMS["gpu8x80"],
+                      devices, {}, 0, 128, {}, with_time=False)
+    assert not r["fits"] and "does not divide" in r["error"]
+    assert "config.mesh.data=4 config.mesh.fsdp=1 config.mesh.tensor=2" in pf.fixes_for(cfg, r)[0]
+
+
+def test_preflight_stops_a_run_that_cannot_fit_before_any_work(tmp_path):
+    cfg = load_config(TINY + ":splits=1")
+    rows = pf.preflight(apply_overrides(cfg, {"preflight_device_gib": 80.0}))
+    assert rows and all(r["fits"] for r in rows)
+    assert pf.preflight(cfg) == []  # CPU devices report no memory: nothing to check against
+    with pytest.raises(pf.PreflightError, match="stage 'pretrain' needs"):
+        pf.preflight(apply_overrides(cfg, {"preflight_device_gib": 0.01}))
+    assert pf.preflight(apply_overrides(cfg, {"preflight_device_gib": 0.01, "preflight": False})) == []
+    work = tmp_path / "w"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", TINY + ":splits=1", "--workdir", str(work),
+                        "--config.preflight_device_gib=0.01"], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=600)
+    assert r.returncode == 1, r.stderr[-2000:]
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: preflight: stage 'pretrain' needs"), r.stderr[-2000:]
+    assert "config.data.batch_size" in err[0] and "Traceback" not in r.stderr
+    assert not work.exists()  # stopped before anything was written
