@@ -53,6 +53,7 @@ def define_flags() -> None:
     flags.DEFINE_string("pipeline_seeds", "0,1,2", "comma-separated pipeline seeds")
     flags.DEFINE_string("candidates", "all", f"comma-separated, or all: {', '.join(CANDIDATES)}")
     flags.DEFINE_bool("relearn", True, "run the relearning attack")
+    flags.DEFINE_bool("default", True, "run the config's default VKD beside the candidates")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -68,7 +69,8 @@ def main(argv):
         raise app.UsageError(f"--candidates: unknown {unknown}; known: {', '.join(CANDIDATES)}")
     seeds = reproduce._int_list("pipeline_seeds", a.pipeline_seeds)
     variants = {f"vkd-{n}": ("vkd", CANDIDATES[n]) for n in names}
-    reproduce.reproduce(a.config, a.workdir, ("vkd",), seeds, (), relearn=a.relearn, variants=variants)
+    reproduce.reproduce(a.config, a.workdir, ("vkd",) if a.default else (), seeds, (), relearn=a.relearn,
+                        variants=variants)
     from vkd_jax.io_utils import read_text
 
     sys.stdout.write(read_text(f"{a.workdir}/comparison.md"))
