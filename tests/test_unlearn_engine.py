@@ -203,8 +203,11 @@ def _stage_cfg(ukit, tmp_path, steps=4):
     return c
 
 
-def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path, ukit):
+def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path, ukit, monkeypatch):
+    from vkd_jax.unlearn.metrics_log import MetricsLogger
     from vkd_jax.unlearn.stages import run_stage
+    resumed_at = []
+    monkeypatch.setattr(MetricsLogger, "resume_at", lambda self, step: resumed_at.append(step))
     cfg, params = ukit.tiny_params()
     c = _stage_cfg(ukit, tmp_path)
     one = pt.make_mesh(None, jax.devices()[:1])
@@ -216,6 +219,7 @@ def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path, uki
     assert not os.path.isdir(tmp_path / "b" / "unlearn" / "params")
     resumed = run_stage("unlearn", c, str(tmp_path / "b"), params, streams(), model_config=cfg, mesh=one,
                         progress=False)
+    assert resumed_at == [0, 0, 2]  # the resumed run's rates count from its checkpoint, not from step 0
     a, b, k = _s(full.params), _s(resumed.params), _s(killed.params)
     assert any(not np.array_equal(a[x], k[x]) for x in a)
     for x in a:
@@ -424,3 +428,14 @@ def test_lora_dropout_draws_the_same_masks_in_every_process():
         assert p.returncode == 0, p.stderr[-2000:]
         digests.append(p.stdout.split()[-1])
     assert digests[0] == digests[1]
+
+
+def test_throughput_after_a_resume_counts_only_the_steps_run(monkeypatch):
+    from vkd_jax.unlearn import metrics_log
+
+    clock = iter([100.0, 101.0, 102.0])
+    monkeypatch.setattr(metrics_log.time, "perf_counter", lambda: next(clock))
+    log = metrics_log.MetricsLogger(None, 100, batch_examples=8, progress=False)
+    log.resume_at(40)
+    vals = log.log(50, {"loss": 1.0})
+    assert vals["steps_per_s"] == 10.0 and vals["examples_per_s"] == 80.0  # 10 steps in 1 s, not 50

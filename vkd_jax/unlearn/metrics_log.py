@@ -71,6 +71,14 @@ class MetricsLogger:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, leave=False)
 
+    def resume_at(self, step: int):
+        """The run continues from `step` (a restored checkpoint): rates count from here and now, the bar starts
+        there."""
+        self._t, self._step = time.perf_counter(), step
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
     def log(self, step: int, metrics: dict):
         vals = {k: float(np.asarray(v)) for k, v in metrics.items() if np.asarray(v).size == 1}
         now = time.perf_counter()

@@ -132,6 +132,8 @@ class Trainer:
                 if name in streams:
                     streams[name].set_state(st)
         start = int(self.state.step)
+        if logger is not None:
+            logger.resume_at(start)  # throughput counts this call's steps only
         iters = {s: iter(streams[s]) for s in self.method.streams}
         last, done_now = {}, 0
         with preemption.deferred():  # SIGTERM: answered at the next step boundary, below
