@@ -74,6 +74,7 @@ def cpu_rows(repeats: int = 7) -> dict:
     from flax import nnx
 
     from bench.common import matmul_peak_flops, median_time
+    from vkd_jax import plan_costs as pc
     from vkd_jax import plan_pipeline as pp
     from vkd_jax.config_base import load_config
     from vkd_jax.eval.decode import greedy_decode
@@ -92,7 +93,7 @@ def cpu_rows(repeats: int = 7) -> dict:
     bw = cpu_bandwidth()
     cpu = Platform("cpu", 1, 0.0, "this CPU", peak / 1e12, bw / 1e9)
     ps = pp.stage_step(cfg, mc, "unlearn", pp.mesh_of(cfg, cpu, dev), text_len)
-    flops = pp.step_flops(ps)
+    flops = pc.step_flops(ps)
     model = Llava(mc, rngs=nnx.Rngs(0))
     params = flat_params(model)
     method = make_method(cfg.method, ml_collections.ConfigDict(dict(cfg.vkd)))
@@ -110,27 +111,27 @@ def cpu_rows(repeats: int = 7) -> dict:
                                 jnp.asarray(prompt["pixel_values"]), max_new_tokens=new,
                                 eos_id=mc.text.vocab_size + 7, pad_id=0, split=split)
     decode_s = median_time(dec, repeats)
-    sizes = pp.model_sizes(mc)
+    sizes = pc.model_sizes(mc)
     seq = 1 + mc.image_seq_length + text_len
-    kv = pp.eval_bytes(mc, sizes, cfg, seq)["kv_cache"]
-    decode_formula = pp.eval_seconds(sizes, kv, b, cfg, seq, cpu)
+    kv = pc.eval_bytes(mc, sizes, cfg, seq)["kv_cache"]
+    decode_formula = pc.eval_seconds(sizes, kv, b, cfg, seq, cpu)
     return {"cpu_matmul_peak_flops": peak, "cpu_copy_bandwidth_bytes": bw, "step_flops": flops,
-            "step_s_measured": step_s, "step_s_formula_at_mfu": flops / (peak * pp.MFU),
+            "step_s_measured": step_s, "step_s_formula_at_mfu": flops / (peak * pc.MFU),
             "cpu_mfu_measured": flops / step_s / peak, "decode_batch": b, "max_new_tokens": new,
             "decode_s_measured": decode_s, "decode_s_formula": decode_formula,
-            "ratio_step_measured_over_formula": step_s / (flops / (peak * pp.MFU)),
+            "ratio_step_measured_over_formula": step_s / (flops / (peak * pc.MFU)),
             "ratio_decode_measured_over_formula": decode_s / decode_formula, "params": sizes["count"],
             "seq_len": seq, "streams": list(method.streams), "batch_per_stream": int(cfg.data.batch_size)}
 
 
 def gpu_row() -> dict | None:
-    from vkd_jax import plan_pipeline as pp
+    from vkd_jax import plan_costs as pc
     path = os.path.join(ROOT, "bench", "gpu_7b_h200.json")
     if not os.path.exists(path):
         return None
     d = json.load(open(path))
     s = d["steps"][0]
-    formula = s["matmul_flops"] / (d["peak_flops_assumed"] * pp.MFU)
+    formula = s["matmul_flops"] / (d["peak_flops_assumed"] * pc.MFU)
     return {"device": d["device"], "variant": s["variant"], "batch": s["batch"], "step_s_measured": s["step_s"],
             "matmul_flops": s["matmul_flops"], "step_s_formula_at_mfu": formula,
             "mfu_measured": s["mfu"], "ratio_measured_over_formula": s["step_s"] / formula,

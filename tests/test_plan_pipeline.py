@@ -2,6 +2,7 @@
 plan's JSON, every stage of configs/llava7b.py and llava13b.py on the platforms they are meant for, and the
 preflight that stops a run which cannot fit before it writes anything."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import jax
 import pytest
 
+from vkd_jax import plan_costs as pc
 from vkd_jax import plan_pipeline as pp
 from vkd_jax import preflight as pf
 from vkd_jax.config_base import load_config
@@ -72,8 +74,7 @@ def test_plan_pipeline_cli_tiny(tmp_path):
     assert row["gpu1x80", "unlearn"]["bytes_gib"]["teacher"] > 0
     assert row["v4-8", "unlearn"]["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
     assert row["v4-8", "unlearn"]["bytes_gib"]["batch"] < row["gpu1x80", "unlearn"]["bytes_gib"]["batch"]
-    # the same FLOPs on 4 chips of a quarter the peak take longer than on the GPU
-    assert row["v4-8", "unlearn"]["flops"] == row["gpu1x80", "unlearn"]["flops"] > 0
+    assert row["gpu1x80", "unlearn"]["flops"] > row["gpu1x80", "relearn@0.1"]["flops"] / 2 > 0
 
 
 def test_layer_slopes_equal_the_whole_model_trace():
@@ -81,57 +82,84 @@ def test_layer_slopes_equal_the_whole_model_trace():
     activations and matmul FLOPs of VKD's and relearning's steps equal the whole model's, exactly."""
     from vkd_jax.plan import plan_row
 
-    cfg = apply_overrides(load_config(TINY), {"model.text_config.num_hidden_layers": 6,
-                                              "model.vision_config.num_hidden_layers": 5})
-    mc = pp.pipeline_model_config(cfg)
+    base = apply_overrides(load_config(TINY), {"model.text_config.num_hidden_layers": 6,
+                                               "model.vision_config.num_hidden_layers": 5})
+    last2 = apply_overrides(base, {"method_partition.vkd": "visual_last_k", "partition.vit_last_k": 2})
     p = PLATFORMS["gpu1x80"]
-    mesh = pp.mesh_of(cfg, p, jax.devices())
-    for stage in ("unlearn", "relearn"):
-        def saved(m, stage=stage):
+    mesh = pp.mesh_of(base, p, jax.devices())
+    for cfg, stage in ((base, "unlearn"), (base, "relearn"), (last2, "unlearn")):
+        mc = pp.pipeline_model_config(cfg)
+        preset = pp.stage_step(cfg, mc, stage, mesh, 24).preset
+
+        def saved(m, cfg=cfg, stage=stage):
             return plan_row(pp.stage_step(cfg, m, stage, mesh, 24), p, 32, stage)["bytes"]["saved_activations"]
 
-        def flops(m, stage=stage):
-            return pp.step_flops(pp.stage_step(cfg, m, stage, mesh, 24))
+        def flops(m, cfg=cfg, stage=stage):
+            return pc.step_flops(pp.stage_step(cfg, m, stage, mesh, 24))
         for f in (saved, flops):
-            assert pp.by_layer_slopes(mc, f) == f(mc) > 0
+            assert pc.by_layer_slopes(mc, f, pc.base_vision(cfg, preset)) == f(mc) > 0, (stage, preset)
+
+
+def _plan(cfg, stage: str, platform: str, memo=None) -> dict:
+    mc = pp.pipeline_model_config(cfg)
+    s = {x.name: x for x in pp.pipeline_stages(cfg)}[stage]
+    return pp.plan_stage(cfg, mc, s, PLATFORMS[platform], jax.devices(), pc.model_sizes(mc),
+                         1 + mc.image_seq_length + 128, 128, {} if memo is None else memo, with_time=False)
 
 
 @pytest.mark.parametrize("config", [LLAVA7B, LLAVA13B])
 def test_large_configs_fit_where_they_are_meant_to(config):
-    """Every stage of every method of llava7b fits one 80 GB GPU and a v4-8, and so does llava13b (VKD, NPO with
-    its reference copy, MMUnlearner with its masks) with its FSDP mesh (the plan's exact state and analytic
-    activations, no compilation)."""
-    platforms = ("gpu1x80", "v4-8")
-    devices = jax.devices()
+    """Every stage of every method of llava7b fits one 80 GB GPU and a v4-8; llava13b (VKD, NPO with its
+    reference copy, MMUnlearner with its masks) fits one 80 GB GPU, and a v4-8 with its FSDP mesh but for
+    MMUnlearner's masks, which hold the whole model on one chip (the plan's exact state and analytic activations,
+    no compilation)."""
     memo: dict = {}
     for method in METHODS if config == LLAVA7B else ("vkd", "npo", "mmunlearner"):
         cfg = load_config(f"{config}:method={method}")
-        mc = pp.pipeline_model_config(cfg)
-        sizes = pp.model_sizes(mc)
-        seq = 1 + mc.image_seq_length + 128
-        for p in platforms:
+        for p in ("gpu1x80", "v4-8"):
             for s in pp.pipeline_stages(cfg):
                 if s.name in ("pretrain", "vanilla", "reference", "eval", "probe", "export") and method != "vkd":
                     continue  # the same for every method: checked once
-                r = pp.plan_stage(cfg, mc, s, PLATFORMS[p], devices, sizes, seq, 128, memo, with_time=False)
-                assert r["fits"], (config, method, p, r)
+                r = _plan(cfg, s.name, p, memo)
+                want = not (config == LLAVA13B and p == "v4-8" and s.name == "masks")
+                assert r["fits"] == want, (config, method, p, r)
     cfg = load_config(config)
-    rl = pp.plan_stage(cfg, pp.pipeline_model_config(cfg), pp.pipeline_stages(cfg)[3], PLATFORMS["gpu1x80"],
-                       devices, pp.model_sizes(pp.pipeline_model_config(cfg)), 1 + 576 + 128, 128, {},
+    rl = _plan(cfg, "relearn@0.1", "gpu1x80")
+    assert rl["partition"] == "visual_lora_llm" and rl["bytes_gib"]["resident"] == 0  # the others on the host
+    # with several processes the run keeps vanilla and the unlearned model on the devices: counted
+    four_hosts = {**PLATFORMS, "v4-8": dataclasses.replace(PLATFORMS["v4-8"], hosts=2)}
+    mc = pp.pipeline_model_config(cfg)
+    s = {x.name: x for x in pp.pipeline_stages(cfg)}["relearn@0.1"]
+    r2 = pp.plan_stage(cfg, mc, s, four_hosts["v4-8"], jax.devices(), pc.model_sizes(mc), 1 + 576 + 128, 128, {},
                        with_time=False)
-    assert rl["stage"] == "relearn@0.1" and rl["partition"] == "visual_lora_llm"
+    assert r2["bytes_gib"]["resident"] == pytest.approx(2 * pc.model_sizes(mc)["bytes"] / 2 ** 30, rel=1e-5)
     # the stronger attack (every parameter) does not fit one 80 GB GPU: the plan says so, and what would help
     full = apply_overrides(cfg, {"stages.relearn.partition": "full"})
-    r = pp.plan_stage(full, pp.pipeline_model_config(full), pp.pipeline_stages(full)[3], PLATFORMS["gpu1x80"],
-                      devices, pp.model_sizes(pp.pipeline_model_config(full)), 1 + 576 + 128, 128, {},
-                      with_time=False)
+    r = _plan(full, "relearn@0.1", "gpu1x80")
     assert not r["fits"] and r["bytes_gib"]["opt_state"] > 40
     assert any("stages.relearn.partition" in f for f in pf.fixes_for(full, r))
     # 8 GPUs: the global batch of 4 does not split 8 ways; the plan says so and names the mesh that runs
-    r = pp.plan_stage(cfg, pp.pipeline_model_config(cfg), pp.pipeline_stages(cfg)[1], PLATFORMS["gpu8x80"],
-                      devices, {}, 0, 128, {}, with_time=False)
+    r = _plan(cfg, "unlearn", "gpu8x80")
     assert not r["fits"] and "does not divide" in r["error"]
-    assert "config.mesh.data=4 config.mesh.fsdp=1 config.mesh.tensor=2" in pf.fixes_for(cfg, r)[0]
+    mesh = "config.mesh.data=4 config.mesh.fsdp=1" if config == LLAVA7B else "config.mesh.data=1 config.mesh.fsdp=4"
+    assert f"{mesh} config.mesh.tensor=2" in pf.fixes_for(cfg, r)[0]
+
+
+def test_cost_formulas_by_hand():
+    """The evaluation's memory and the train step's traffic, against the numbers written out for LLaVA-1.5-7B."""
+    cfg = load_config(LLAVA7B)
+    mc = pp.pipeline_model_config(cfg)
+    sizes = pc.model_sizes(mc)
+    assert sizes["bytes"] == 2 * sizes["count"] and 7.0e9 < sizes["count"] < 7.1e9  # fp16 storage
+    assert pc.eval_len(705) == 768 and pc.eval_len(64) == 64
+    b = pc.eval_bytes(mc, sizes, cfg, 705)  # batch 8, 50 new tokens, 32 layers x 32 heads x 128, bf16
+    assert b["kv_cache"] == 2 * 32 * 8 * (768 + 50) * 32 * 128 * 2
+    assert b["attention"] == 2 * 8 * 32 * 768 * 818 * 4 and b["params"] == sizes["bytes"]
+    g = 2 ** 30
+    step = {"params_trainable": 1 * g, "params_frozen": 10 * g, "teacher": 1 * g, "saved_activations": 3 * g,
+            "opt_state": 2 * g}
+    assert pc.step_bytes_moved(step, "full") == (3 * 11 + 1 + 2 * 3 + 2 * (2 + 2)) * g
+    assert pc.step_bytes_moved(step, "none") == (2 * 11 + 1 + 2 * 3 + 2 * (2 + 2)) * g
 
 
 def test_preflight_stops_a_run_that_cannot_fit_before_any_work(tmp_path):

@@ -134,6 +134,18 @@ def build_model_config(cfg, data):
     return mc.with_remat(remat) if remat != "none" else mc
 
 
+def host_params(params: dict) -> dict:
+    """A model the run keeps between stages, in host memory: a stage or an evaluation puts it on its devices and
+    lets go of them after, so no device holds a model it is not using (vkd_jax.plan_pipeline plans on that). A
+    multi-process run keeps its (globally sharded) arrays where they are."""
+    return params if jax.process_count() > 1 else jax.device_get(params)
+
+
+def on_device(params: dict) -> dict:
+    """A model's params on the default device for an evaluation (arrays already placed stay where they are)."""
+    return jax.device_put(params)
+
+
 def initial_params(cfg, data, shared: str, model_config) -> dict:
     from flax import nnx
 
@@ -143,11 +155,11 @@ def initial_params(cfg, data, shared: str, model_config) -> dict:
 
     ckpt = os.path.join(shared, "init")
     if is_complete_dir(ckpt):
-        return flat_params(load_model_orbax(ckpt))
+        return host_params(flat_params(load_model_orbax(ckpt)))
     model = load_hf(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None) if cfg.hf_dir else \
         Llava(model_config, rngs=nnx.Rngs(int(cfg.seed)))
     save_model_orbax(model, ckpt)
-    return flat_params(model)
+    return host_params(flat_params(model))
 
 
 def _stage(name, cfg, workdir, params, streams, model_config, tokenizer, **kw):
@@ -204,7 +216,7 @@ def evaluate_cached(name: str, params: dict, cfg, data, model_config, out_dir: s
     if cached is not None:
         return cached
     graphdef, _ = abstract_model(model_config)
-    model = model_from_flat_params(graphdef, params)
+    model = model_from_flat_params(graphdef, on_device(params))
     t = time.time()
     records: dict[str, list] = {}
     res = _none_for_nan(data.evaluate(model, eval_config(cfg), records))
@@ -230,7 +242,7 @@ def identity_free_floor_values(params: dict, cfg, data, model_config, shared: st
     path = os.path.join(shared, "eval", "identity_free_floor.json")
     cached = read_json_if_exists(path)
     if cached is None:
-        model = model_from_flat_params(abstract_model(model_config)[0], params)
+        model = model_from_flat_params(abstract_model(model_config)[0], on_device(params))
         records: list[dict] = []
         acc = data.identity_free_floor(model, eval_config(cfg), records)
         write_predictions(os.path.join(shared, "eval", "identity_free_floor.predictions.jsonl"), records)
@@ -249,7 +261,7 @@ def probe_cached(name: str, params: dict, cfg, data, model_config, out_dir: str)
     cached = read_json_if_exists(path)
     if cached is not None:
         return cached
-    model = model_from_flat_params(abstract_model(model_config)[0], params)
+    model = model_from_flat_params(abstract_model(model_config)[0], on_device(params))
     res = _none_for_nan(probe_attack(model, data.probe_data(), image_processor(cfg, model_config)))
     atomic_write_text(path, json.dumps(res, indent=2, sort_keys=True))
     return res
@@ -307,7 +319,7 @@ def relearn_attack(cfg, data, params: dict, model_config, run_dir: str) -> dict:
             r = read_json_if_exists(cache)
             if r is None:
                 recs: list[dict] = []
-                before = data.relearn_score(model_from_flat_params(graphdef, params), ecfg, used, recs)
+                before = data.relearn_score(model_from_flat_params(graphdef, on_device(params)), ecfg, used, recs)
                 name = f"forget@{frac:g}" + (f"/w{j}" if j else "")  # window 0: the seed of a single attack
                 stream = build_pipeline(data, cfg, data.relearn_stream(used), stream_seed(cfg, "relearn", name),
                                         model_config)
@@ -394,8 +406,8 @@ def vanilla_params(cfg, data, shared: str, model_config) -> dict:
     names = (["pretrain"] if cfg.data.source == "embedded" else []) + ["vanilla"]
     for name in names:
         if int(cfg.stages[name].num_steps) > 0:
-            params = _stage(name, cfg, shared, params, stage_streams(name, data, cfg, model_config), model_config,
-                            data.tokenizer).params
+            params = host_params(_stage(name, cfg, shared, params, stage_streams(name, data, cfg, model_config),
+                                        model_config, data.tokenizer).params)
     return params
 
 
@@ -440,8 +452,9 @@ def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir
                        model_config, data.tokenizer).masks
     timing_path = os.path.join(run_dir, "unlearn", "timing.json")
     t = time.time()
-    unlearned = _stage("unlearn", cfg, run_dir, vanilla, stage_streams("unlearn", data, cfg, model_config),
-                       model_config, data.tokenizer, reference=reference, masks=masks).params
+    unlearned = host_params(_stage("unlearn", cfg, run_dir, vanilla, stage_streams("unlearn", data, cfg,
+                                                                                  model_config),
+                                   model_config, data.tokenizer, reference=reference, masks=masks).params)
     timing = read_json_if_exists(timing_path)
     if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
         timing = {"unlearn_seconds": time.time() - t}
@@ -566,13 +579,14 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     num_splits = int(cfg.splits) or data.num_splits()  # 0: every person of the world forgotten once
     split_data = [data.with_split(k) for k in range(num_splits)]  # a split too many: an error now
     model_config = build_model_config(cfg, data)
-    vanilla = vanilla_params(cfg, data, shared, model_config)
+    vanilla = host_params(vanilla_params(cfg, data, shared, model_config))
     method = make_method(cfg.method, cfg.get(cfg.method, {}), data.tokenizer)
     reference = None
     official_clear = data.name == "clear" and cfg.eval.clear_reading == "official"
     if uses_reference(cfg, method, data.name):
-        reference = _stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
-                           stage_streams("reference", data, cfg, model_config), model_config, data.tokenizer).params
+        reference = host_params(_stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
+                                       stage_streams("reference", data, cfg, model_config), model_config,
+                                       data.tokenizer).params)
     splits = [run_split(cfg, d, vanilla, reference, method, model_config, workdir, shared, relearn=relearn)
               for d in split_data]
     unlearned = splits[0]["unlearned_params"]  # the benchmark's own forget split: what hf_export holds

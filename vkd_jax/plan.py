@@ -61,13 +61,14 @@ class Platform:
     what: str
     peak_tflops: float   # dense bf16 per chip (vendor figures)
     hbm_gbps: float      # memory bandwidth per chip, GB/s (vendor figures)
+    hosts: int = 1       # processes (a multi-process run keeps its models on the devices between stages)
 
 
 PLATFORMS = {p.name: p for p in (
     Platform("v4-8", 4, 32, "TPU v4-8: 4 chips x 32 GiB HBM", 275, 1228),
-    Platform("v5e-16", 16, 16, "TPU v5e-16: 16 chips x 16 GiB HBM", 197, 819),
+    Platform("v5e-16", 16, 16, "TPU v5e-16: 16 chips x 16 GiB HBM, 4 hosts", 197, 819, 4),
     Platform("v5p-8", 4, 95, "TPU v5p-8: 4 chips x 95 GiB HBM", 459, 2765),
-    Platform("v4-32", 16, 32, "TPU v4-32: 16 chips x 32 GiB HBM", 275, 1228),
+    Platform("v4-32", 16, 32, "TPU v4-32: 16 chips x 32 GiB HBM, 4 hosts", 275, 1228, 4),
     Platform("gpu1x80", 1, 80, "one 80 GB GPU (H100 SXM figures)", 989, 3350),
     Platform("gpu1x141", 1, 140, "one H200 (141 GB)", 989, 4800),
     Platform("gpu8x80", 8, 80, "eight 80 GB GPUs, one node (H100 SXM figures)", 989, 3350),

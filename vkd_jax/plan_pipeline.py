@@ -1,22 +1,16 @@
-"""The whole pipeline's plan: every stage `vkd_jax.main` would run for a config, on each platform, with its per-device
-peak memory, FLOPs, bytes moved and an estimated time (the preflight main runs before any work: vkd_jax.preflight).
+"""The whole pipeline's plan: every stage `vkd_jax.main` would run for a config, per platform: per-device peak
+memory, FLOPs, bytes moved, estimated time (main's preflight: vkd_jax.preflight). Results and assumptions:
+docs/pipeline_plan.md.
 
     python -m vkd_jax.plan --config configs/llava7b.py --pipeline --out plan7b.json [--platforms v4-8,gpu1x80]
 
-Stages, read from the config as `experiment.run` and `stages.run_stage` read it (their own helpers, not copies):
-pretrain (embedded worlds), vanilla, reference (`experiment.uses_reference`), then per forget split masks
-(`experiment.uses_masks`), unlearn, eval (the vanilla and the unlearned model), relearn@<p> (one row per fraction;
-its attacks and their held-out evaluations counted), probe, and export. A training stage is its real train step
-(`unlearn.step.build_step` with the stage's method, streams, partition, optimiser and the config's remat and
-dtypes), planned as `vkd_jax.plan` plans one: exact per-device state from each leaf's shard shape, the analytic
-activations (what the loss saves for its backward, one block's working set, the gradients), the step's matmul
-FLOPs (vkd_jax.flops, global) and one device's memory traffic (`step_bytes_moved`, a lower bound). Evaluation and
-the probe run on one device holding the whole model (the evaluator does not shard): the model in its storage dtype,
-the KV cache, the prefill's logits. Export writes on the host: no device memory.
-
-Time: training and prefill at `MFU` of the platform's peak bf16 FLOP/s; greedy decoding reads every weight and the
-KV cache once per generated token, at `BW_EFF` of the peak memory bandwidth. Evaluation sizes of the downloaded
-benchmarks are the `EVAL_PROMPTS` assumption below (the embedded ones: their worlds' sizes).
+Stages, read from the config by the pipeline's own helpers: pretrain (embedded worlds), vanilla, reference, then per
+forget split masks, unlearn, eval (vanilla and unlearned), relearn@<p> (its attacks and held-out evaluations), probe,
+export. A training stage is its real train step (`unlearn.step.build_step`), planned as `vkd_jax.plan` plans one:
+exact per-device state, analytic activations, matmul FLOPs (vkd_jax.flops), memory traffic (`step_bytes_moved`),
+plus the other whole models the run keeps alive meanwhile (`Stage.resident`). Evaluation and the probe: one device
+holding the model, the KV cache, the attention scores. Time: FLOPs at `MFU` of the peak; decoding reads the weights
+and the KV cache per new token at `BW_EFF` of the bandwidth; downloaded benchmarks' sizes: `EVAL_PROMPTS`.
 """
 
 from __future__ import annotations
@@ -25,9 +19,20 @@ import dataclasses
 import math
 
 from vkd_jax.plan import GIB, Platform, check_devices
+from vkd_jax.plan_costs import (
+    BW_EFF,
+    MFU,
+    base_vision,
+    by_layer_slopes,
+    eval_bytes,
+    eval_len,
+    eval_seconds,
+    model_sizes,
+    resident,
+    step_bytes_moved,
+    step_flops,
+)
 
-MFU = 0.4      # training and prefill: model FLOP/s utilisation assumed
-BW_EFF = 0.6   # decoding: fraction of peak memory bandwidth assumed
 DISK_GBPS = 1.0  # export: host disk write bandwidth assumed
 # Prompts one full evaluation decodes, per benchmark (downloads): MLLMU-Bench forget 5% (25 people), Test (the same
 # people, 4 poses averaged), Retain (475), Real celebrity (153), about 14 questions per profile, each asked with the
@@ -45,6 +50,8 @@ class Stage:
     steps: int = 0     # steps (train), batches (masks)
     repeats: int = 1   # how many times a run does it (forget splits x attacks)
     eval_prompts: int = 0  # prompts it evaluates besides (relearning's held-out questions)
+    resident: int = 0  # other whole models the run holds on a device meanwhile (experiment.run's live params)
+    masked: bool = False  # unlearning with saliency masks (their state in the optimizer's)
 
 
 def pipeline_model_config(cfg):
@@ -66,8 +73,15 @@ def pipeline_model_config(cfg):
 
 
 def num_splits(cfg) -> int:
-    """Forget splits a run unlearns (splits=0: every person once, 100 / forget_ratio splits)."""
-    return int(cfg.splits) or max(1, 100 // int(cfg.forget_ratio))
+    """Forget splits a run unlearns, as the benchmarks count them (splits=0: every person of an embedded world
+    once; a download has its own one)."""
+    from vkd_jax.data.synthetic import split_size
+
+    if int(cfg.splits) or cfg.data.source != "embedded":
+        return int(cfg.splits) or 1
+    w = cfg.data.clear_world if cfg.data.benchmark == "clear" else cfg.data.world
+    n = int(w.get("num_people", 100))
+    return n // split_size(n, int(cfg.forget_ratio))
 
 
 def eval_prompts(cfg) -> int:
@@ -76,7 +90,8 @@ def eval_prompts(cfg) -> int:
         people = int(w.get("num_people", 100)) + int(w.get("num_celebrities", w.get("num_real_faces", 20)))
         return people * 8
     n = EVAL_PROMPTS[cfg.data.benchmark]
-    return min(n, int(cfg.eval.max_questions)) if int(cfg.eval.max_questions) else n
+    # eval.max_questions caps each (set, kind): 4 sets x classification / generation / cloze, image and text
+    return min(n, int(cfg.eval.max_questions) * 4 * 6) if int(cfg.eval.max_questions) else n
 
 
 def pipeline_stages(cfg) -> list[Stage]:
@@ -88,24 +103,30 @@ def pipeline_stages(cfg) -> list[Stage]:
 
     method = make_method(cfg.method, ml_collections.ConfigDict(dict(cfg.get(cfg.method, {}) or {})))
     out = []
+    # resident: the params a stage starts from stay alive while it trains (1); vanilla, and the reference, through
+    # every split; the unlearned model through its evaluations, relearning and probe
     for name in (["pretrain"] if cfg.data.source == "embedded" else []) + ["vanilla"]:
         if int(cfg.stages[name].num_steps) > 0:
-            out.append(Stage(name, "train", name, int(cfg.stages[name].num_steps)))
-    if experiment.uses_reference(cfg, method, cfg.data.benchmark):
-        out.append(Stage("reference", "train", "reference", int(cfg.stages.reference.num_steps)))
+            out.append(Stage(name, "train", name, int(cfg.stages[name].num_steps), resident=1))
+    ref = int(experiment.uses_reference(cfg, method, cfg.data.benchmark))
+    if ref:
+        out.append(Stage("reference", "train", "reference", int(cfg.stages.reference.num_steps), resident=2))
     k = num_splits(cfg)
-    if experiment.uses_masks(cfg, method):
-        out.append(Stage("masks", "masks", "unlearn", 2 * int(cfg.mask.num_batches), k))
-    out.append(Stage("unlearn", "train", "unlearn", int(cfg.stages.unlearn.num_steps), k))
-    out.append(Stage("eval", "eval", repeats=2 * k))  # the vanilla and the unlearned model, on each split's sets
+    masked = experiment.uses_masks(cfg, method)
+    if masked:  # on the vanilla params themselves (counted in its row)
+        out.append(Stage("masks", "masks", "unlearn", 2 * int(cfg.mask.num_batches), k, resident=ref))
+    out.append(Stage("unlearn", "train", "unlearn", int(cfg.stages.unlearn.num_steps), k, resident=1 + ref,
+                     masked=masked))
+    # the vanilla and the unlearned model on each split's sets: the other one and the reference alive
+    out.append(Stage("eval", "eval", repeats=2 * k, resident=1 + ref))
     forget_vqa = max(1, eval_prompts(cfg) // 20)  # the forget people's VQA questions: the attack's pool
     for f in cfg.stages.relearn.fractions:
         attacks = len(experiment.relearn_windows(1000, float(f), float(cfg.stages.relearn.cross_fit_from)))
         held_out = round((1 - float(f)) * forget_vqa)
         out.append(Stage(f"relearn@{float(f):g}", "train", "relearn", int(cfg.stages.relearn.num_steps),
-                         k * attacks, eval_prompts=2 * held_out))
+                         k * attacks, eval_prompts=2 * held_out, resident=2 + ref))
     if bool(cfg.eval.get("probe", True)):
-        out.append(Stage("probe", "probe", repeats=2 * k))
+        out.append(Stage("probe", "probe", repeats=2 * k, resident=1 + ref))
     if bool(cfg.get("export_hf", False)):
         out.append(Stage("export", "export"))
     return out
@@ -144,90 +165,23 @@ def stage_step(cfg, mc, stage: str, mesh, text_len: int):
     return PlannedStep(built, abstract, host, mc, method_name, preset, mc.text.remat, text_len)
 
 
-def with_layers(mc, text: int, vision: int):
-    """The model config with `text` decoder and `vision` encoder layers (the same widths)."""
-    return mc.replace(text=dataclasses.replace(mc.text, num_hidden_layers=text),
-                      vision=dataclasses.replace(mc.vision, num_hidden_layers=vision))
-
-
-def by_layer_slopes(mc, f) -> float:
-    """f(model config) at the config's depth, from three shallow proxies: a transformer's activations and FLOPs
-    are linear in its layer counts, f(T, V) = f(2, 2) + (T - 2) (f(3, 2) - f(2, 2)) + (V - 2) (f(2, 3) - f(2, 2)),
-    so a 7B stage costs three 2-3 layer traces instead of one of the whole model. Models of at most 3 layers per
-    tower are traced as they are."""
-    t, v = mc.text.num_hidden_layers, mc.vision.num_hidden_layers
-    if t <= 3 and v <= 3:
-        return f(mc)
-    base = f(with_layers(mc, 2, 2))
-    return (base + (t - 2) * (f(with_layers(mc, 3, 2)) - base) + (v - 2) * (f(with_layers(mc, 2, 3)) - base))
-
-
-def step_flops(ps) -> float:
-    """Matmul FLOPs of one train step (global): vkd_jax.flops.dot_flops on the built step's jaxpr, traced on
-    abstract values (remat recompute included)."""
-    import jax
-
-    from vkd_jax.flops import dot_flops
-    b = ps.built
-    return dot_flops(jax.make_jaxpr(b.step)(b.abstract_state, ps.batch, b.abstract_frozen, b.abstract_aux).jaxpr)
-
-
-def step_bytes_moved(b: dict, remat: str) -> float:
-    """One device's memory traffic in a train step (a lower bound: fused kernels, no spills): every weight read
-    in the forward and the backward pass (and once more to recompute, with remat), the saved activations written
-    and read once, the trainable params, their gradients and the optimizer state read and written once."""
-    weights = b["params_trainable"] + b["params_frozen"] + b.get("teacher", 0)
-    return float((3 if remat != "none" else 2) * weights + 2 * b["saved_activations"]
-                 + 2 * (2 * b["params_trainable"] + b["opt_state"]))
-
-
-def model_sizes(mc) -> dict:
-    """Parameter count and bytes (storage dtype), and the visual side's count."""
-    import numpy as np
-
-    from vkd_jax.models.hf_io import abstract_model
-    ab = abstract_model(mc)[1]
-    return {"count": int(sum(math.prod(s.shape) for s in ab.values())),
-            "bytes": int(sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in ab.values())),
-            "visual": int(sum(math.prod(s.shape) for k, s in ab.items()
-                              if k.startswith(("vision_tower/", "projector/"))))}
-
-
-def eval_bytes(mc, sizes: dict, cfg, seq: int) -> dict:
-    """One device's memory while it decodes a batch: the whole model (storage dtype), the KV cache of the prompt
-    and the new tokens, the prefill's logits (float32), one MLP's activations."""
-    import numpy as np
-
-    from vkd_jax.models.config import to_jnp_dtype
-    t, b, new = mc.text, int(cfg.eval.batch_size), int(cfg.eval.max_new_tokens)
-    act = np.dtype(to_jnp_dtype(mc.dtype)).itemsize
-    kv_heads = getattr(t, "num_key_value_heads", None) or t.num_attention_heads
-    head_dim = t.hidden_size // t.num_attention_heads
-    return {"params": sizes["bytes"],
-            "kv_cache": 2 * t.num_hidden_layers * b * (seq + new) * kv_heads * head_dim * act,
-            "logits": b * seq * t.vocab_size * 4, "activations": 2 * b * seq * t.intermediate_size * act}
-
-
-def eval_seconds(sizes: dict, kv_bytes: int, prompts: int, cfg, seq: int, platform: Platform) -> float:
-    """Prompts on one device: prefill at MFU of its peak, each new token reading the weights and the KV cache."""
-    b, new = int(cfg.eval.batch_size), int(cfg.eval.max_new_tokens)
-    batches = -(-prompts // b)
-    prefill = 2 * sizes["count"] * b * seq / (platform.peak_tflops * 1e12 * MFU)
-    decode = new * (sizes["bytes"] + kv_bytes) / (platform.hbm_gbps * 1e9 * BW_EFF)
-    return batches * (prefill + decode)
-
-
 def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, text_len: int, memo: dict,
                with_time: bool = True) -> dict:
     """One stage on one platform: the row of the plan (module doc)."""
-    from vkd_jax.plan import plan_row, saved_key
+    from vkd_jax.plan import block_bytes, plan_row, saved_key
     from vkd_jax.unlearn import partition as pt
 
     row = {"platform": p.name, "stage": s.name, "hbm_gib": round(p.hbm_gib, 2), "chips": p.chips,
            "repeats": s.repeats}
     flops = moved = seconds = 0.0
     if s.kind in ("train", "masks"):
-        mesh = mesh_of(cfg, p, devices)
+        try:
+            mesh = mesh_of(cfg, p, devices)
+        except ValueError as e:  # a mesh of fixed sizes for another chip count
+            row.update(peak_gib=None, fits=False, bytes_gib={}, error=str(e))
+            if with_time:
+                row.update(flops=0.0, bytes_moved=0.0, seconds=0.0)
+            return row
         shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
         if int(cfg.data.batch_size) % shards:  # the run itself would stop at its first batch
             row.update(peak_gib=None, fits=False, mesh=dict(mesh.shape), bytes_gib={},
@@ -245,19 +199,27 @@ def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, t
             def saved_of(m):
                 q = stage_step(cfg, m, s.stage, one, text_len)
                 return plan_row(q, p, int(cfg.data.batch_size), s.name, memo={})["bytes"]["saved_activations"]
-            rows_memo[key] = by_layer_slopes(mc, saved_of)
+            rows_memo[key] = by_layer_slopes(mc, saved_of, base_vision(cfg, ps.preset))
         b = dict(plan_row(ps, p, int(cfg.data.batch_size), s.name, memo=rows_memo)["bytes"])
         streams = max(len(ps.batch), 1)
-        if s.kind == "masks":  # one stream per batch, its gradients and two Fisher sums; no optimizer state
-            n_train = sum(math.prod(x.shape) for x in ps.built.abstract_state.trainable.values())
-            b.update(opt_state=0, fisher=2 * 4 * n_train)
-        b["peak_est"] = sum(v for k, v in b.items() if k in ("params_trainable", "params_frozen", "teacher",
-                                                              "opt_state", "batch", "act_est", "fisher"))
+        n_train = sum(math.prod(x.shape) for x in ps.built.abstract_state.trainable.values())
+        if s.kind == "masks":  # stages.compute_masks: on one device, the whole model and a whole batch of one
+            # stream; float32 gradients, two Fisher sums and their update; no optimizer state
+            rows = int(cfg.data.batch_size)
+            b = {"params": sizes["bytes"], "fisher": 4 * 4 * n_train, "batch": b["batch"] * shards // streams,
+                 "act_est": rows_memo[key] // streams + 2 * block_bytes(mc, rows, text_len)}
+        elif s.masked:  # the saliency masks in the optimizer state
+            b["masks"] = n_train
+        b["resident"] = resident(s.resident, p, sizes)
+        b["peak_est"] = sum(v for k, v in b.items() if k in ("params", "params_trainable", "params_frozen",
+                                                              "teacher", "opt_state", "batch", "act_est", "fisher",
+                                                              "masks", "resident"))
         if with_time:
             costs = memo.setdefault("flops", {})
             key = (ps.method_name, ps.preset, tuple(sorted(ps.batch)))
             if key not in costs:
-                costs[key] = by_layer_slopes(mc, lambda m: step_flops(stage_step(cfg, m, s.stage, mesh, text_len)))
+                costs[key] = by_layer_slopes(mc, lambda m: step_flops(stage_step(cfg, m, s.stage, mesh, text_len)),
+                                             base_vision(cfg, ps.preset))
             per = s.steps / streams if s.kind == "masks" else s.steps  # masks: one stream per batch
             flops, moved = costs[key] * per, step_bytes_moved(b, ps.remat) * per
             seconds = flops / (p.chips * p.peak_tflops * 1e12 * MFU)
@@ -268,17 +230,19 @@ def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, t
         peak = b["peak_est"]
     elif s.kind == "eval":
         n = eval_prompts(cfg)
-        b = eval_bytes(mc, sizes, cfg, seq)
+        b = {**eval_bytes(mc, sizes, cfg, seq), "resident": resident(s.resident, p, sizes)}
         peak = sum(b.values())
         new = int(cfg.eval.max_new_tokens)
-        flops = 2.0 * sizes["count"] * n * (seq + new)
+        flops = 2.0 * sizes["count"] * n * (eval_len(seq) + new)
         moved = float(-(-n // int(cfg.eval.batch_size)) * new * (sizes["bytes"] + b["kv_cache"]))
         seconds = eval_seconds(sizes, b["kv_cache"], n, cfg, seq, p) if with_time else 0.0
         row["prompts"] = n
     elif s.kind == "probe":  # the visual side's features of the probe's images, on one device
         v = mc.vision
         images = PROBE_IMAGES[cfg.data.benchmark] if cfg.data.source == "local" else 1000
-        b = {"params": sizes["bytes"], "activations": 64 * (v.num_patches + 1) * v.intermediate_size * 4}
+        b = {"params": sizes["bytes"], "resident": resident(s.resident, p, sizes),
+             "activations": 64 * (v.num_patches + 1) * v.intermediate_size * 4,
+             "attention": 2 * 64 * v.num_attention_heads * (v.num_patches + 1) ** 2 * 4}
         peak = sum(b.values())
         flops = 2.0 * sizes["visual"] * images * (v.num_patches + 1)
         moved = float(sizes["bytes"])

@@ -20,14 +20,21 @@ def fixes_for(cfg, row: dict) -> list[str]:
     """Config fields that would lower a stage's per-device peak, strongest first."""
     out = []
     if "error" in row:
+        if "batch" not in row["error"]:
+            return [f"config.mesh.* for {row['chips']} devices: {row['error']}"]
         chips, batch = row["chips"], int(cfg.data.batch_size)
         g = math.gcd(chips, batch)
-        return [f"config.mesh.data={g} config.mesh.fsdp=1 config.mesh.tensor={chips // g} (the rest of the "
-                f"devices split the weights), or config.data.batch_size a multiple of {chips}: {row['error']}"]
+        axes = (f"config.mesh.data=1 config.mesh.fsdp={g}" if int(cfg.mesh.get("fsdp", 1)) != 1 else
+                f"config.mesh.data={g} config.mesh.fsdp=1")
+        return [f"{axes} config.mesh.tensor={chips // g} (the rest of the devices split the weights), or "
+                f"config.data.batch_size a multiple of {chips}: {row['error']}"]
     if row["stage"] in ("eval", "probe"):
         return ["a device with more memory: the evaluation holds the whole model on one device",
                 "config.eval.batch_size (smaller: a smaller KV cache)"]
     b = row.get("bytes_gib", {})
+    if b.get("resident", 0) > 0.25 * row["peak_gib"]:
+        out.append(f"{b['resident']:.1f} GiB of it are other whole models the run keeps on a device meanwhile "
+                   "(vanilla, reference, unlearned): a device with more memory")
     stage = "unlearn" if row["stage"] in ("masks", "unlearn") else row["stage"].split("@")[0]
     field = f"config.method_partition.{cfg.method}" if stage == "unlearn" else f"config.stages.{stage}.partition"
     if row.get("partition") in ("full", "llm"):
@@ -58,7 +65,8 @@ def device_platform(cfg, devices) -> Platform | None:
         if not limit:
             return None
         gib = limit / GIB
-    return Platform("this", len(devices), gib, f"{len(devices)} x {devices[0].device_kind}", 0.0, 0.0)
+    return Platform("this", len(devices), gib, f"{len(devices)} x {devices[0].device_kind}", 0.0, 0.0,
+                    jax.process_count())
 
 
 def preflight(cfg, devices=None) -> list[dict]:

@@ -98,7 +98,7 @@ def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str 
     graphdef, abstract = abstract_model(model_config)
     part = pt.make_partition(abstract, partition_cfg(cfg, preset, model_config))
     ctx = Ctx(graphdef, part)
-    trainable, frozen = pt.split_params(params, part)
+    trainable, frozen = jax.device_put(pt.split_params(params, part))  # a model kept on the host: placed once
     n = int(cfg.mask.num_batches)
     fisher = {s: masks_lib.fisher(ctx, trainable, frozen,
                                   (prepare_batch(b, None, s) for b in itertools.islice(streams[s], n)))
