@@ -141,24 +141,16 @@ def mesh_of(cfg, platform: Platform, devices):
 def stage_step(cfg, mc, stage: str, mesh, text_len: int):
     """The stage's train step as `stages._train_stage` builds it, on `mesh` (a vkd_jax.plan.PlannedStep)."""
     import jax
-    import ml_collections
 
     from vkd_jax.plan import PlannedStep, dummy_batch
     from vkd_jax.unlearn import stages
-    from vkd_jax.unlearn.methods import make_method
     from vkd_jax.unlearn.step import build_step
     from vkd_jax.unlearn.train import prepare_batch
 
-    scfg = cfg.stages[stage]
-    method_name, preset = stages.stage_method(cfg, stage), stages.stage_partition(cfg, stage)
-    mcfg = ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {}))
-    if "streams" in scfg:
-        mcfg.streams = tuple(scfg.streams)
-    method = make_method(method_name, mcfg)
-    axis_rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.mesh.axis_rules)
-    built = build_step(mc, method, partition_cfg=stages.partition_cfg(cfg, preset, mc),
-                       optim_cfg=stages.optim_cfg(cfg, scfg), num_steps=max(int(scfg.num_steps), 1), mesh=mesh,
-                       axis_rules=axis_rules)
+    method, pcfg, ocfg, axis_rules = stages.stage_training(cfg, stage, mc)
+    built = build_step(mc, method, partition_cfg=pcfg, optim_cfg=ocfg,
+                       num_steps=max(int(cfg.stages[stage].num_steps), 1), mesh=mesh, axis_rules=axis_rules)
+    method_name, preset = method.name, pcfg.preset
     batch = int(cfg.data.batch_size)
     host = {s: prepare_batch(dummy_batch(mc, batch, text_len, image=s != "qa"), method, s) for s in method.streams}
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)

@@ -140,13 +140,22 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
                             tokenizer, mesh, num_steps, stop_after, progress)
 
 
+def stage_training(cfg, name: str, model_config, tokenizer=None):
+    """(method, partition config, optimiser config, mesh axis rules) a training stage trains with: the one reading
+    of the config that the stage itself and the pipeline plan (vkd_jax.plan_pipeline) share."""
+    scfg = cfg.stages[name]
+    mcfg = ml_collections.ConfigDict(dict(cfg.get(stage_method(cfg, name), {}) or {}))
+    if "streams" in scfg:
+        mcfg.streams = tuple(scfg.streams)
+    axis_rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.mesh.axis_rules)
+    return (make_method(stage_method(cfg, name), mcfg, tokenizer),
+            partition_cfg(cfg, stage_partition(cfg, name), model_config), optim_cfg(cfg, scfg), axis_rules)
+
+
 def _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, reference, masks, tokenizer, mesh,
                  num_steps, stop_after, progress) -> StageResult:
     method_name = stage_method(cfg, name)
-    mcfg = ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {}))
-    if "streams" in scfg:
-        mcfg.streams = tuple(scfg.streams)
-    method = make_method(method_name, mcfg, tokenizer)
+    method, pcfg, ocfg, axis_rules = stage_training(cfg, name, model_config, tokenizer)
     missing = [s for s in method.streams if s not in streams]
     if missing:
         raise ValueError(f"stage {name!r} (method {method_name!r}) reads streams {list(method.streams)}; missing "
@@ -157,11 +166,8 @@ def _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, re
     steps = int(num_steps or scfg.num_steps)
     if mesh is None:
         mesh = pt.make_mesh(cfg.mesh)
-    axis_rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.mesh.axis_rules)
-    trainer = Trainer(model_config, params, method,
-                      partition_cfg=partition_cfg(cfg, stage_partition(cfg, name), model_config),
-                      optim_cfg=optim_cfg(cfg, scfg), num_steps=steps, mesh=mesh, axis_rules=axis_rules,
-                      masks=use_masks, reference=reference, seed=stage_seed(cfg, name))
+    trainer = Trainer(model_config, params, method, partition_cfg=pcfg, optim_cfg=ocfg, num_steps=steps, mesh=mesh,
+                      axis_rules=axis_rules, masks=use_masks, reference=reference, seed=stage_seed(cfg, name))
     per_step = sum(int(getattr(getattr(streams[s], "cfg", None), "global_batch_size", 0) or 0)
                    for s in method.streams)  # examples per step (global), for examples/s in logs and the bar
     logger = MetricsLogger(sdir, steps, desc=name, progress=progress, batch_examples=per_step)
