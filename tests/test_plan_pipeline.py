@@ -145,6 +145,16 @@ def test_large_configs_fit_where_they_are_meant_to(config):
     assert f"{mesh} config.mesh.tensor=2" in pf.fixes_for(cfg, r)[0]
 
 
+def test_gradient_accumulation_plans_one_microbatch_at_a_time():
+    cfg = load_config(TINY + ":splits=1")
+    one, two = _plan(cfg, "unlearn", "gpu1x80"), _plan(apply_overrides(cfg, {"optim.grad_accum": 2}), "unlearn",
+                                                       "gpu1x80")
+    a, b = one["bytes_gib"], two["bytes_gib"]
+    assert b["saved_activations"] == pytest.approx(a["saved_activations"] / 2, rel=1e-3)
+    assert b["block_working_set"] < a["block_working_set"] and b["opt_state"] == a["opt_state"]
+    assert two["peak_gib"] < one["peak_gib"]
+
+
 def test_cost_formulas_by_hand():
     """The evaluation's memory and the train step's traffic, against the numbers written out for LLaVA-1.5-7B."""
     cfg = load_config(LLAVA7B)

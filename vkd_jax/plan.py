@@ -223,10 +223,11 @@ def saved_key(ps: PlannedStep, batch: int) -> tuple:
 
 
 def plan_row(ps: PlannedStep, platform: Platform, batch: int, variant: str, compiled=None,
-             compile_s: float = 0.0, memo: dict | None = None) -> dict:
+             compile_s: float = 0.0, memo: dict | None = None, accum: int = 1) -> dict:
     """The plan's row for a planned step (and its compiled form, when there is one). `memo`: a dict that keeps
     the global activation counts of a (method, partition, batch) between platforms (they do not depend on the
-    mesh; tracing them at 7B takes seconds)."""
+    mesh; tracing them at 7B takes seconds). `accum`: gradient accumulation (optim.grad_accum): the activations
+    of one microbatch at a time, and a buffer of accumulated gradients."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -244,7 +245,7 @@ def plan_row(ps: PlannedStep, platform: Platform, batch: int, variant: str, comp
         memo[key] = saved_bytes(lambda tr, fr, ax, b: method.loss(b_.ctx, tr, fr, ax, b, jax.random.PRNGKey(0),
                                                                   jnp.zeros((), jnp.int32))[0],
                                 (trainable, frozen, aux, ps.batch), exclude)
-    rows = -(-batch // shards)
+    rows = -(-batch // (shards * accum))
     if ("work", rows, ps.text_len) not in memo:
         memo["work", rows, ps.text_len] = block_bytes(mc, rows, ps.text_len)
     saved, work = memo[key], memo["work", rows, ps.text_len]
@@ -253,9 +254,10 @@ def plan_row(ps: PlannedStep, platform: Platform, batch: int, variant: str, comp
          "teacher": tree_bytes(aux, b_.aux_shardings) if aux else 0,
          "opt_state": tree_bytes(b_.abstract_state.opt_state, b_.state_shardings.opt_state),
          "batch": tree_bytes(ps.batch, b_.batch_shardings(ps.batch))}
-    b["saved_activations"] = -(-saved // shards)
+    b["saved_activations"] = -(-saved // (shards * accum))
     b["block_working_set"] = 2 * work  # the recomputed block's residuals and their cotangents
-    b["act_est"] = b["saved_activations"] + b["block_working_set"] + b["params_trainable"]  # + gradients
+    grads = b["params_trainable"] * (2 if accum > 1 else 1)  # a microbatch's gradients (+ their running sum)
+    b["act_est"] = b["saved_activations"] + b["block_working_set"] + grads
     b["peak_est"] = sum(b[k] for k in ("params_trainable", "params_frozen", "teacher", "opt_state", "batch",
                                        "act_est"))
     if compiled is not None:

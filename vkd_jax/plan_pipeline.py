@@ -162,6 +162,7 @@ def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, t
     """One stage on one platform: the row of the plan (module doc)."""
     from vkd_jax.plan import block_bytes, plan_row, saved_key
     from vkd_jax.unlearn import partition as pt
+    from vkd_jax.unlearn.stages import optim_cfg
 
     row = {"platform": p.name, "stage": s.name, "hbm_gib": round(p.hbm_gib, 2), "chips": p.chips,
            "repeats": s.repeats}
@@ -192,7 +193,8 @@ def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, t
                 q = stage_step(cfg, m, s.stage, one, text_len)
                 return plan_row(q, p, int(cfg.data.batch_size), s.name, memo={})["bytes"]["saved_activations"]
             rows_memo[key] = by_layer_slopes(mc, saved_of, base_vision(cfg, ps.preset))
-        b = dict(plan_row(ps, p, int(cfg.data.batch_size), s.name, memo=rows_memo)["bytes"])
+        accum = int(optim_cfg(cfg, cfg.stages[s.stage]).get("grad_accum", 1)) if s.kind == "train" else 1
+        b = dict(plan_row(ps, p, int(cfg.data.batch_size), s.name, memo=rows_memo, accum=accum)["bytes"])
         streams = max(len(ps.batch), 1)
         n_train = sum(math.prod(x.shape) for x in ps.built.abstract_state.trainable.values())
         if s.kind == "masks":  # stages.compute_masks: on one device, the whole model and a whole batch of one

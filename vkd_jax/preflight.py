@@ -45,8 +45,8 @@ def fixes_for(cfg, row: dict) -> list[str]:
     if str(cfg.get("remat", "none")) == "none":
         out.append("config.remat=full (recompute activations per block)")
     if b.get("act_est", 0) > 0.25 * max(row["peak_gib"], 1e-9):
-        out.append(f"config.data.batch_size (now {int(cfg.data.batch_size)}: activations are "
-                   f"{b['act_est']:.1f} GiB)")
+        out.append(f"config.optim.grad_accum (microbatches) or config.data.batch_size (now "
+                   f"{int(cfg.data.batch_size)}: activations are {b['act_est']:.1f} GiB)")
     if not str(cfg.partition.get("frozen_dtype", "")) and b.get("params_frozen", 0) > 0:
         out.append("config.partition.frozen_dtype=bfloat16 (frozen weights in 16 bits)")
     return out
