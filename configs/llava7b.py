@@ -40,13 +40,13 @@ def get_config(arg: str | None = None):
     c.method_partition.update(dict(ga="lora_llm", gd="lora_llm", kl="lora_llm", npo="lora_llm", idk="lora_llm"))
     c.stages.vanilla.update(dict(partition="lora_llm", num_steps=2000))  # 0: bring MLLMU-Bench's vanilla model
     c.stages.reference.update(dict(partition="lora_llm", num_steps=2000))
-    # MMUnlearner's saliency mask over the vision modules (its "vision" choice): "full" (both) keeps fp32 masters and
-    # Adam state for every parameter, which one 80 GB GPU or a v4-8 cannot hold (`vkd_jax.plan --pipeline`)
+    # MMUnlearner's saliency mask over the vision modules (its "vision" choice): with "full" (both) neither its masks
+    # (computed on one device) nor its Adam state for every parameter fit one GPU or a v4-8 chip (docs/pipeline_plan.md)
     c.method_partition.mmunlearner = "visual"
     c.stages.unlearn.num_steps = 500
     # the attack trains the visual side at full rank and LoRA on the LLM: every parameter any method here changes
     # (VKD and MMUnlearner: the visual side; the baselines: the same LoRA), so every unlearned model's vanilla
-    # point is within its reach; "full" is the stronger attack where it fits (8 x 80 GB, v4-32)
+    # point is within its reach; "full" is the stronger attack where it fits (8 x 80 GB with an FSDP mesh)
     c.stages.relearn.update(dict(num_steps=100, partition="visual_lora_llm"))
     c = config_base.apply_variant(c, arg)
     if c.data.benchmark == "clear":  # captions and text QA, as CLEAR's vanilla model is fine-tuned
