@@ -5,7 +5,7 @@
   python -m vkd_jax.main --config configs/llava7b.py:benchmark=clear,forget=10 --workdir W \
       --config.hf_dir=... --config.data.manual_dir=/path/to/CLEAR
 
-The shared fields and their meanings: vkd_jax/config_base.py; the memory plan behind `remat`: README "Pods and
+The shared fields and their meanings: vkd_jax/config_base.py; the memory plan behind `remat`: docs/scale.md "Pods and
 clusters". `model` is LLaVA-1.5-7B's config.json (the memory plan reads it; a run reads hf_dir's own).
 """
 

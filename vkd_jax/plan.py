@@ -19,7 +19,7 @@ Reported per device:
     recomputed, and its cotangents);
   act_est = saved_activations + block_working_set + trainable gradients; peak_est = exact state + act_est;
     fits_est = peak_est <= HBM.
-CPU caveats (measured on 7B-width proxies, README "Pods and clusters"): the CPU compiler removes optimization
+CPU caveats (measured on 7B-width proxies, docs/scale.md "Pods and clusters"): the CPU compiler removes optimization
 barriers before it schedules, so nothing keeps a rematted block's recompute (or an FSDP all-gather) where the
 barriers put it: it hoists all of them to the start of the backward pass and remat does not lower `temp`; it
 also runs bf16 matmuls in f32 (f32 copies of the gathered weights and of the matmul inputs). `temp` is therefore an
