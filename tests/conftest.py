@@ -63,6 +63,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 96
 
 
+def run_main(config: str, workdir, *args, env: dict | None = None, timeout: int = 900):
+    """`python -m vkd_jax.main --config configs/<config> --workdir <workdir> <args>` in a subprocess, as a user
+    runs it: one CPU device unless `env` says otherwise (a value None removes the variable); the CompletedProcess
+    with its text output."""
+    import subprocess
+    import sys
+
+    full = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
+    return subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs", config),
+                           "--workdir", str(workdir), *args], capture_output=True, text=True, cwd=ROOT, env=full,
+                          timeout=timeout)
+
+
 def tiny_hf_config(*, image_token_index=VOCAB - 1, vision_feature_layer=-2, strategy="default",
                    projector_bias=True, num_kv_heads=2, head_dim=None, tie=False, rope="v5", image_size=30,
                    patch=6, vision_layers=3, text_layers=2, vocab=VOCAB, hidden=64, vhidden=32, attention_bias=False):

@@ -1,10 +1,9 @@
 """The whole config is checked before any work: one error that names every bad field, exit 1, nothing written."""
 
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_main
 
 from vkd_jax.config_check import validate
 from vkd_jax.models.config import ConfigError
@@ -72,11 +71,8 @@ def test_real_benchmark_paths_are_checked(tmp_path):
 
 def test_main_fails_before_writing_anything(tmp_path):
     work = tmp_path / "work"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/tiny.py"),
-                        "--workdir", str(work), "--config.method=foo", "--config.vkd.taps=('vision:7',)",
-                        "--config.stages.relearn.fractions=(1.0,)"], capture_output=True, text=True, cwd=ROOT,
-                       env=env, timeout=300)
+    r = run_main("tiny.py", work, "--config.method=foo", "--config.vkd.taps=('vision:7',)",
+                 "--config.stages.relearn.fractions=(1.0,)", timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "config has 3 bad fields" in r.stderr and "config.method='foo'" in r.stderr, r.stderr[-2000:]
     assert not work.exists()

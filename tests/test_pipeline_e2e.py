@@ -9,11 +9,10 @@ exactly as it was.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_main
 
 pytestmark = pytest.mark.slow  # minutes: end to end / several processes (CI runs it)
 
@@ -30,10 +29,7 @@ MICRO = [
 
 
 def _main(workdir, *extra):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    return subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/tiny.py"),
-                           "--workdir", str(workdir), *MICRO, *extra], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=900)
+    return run_main("tiny.py", workdir, *MICRO, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +129,9 @@ def test_the_default_starts_from_the_shipped_model_forgets_and_pools_its_splits(
     directory), unlearns two forget splits from it with the default VKD and pools them, with a 95% interval beside
     every number; the forgetting is measurable (the whole interval of the forget VQA change far below 0) and the
     text answers are exactly the vanilla ones."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/tiny.py"),
-                        "--workdir", str(tmp_path), "--config.vanilla_model=shipped", "--config.splits=2",
-                        "--config.stages.relearn.num_steps=2", "--config.stages.relearn.fractions=(0.5,)",
-                        "--config.eval.max_new_tokens=4", "--config.eval.retain_max_profiles=4"],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    r = run_main("tiny.py", tmp_path, "--config.vanilla_model=shipped", "--config.splits=2",
+                 "--config.stages.relearn.num_steps=2", "--config.stages.relearn.fractions=(0.5,)",
+                 "--config.eval.max_new_tokens=4", "--config.eval.retain_max_profiles=4")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "vanilla model: the shipped mllmu_seed0" in r.stderr
     assert not (tmp_path / "vanilla").exists() and not (tmp_path / "pretrain").exists()
@@ -190,11 +183,7 @@ CLEAR_MICRO = [
 def test_clear_end_to_end(tmp_path):
     """The embedded CLEAR through the same pipeline: its sets and metrics, predictions, the relearning attack, the
     export; VKD leaves the text-only answers exactly as they were."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config",
-                        os.path.join(ROOT, "configs/tiny.py") + ":benchmark=clear", "--workdir", str(tmp_path),
-                        *CLEAR_MICRO, "--config.export_hf=True"], capture_output=True, text=True, cwd=ROOT,
-                       env=env, timeout=900)
+    r = run_main("tiny.py:benchmark=clear", tmp_path, *CLEAR_MICRO, "--config.export_hf=True")
     assert r.returncode == 0, r.stderr[-4000:]
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["benchmark"] == "clear" and res["config"]["forget_ratio"] == 10
@@ -216,13 +205,10 @@ def test_clear_end_to_end(tmp_path):
 def test_clear_official_reading_gives_forget_quality(tmp_path):
     """eval.clear_reading="official": CLEAR's own metrics for both models, Forget Quality from the KS test against
     the retain-only reference model, which the run trains (it would not for VKD otherwise)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config",
-                        os.path.join(ROOT, "configs/tiny.py") + ":benchmark=clear", "--workdir", str(tmp_path),
-                        *CLEAR_MICRO, "--config.eval.clear_reading=official", "--config.eval.probe=False",
-                        "--config.stages.reference.num_steps=3", "--config.stages.relearn.fractions=()",
-                        "--config.eval.clear_official_rows=4", "--config.eval.clear_official_max_new_tokens=8"],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    r = run_main("tiny.py:benchmark=clear", tmp_path, *CLEAR_MICRO, "--config.eval.clear_reading=official",
+                 "--config.eval.probe=False", "--config.stages.reference.num_steps=3",
+                 "--config.stages.relearn.fractions=()", "--config.eval.clear_official_rows=4",
+                 "--config.eval.clear_official_max_new_tokens=8")
     assert r.returncode == 0, r.stderr[-4000:]
     res = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "reference" / "params").exists()

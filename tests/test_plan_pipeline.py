@@ -10,6 +10,7 @@ import sys
 
 import jax
 import pytest
+from conftest import run_main
 
 from vkd_jax import plan_costs as pc
 from vkd_jax import plan_pipeline as pp
@@ -181,10 +182,8 @@ def test_preflight_stops_a_run_that_cannot_fit_before_any_work(tmp_path):
         pf.preflight(apply_overrides(cfg, {"preflight_device_gib": 0.01}))
     assert pf.preflight(apply_overrides(cfg, {"preflight_device_gib": 0.01, "preflight": False})) == []
     work = tmp_path / "w"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", TINY + ":splits=1", "--workdir", str(work),
-                        "--config.preflight_device_gib=0.01"], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=600)
+    r = run_main("tiny.py:splits=1", work, "--config.preflight_device_gib=0.01", env={"XLA_FLAGS": None},
+                 timeout=600)
     assert r.returncode == 1, r.stderr[-2000:]
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: preflight: stage 'pretrain' needs"), r.stderr[-2000:]

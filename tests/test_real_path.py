@@ -6,13 +6,12 @@ repo ids and found in a local Hugging Face cache."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_main
 
 from vkd_jax.data import synthetic
 
@@ -55,12 +54,9 @@ def real_run(tmp_path_factory, make_llama_tokenizer, make_hub_llava, hf_cache_pu
     hf_dir = hf_cache_put(cache, "tiny-org/llava-1.5-tiny-hf", "model", hf_dir)
     hf_cache_put(cache, "tiny-org/MLLMU-Bench", "dataset", manual)
     work = root / "work"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "HF_HUB_CACHE": str(cache),
-           "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "vkd_jax.main", "--config", os.path.join(ROOT, "configs/llava7b.py"),
-                        "--workdir", str(work), "--config.hf_dir=tiny-org/llava-1.5-tiny-hf",
-                        "--config.data.manual_dir=tiny-org/MLLMU-Bench", *OVERRIDES],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+    r = run_main("llava7b.py", work, "--config.hf_dir=tiny-org/llava-1.5-tiny-hf",
+                 "--config.data.manual_dir=tiny-org/MLLMU-Bench", *OVERRIDES,
+                 env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}, timeout=1200)
     assert r.returncode == 0, r.stderr[-6000:]
     return hf_dir, work
 
