@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/tiny
 
-.PHONY: demo sized test bench clean
+.PHONY: demo sized test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q --durations=25 tests
+
+test-fast: $(VENV)/.installed  # the quick loop: everything but the end-to-end and multi-process tests
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(VENV)/.installed
 	$(PY) -m vkd_jax.main --config configs/tiny.py:splits=1 --workdir $(WORKDIR)

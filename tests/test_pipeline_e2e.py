@@ -198,8 +198,16 @@ def test_clear_end_to_end(tmp_path):
     assert qa["vanilla"] == qa["unlearned"] and qa["vanilla"]  # the LLM is untouched: text answers identical
     assert all(x["prompt"].endswith(" ASSISTANT:") for x in recs["vanilla"])
     assert res["relearn"]["fractions"] == [0.5] and len(res["relearn"]["ag"]) == 1
-    assert "| model | Forget VQA | Forget QA ROUGE-L | Retain VQA |" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "| model | Forget VQA | Forget QA ROUGE-L | Retain VQA |" in report
+    row = next(x for x in report.splitlines() if x.startswith("| 0.5 |")).split("|")[1:-1]
+    assert all(c.strip() not in ("", "-") for c in row[:6]), row  # attacks, scored, before, after, AG filled
+    assert "Fine-tune all params on a fraction" in report
     assert (tmp_path / "hf_export" / "processor_config.json").exists()
+    from transformers import LlavaForConditionalGeneration  # the CLEAR export loads as the user's model class
+
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf_export")
+    assert sum(p.numel() for p in hf.parameters()) == res["efficiency"]["total_params"]
 
 
 def test_clear_official_reading_gives_forget_quality(tmp_path):

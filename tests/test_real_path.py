@@ -66,6 +66,7 @@ def test_results_for_all_four_sets(real_run):
     res = json.loads((work / "results.json").read_text())
     assert res["protocol"]["cls_scoring"] == "generate" and res["protocol"]["cls_parse"] == "official"
     assert res["protocol"]["test_pose"] == "mean"
+    assert "Fine-tune the `visual_lora_llm` partition" in (work / "report.md").read_text()  # the 7B attack
     for model in ("vanilla", "unlearned"):
         for s in ("forget", "test", "retain", "celebrity"):
             m = res[model][s]

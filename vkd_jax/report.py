@@ -19,6 +19,13 @@ def benchmark_of(results: dict):
     return benchmark_class(results.get("benchmark", "mllmu"))
 
 
+def _relearn_params(results: dict) -> str:
+    """What the relearning attack trained, from the run's config (its partition preset)."""
+    preset = ((((results.get("config") or {}).get("stages") or {}).get("relearn") or {}).get("partition")
+              or "full")
+    return "all params" if preset == "full" else f"the `{preset}` partition"
+
+
 def fmt(v, digits: int = 1) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -216,7 +223,8 @@ def single_run_markdown(r: dict) -> str:
     rl = r.get("relearn")
     if rl:
         lines += ["", "## Relearning attack", "",
-                  f"Fine-tune all params on a fraction of the forget VQA questions for {rl.get('steps', '?')} steps; "
+                  f"Fine-tune {_relearn_params(r)} on a fraction of the forget VQA questions for "
+                  f"{rl.get('steps', '?')} steps; "
                   "score forget VQA on the questions not used. AG = after - before (points). Where a fraction has "
                   "several attacks (cross-fitting), each trains on another window of the questions so that every "
                   "question is scored at least once, and their scores are pooled.", "",
