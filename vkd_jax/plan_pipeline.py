@@ -167,22 +167,20 @@ def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, t
     row = {"platform": p.name, "stage": s.name, "hbm_gib": round(p.hbm_gib, 2), "chips": p.chips,
            "repeats": s.repeats}
     flops = moved = seconds = 0.0
+
+    def cannot_run(error: str, **more) -> dict:  # a stage the run itself would stop at
+        row.update(peak_gib=None, fits=False, bytes_gib={}, error=error, **more)
+        return {**row, **(dict(flops=0.0, bytes_moved=0.0, seconds=0.0) if with_time else {})}
+
     if s.kind in ("train", "masks"):
         try:
             mesh = mesh_of(cfg, p, devices)
         except ValueError as e:  # a mesh of fixed sizes for another chip count
-            row.update(peak_gib=None, fits=False, bytes_gib={}, error=str(e))
-            if with_time:
-                row.update(flops=0.0, bytes_moved=0.0, seconds=0.0)
-            return row
+            return cannot_run(str(e))
         shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
-        if int(cfg.data.batch_size) % shards:  # the run itself would stop at its first batch
-            row.update(peak_gib=None, fits=False, mesh=dict(mesh.shape), bytes_gib={},
-                       error=f"global batch {int(cfg.data.batch_size)} does not divide over the {shards} batch "
-                             f"shards (data x fsdp) of mesh {dict(mesh.shape)}")
-            if with_time:
-                row.update(flops=0.0, bytes_moved=0.0, seconds=0.0)
-            return row
+        if int(cfg.data.batch_size) % shards:
+            return cannot_run(f"global batch {int(cfg.data.batch_size)} does not divide over the {shards} batch "
+                              f"shards (data x fsdp) of mesh {dict(mesh.shape)}", mesh=dict(mesh.shape))
         ps = stage_step(cfg, mc, s.stage, mesh, text_len)
         rows_memo = memo.setdefault("rows", {})
         key = saved_key(ps, int(cfg.data.batch_size))
