@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/tiny
 
-.PHONY: demo sized test test-fast bench clean
+.PHONY: demo sized test test-fast test-unit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed  # the quick loop: everything but the end-to-end and multi-process tests
 	$(PY) -m pytest -q -m "not slow" tests
+
+test-unit: $(VENV)/.installed  # seconds: the unit tier only
+	$(PY) -m pytest -q -m unit tests
 
 demo: $(VENV)/.installed
 	$(PY) -m vkd_jax.main --config configs/tiny.py:splits=1 --workdir $(WORKDIR)

@@ -18,7 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vkd_jax.data import mllmu_bench, pipeline, synthetic  # noqa: E402
+from vkd_jax.benchmarks.mllmu import generator as synthetic  # noqa: E402
+from vkd_jax.benchmarks.mllmu import reader as mllmu_bench  # noqa: E402
+from vkd_jax.benchmarks.mllmu.prompts import profile_examples  # noqa: E402
+from vkd_jax.data import pipeline  # noqa: E402
 from vkd_jax.data.tokenizer import train_tokenizer  # noqa: E402
 from vkd_jax.preprocess import ImageProcessorConfig  # noqa: E402
 
@@ -28,7 +31,7 @@ def run(args) -> list[dict]:
     if not os.path.isdir(os.path.join(manual, "Full_Set")):
         synthetic.generate(manual, seed=0, cfg=synthetic.WorldConfig(
             num_people=args.people, num_celebrities=4, image_size=args.image_size, image_format="JPEG"))
-    tok = train_tokenizer(synthetic.benchmark_texts(manual), os.path.join(args.workdir, "tok"))
+    tok = train_tokenizer(synthetic.tokenizer_texts(manual), os.path.join(args.workdir, "tok"))
     src = mllmu_bench.load("Full_Set", os.path.join(args.workdir, "data"), manual)
     results = []
     for threads in args.threads:
@@ -37,7 +40,7 @@ def run(args) -> list[dict]:
                                       image=ImageProcessorConfig(), length_buckets=(640, 768, 1024),
                                       num_threads=threads, prefetch=2 * threads, num_epochs=None)
         t0 = time.perf_counter()
-        p = pipeline.InputPipeline(src, tok, cfg)
+        p = pipeline.InputPipeline(src, tok, cfg, examples=profile_examples)
         t_setup = time.perf_counter() - t0
         it = iter(p)
         for _ in range(args.warmup):

@@ -95,8 +95,8 @@ def official_answers(stdout: str) -> dict:
 
 def ours(args) -> dict:
     from vkd_jax import load_hf
+    from vkd_jax.benchmarks.mllmu.protocol import EvalConfig, benchmark_sets, evaluate
     from vkd_jax.data.tokenizer import load_tokenizer
-    from vkd_jax.eval import EvalConfig, benchmark_sets, evaluate
     from vkd_jax.preprocess import ImageProcessorConfig
 
     model = load_hf(args.hf_dir, dtype="float32")
@@ -110,7 +110,7 @@ def ours(args) -> dict:
 
 
 def compare(off_answers: dict, off_gen: dict, recs: dict) -> dict:
-    from vkd_jax.eval.evaluator import metrics_from_records
+    from vkd_jax.benchmarks.mllmu.protocol import metrics_from_records
 
     report = {}
     for s, rs in recs.items():

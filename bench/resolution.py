@@ -4,7 +4,7 @@ splits pooled, read from one finished run's per-split predictions (no model is r
     python bench/resolution.py --workdir W [--out bench/resolution/mllmu.json]
 
 W is a `vkd_jax.main` work directory run with `--config.splits=K`; the first k = 1..K splits are pooled as a run
-with `splits=k` would pool them (vkd_jax.experiment.pool_splits): the intervals are bootstraps over people.
+with `splits=k` would pool them (vkd_jax.run_eval.pool_splits): the intervals are bootstraps over people.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from vkd_jax.data.benchmarks import benchmark_class
+from vkd_jax.benchmarks import benchmark_class
 from vkd_jax.eval.intervals import half_width, with_intervals
 from vkd_jax.experiment import read_eval_values, relearn_dir, split_dir
 

@@ -69,8 +69,10 @@ def main(argv):
         raise app.UsageError(f"--candidates: unknown {unknown}; known: {', '.join(CANDIDATES)}")
     seeds = reproduce._int_list("pipeline_seeds", a.pipeline_seeds)
     variants = {f"vkd-{n}": ("vkd", CANDIDATES[n]) for n in names}
-    reproduce.reproduce(a.config, a.workdir, ("vkd",) if a.default else (), seeds, (), relearn=a.relearn,
-                        variants=variants)
+    from vkd_jax.config_base import config_from_flag
+
+    reproduce.reproduce(config_from_flag(flags.FLAGS["config"]), a.workdir, ("vkd",) if a.default else (), seeds, (),
+                        relearn=a.relearn, variants=variants)
     from vkd_jax.io_utils import read_text
 
     sys.stdout.write(read_text(f"{a.workdir}/comparison.md"))

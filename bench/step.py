@@ -67,21 +67,33 @@ def frozen_weight_grad_dots(jaxpr, shapes: set) -> int:
     return n
 
 
+def step_configs(method, preset, num_vit_layers, frozen_dtype=""):
+    """(method section, partition section, optimiser section) of the measured step: the config base's and the
+    method registry's, with this bench's own choices (vit_last_k 0, LoRA without dropout, a small constant learning
+    rate)."""
+    from vkd_jax.config_base import base
+    from vkd_jax.unlearn import stages
+    from vkd_jax.unlearn.methods import method_config
+
+    c = base()
+    pc = c.partition
+    pc.update(dict(preset=preset, vit_last_k=0, num_vit_layers=num_vit_layers, frozen_dtype=frozen_dtype))
+    pc.lora.dropout = 0.0
+    oc = stages.optim_cfg(c, c.stages.unlearn)
+    oc.lr = 1e-5
+    mcfg = method_config("vkd", taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=10.0) if method == "vkd" else None
+    return mcfg, pc, oc
+
+
 def ours(model, name, method, preset, batch, frozen_dtype=""):
     """Build the trainer, compile its step, count its FLOPs; returns (row, step callable)."""
     import jax
-    import ml_collections
 
     from vkd_jax.models.hf_io import flat_params
     from vkd_jax.unlearn.methods import make_method
     from vkd_jax.unlearn.train import Trainer
 
-    n_vit = model.config.vision.num_hidden_layers
-    pc = ml_collections.ConfigDict(dict(preset=preset, vit_last_k=0, num_vit_layers=n_vit,
-                                        lora=dict(rank=16, alpha=16.0, dropout=0.0), frozen_dtype=frozen_dtype))
-    oc = ml_collections.ConfigDict(dict(lr=1e-5, schedule="constant", clip_norm=1.0))
-    mcfg = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=10.0)) \
-        if method == "vkd" else None
+    mcfg, pc, oc = step_configs(method, preset, model.config.vision.num_hidden_layers, frozen_dtype)
     if method == "ga":  # full-model GA on the same data: every forget and retain row ascended
         batch = {"forget": {k: np.concatenate([batch["forget"][k], batch["retain"][k]]) for k in batch["forget"]}}
     tr = Trainer(model.config, flat_params(model), make_method(method, mcfg), partition_cfg=pc, optim_cfg=oc,
@@ -104,22 +116,17 @@ def step_flops_abstract(model_config, batch, method, preset, frozen_dtype="") ->
     """jaxpr FLOPs of one train step from shapes alone (the engine's built step on abstract params, nothing
     allocated): used for the LLaVA-1.5-7B projection, where running the step on this machine is out of reach."""
     import jax
-    import ml_collections
 
     from vkd_jax.unlearn import partition as pt
     from vkd_jax.unlearn.methods import make_method
     from vkd_jax.unlearn.step import build_step
     from vkd_jax.unlearn.train import prepare_batch
 
-    pc = ml_collections.ConfigDict(dict(preset=preset, vit_last_k=0,
-                                        num_vit_layers=model_config.vision.num_hidden_layers,
-                                        lora=dict(rank=16, alpha=16.0, dropout=0.0), frozen_dtype=frozen_dtype))
-    mcfg = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=10.0)) \
-        if method == "vkd" else None
+    mcfg, pc, oc = step_configs(method, preset, model_config.vision.num_hidden_layers, frozen_dtype)
     m = make_method(method, mcfg)
     if method == "ga":
         batch = {"forget": {k: np.concatenate([batch["forget"][k], batch["retain"][k]]) for k in batch["forget"]}}
-    built = build_step(model_config, m, partition_cfg=pc, optim_cfg=None, num_steps=10,
+    built = build_step(model_config, m, partition_cfg=pc, optim_cfg=oc, num_steps=10,
                        mesh=pt.make_mesh(None, jax.devices()[:1]))
     b = {s: prepare_batch(v) for s, v in batch.items() if s in m.streams}
     return dot_flops(jax.make_jaxpr(built.step)(built.abstract_state, b, built.abstract_frozen,

@@ -17,8 +17,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vkd_jax import experiment  # noqa: E402
-from vkd_jax.eval import EvalConfig, evaluate  # noqa: E402
+from vkd_jax import run_eval, run_models, run_streams  # noqa: E402
+from vkd_jax.benchmarks.mllmu.protocol import EvalConfig, evaluate  # noqa: E402
 from vkd_jax.models.hf_io import abstract_model, model_from_flat_params  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,9 +29,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "work directory", required=True)
 
 def study(cfg, workdir: str) -> dict:
     t = time.time()
-    data = experiment.prepare_data(cfg, workdir)
-    mc = experiment.build_model_config(cfg, data)
-    params = experiment.vanilla_params(cfg, data, workdir, mc)
+    data = run_streams.prepare_data(cfg, workdir)
+    mc = run_models.build_model_config(cfg, data)
+    params = run_models.vanilla_params(cfg, data, workdir, mc)
     train_s = time.time() - t
     model = model_from_flat_params(abstract_model(mc)[0], params)
     sets = data.eval_sets()
@@ -39,7 +39,7 @@ def study(cfg, workdir: str) -> dict:
         tasks=("classification", "cloze"), max_new_tokens=8, batch_size=32,
         cls_scoring=str(cfg.eval.get("cls_scoring", "generate"))))
     res = {s: {k: round(v, 1) for k, v in m.items() if k.endswith("acc")} for s, m in out.items()}
-    res.update(train_s=round(train_s), floor=experiment.identity_free_floor(params, cfg, data, mc, workdir),
+    res.update(train_s=round(train_s), floor=run_eval.identity_free_floor(params, cfg, data, mc, workdir),
                config=json.loads(cfg.to_json_best_effort()))
     with open(os.path.join(workdir, "study.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -33,7 +33,7 @@ def get_config(arg: str | None = None):
     c.stages.reference.update(dict(streams=streams, num_steps=1200))
     c.splits = 0  # every person forgotten once: the resolution the targets need (bench/RESULTS.md, "Resolution")
     c = config_base.apply_variant(c, arg)
-    if c.data.benchmark == "clear":  # the embedded CLEAR (vkd_jax.data.clear_synthetic), forget10 by default
+    if c.data.benchmark == "clear":  # the embedded CLEAR (vkd_jax.benchmarks.clear.generator), forget10 by default
         c.data.update(dict(clear_world=dict(num_people=120, images_per_person=6, eval_images=8, num_real_faces=20,
                                             num_real_world=24, num_generic=60, image_size=32),
                            train_tasks=("caption", "recognition", "name_mc", "qa"), length_buckets=(48, 64, 96)))

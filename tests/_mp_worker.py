@@ -64,7 +64,7 @@ def main(out_dir, mode, port=None, pid=0, nproc=1):
     from conftest import ocfg, pcfg, tiny_params
 
     from vkd_jax.unlearn import partition as pt
-    from vkd_jax.unlearn.methods import make_method
+    from vkd_jax.unlearn.methods import make_method, method_config
     from vkd_jax.unlearn.train import Trainer
 
     assert jax.device_count() == 4 and jax.process_count() == (2 if mode == "multi" else 1), (
@@ -72,7 +72,7 @@ def main(out_dir, mode, port=None, pid=0, nproc=1):
     cfg, params = tiny_params(seed=0)
     params = {k: np.asarray(v) for k, v in params.items()}  # host values, identical on every process
     mesh = pt.make_mesh(ml_collections.ConfigDict(dict(data=2, fsdp=2, tensor=1)))
-    method = make_method("vkd", ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, a_r=0.5, b_r=10.0)))
+    method = make_method("vkd", method_config("vkd", taps=("projector",), a_f=1.0, a_r=0.5, b_r=10.0))
 
     def trainer():
         return Trainer(cfg, params, method, partition_cfg=pcfg("visual"), optim_cfg=ocfg(lr=1e-2),

@@ -208,17 +208,27 @@ class Stream:
 
 
 def pcfg(preset="visual", **kw):
-    return ml_collections.ConfigDict(dict(preset=preset, vit_last_k=kw.pop("vit_last_k", 1),
-                                          num_vit_layers=kw.pop("num_vit_layers", 2),
-                                          lora=kw.pop("lora", dict(rank=4, alpha=8.0, dropout=0.0)), frozen_dtype="",
-                                          **kw))
+    """The config base's partition section for `preset` on the tiny model (2 ViT layers), with a small LoRA
+    without dropout and `kw` set."""
+    from vkd_jax.config_base import base
+
+    p = base().partition
+    p.update(dict(preset=preset, num_vit_layers=2, lora=dict(rank=4, alpha=8.0, dropout=0.0)))
+    p.update(kw)
+    return p
 
 
 def ocfg(**kw):
-    d = dict(lr=1e-2, schedule="constant", warmup_steps=0, clip_norm=1.0, weight_decay=0.0, grad_accum=1,
-             max_skipped_steps=2)
-    d.update(kw)
-    return ml_collections.ConfigDict(d)
+    """The config base's optimiser of the unlearn stage (constant schedule) with a large learning rate, fewer
+    skipped steps allowed and `kw` set."""
+    from vkd_jax.config_base import base
+    from vkd_jax.unlearn.stages import optim_cfg
+
+    c = base()
+    o = optim_cfg(c, c.stages.unlearn)
+    o.update(dict(lr=1e-2, max_skipped_steps=2))
+    o.update(kw)
+    return o
 
 
 # ---- an MLLMU-Bench parquet fixture ------------------------------------------------------------
@@ -505,3 +515,15 @@ def assert_params_equal(a: dict, b: dict):
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+
+TIERS = ("unit", "integration", "slow")  # pyproject.toml describes each; every test module declares one
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test carries exactly one tier (its module's `pytestmark`), so `-m unit` / `-m "not slow"` select what
+    they say."""
+    bad = [f"{item.nodeid}: {tiers or 'no tier'}" for item in items
+           if len(tiers := [t for t in TIERS if item.get_closest_marker(t)]) != 1]
+    if bad:
+        raise pytest.UsageError(f"tests without exactly one tier marker {TIERS}:\n  " + "\n  ".join(bad))

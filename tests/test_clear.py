@@ -13,9 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vkd_jax.data import clear, clear_synthetic
-from vkd_jax.data.mllmu_bench import DataError
-from vkd_jax.eval import clear as ev
+from vkd_jax.benchmarks.clear import generator as clear_synthetic
+from vkd_jax.benchmarks.clear import prompts as clear_prompts
+from vkd_jax.benchmarks.clear import protocol as ev
+from vkd_jax.benchmarks.clear import reader as clear
+from vkd_jax.benchmarks.mllmu.reader import DataError
+
+pytestmark = pytest.mark.integration
 
 IMAGE_T = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMAS = {  # the hub dataset's columns per config kind (shared/spec/clear.md)
@@ -130,10 +134,11 @@ def test_generator_is_deterministic_and_splits_partition_the_people(tmp_path):
 
 
 def test_followup_prompt_and_parse():
-    assert ev.chat_prompt("What?\nA. x\nB. y\n", True) == "USER: <image>\nWhat?\nA. x\nB. y\n ASSISTANT:"
-    assert ev.chat_prompt("Where was P born?", False) == "USER: Where was P born? ASSISTANT:"
-    assert ev.options_block(["a", "b", "c"]) == "A. a\nB. b\nC. c"
-    assert ev.mc_letter(" (b) Rome") == "B" and ev.mc_letter("...") == "" and ev.mc_letter("c.") == "C"
+    assert clear_prompts.chat_prompt("What?\nA. x\nB. y\n", True) == "USER: <image>\nWhat?\nA. x\nB. y\n ASSISTANT:"
+    assert clear_prompts.chat_prompt("Where was P born?", False) == "USER: Where was P born? ASSISTANT:"
+    assert clear_prompts.options_block(["a", "b", "c"]) == "A. a\nB. b\nC. c"
+    assert clear_prompts.mc_letter(" (b) Rome") == "B" and clear_prompts.mc_letter("...") == ""
+    assert clear_prompts.mc_letter("c.") == "C"
 
 
 def test_official_metrics_by_hand():
@@ -168,7 +173,7 @@ def test_followup_metrics_from_records():
 def test_clear_forget_splits_are_disjoint_blocks_of_people(tmp_path, load_cfg):
     """Forget split k of the embedded CLEAR: its people's images, text rows and held-out renderings; the rest is
     its retain side; split 0 is forget10 itself."""
-    from vkd_jax.data.benchmarks import make_benchmark
+    from vkd_jax.benchmarks import make_benchmark
 
     cfg = load_cfg("tiny:benchmark=clear")
     cfg.data.clear_world.update(dict(num_people=20, num_real_faces=4, num_real_world=4, num_generic=4))

@@ -8,6 +8,8 @@ from conftest import run_main
 from vkd_jax.config_check import validate
 from vkd_jax.models.config import ConfigError
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -81,7 +83,7 @@ def test_main_fails_before_writing_anything(tmp_path):
 def test_benchmark_rules_come_from_the_registry():
     """Names, forget ratios and training tasks are the registered benchmark classes' own (one registry line adds a
     benchmark)."""
-    from vkd_jax.data.benchmarks import BENCHMARKS, benchmark_class
+    from vkd_jax.benchmarks import BENCHMARKS, benchmark_class
 
     c = _config("tiny")
     c.data.benchmark = "nope"

@@ -10,6 +10,8 @@ from vkd_jax import config_base
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.hf_io import abstract_model, hf_key
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,8 +36,33 @@ def test_variants_and_independent_stage_sections():
         assert "preset" not in c.partition and "lr" not in c.optim
 
 
+
+def test_a_variant_field_on_the_command_line_means_the_variant():
+    """`--config.data.benchmark=clear` builds what `configs/tiny.py:benchmark=clear` builds (CLEAR's world, tasks,
+    buckets and stage streams, not only the field), and the other overrides still apply on top."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    def parse(*argv):
+        fv = flags.FlagValues()
+        # config_flags finds the override flags in the argv it is given at definition, as in main
+        config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
+                                        sys_argv=["prog", *argv])
+        fv(["prog", *argv])
+        return config_base.config_from_flag(fv["config"])
+
+    tiny = os.path.join(ROOT, "configs", "tiny.py")
+    got = parse("--config", tiny + ":method=ga", "--config.data.benchmark=clear", "--config.stages.vanilla.num_steps=7")
+    want = config_base.load_config(tiny + ":method=ga,benchmark=clear")
+    assert got.stages.vanilla.num_steps == 7 and want.stages.vanilla.num_steps != 7
+    want.stages.vanilla.num_steps = 7
+    assert got.to_dict() == want.to_dict()
+    assert got.data.train_tasks != load_config("tiny").data.train_tasks  # CLEAR's, not MLLMU-Bench's
+    plain = parse("--config", tiny, "--config.seed=3")  # no variant field: the flag's own config
+    assert plain.seed == 3 and plain.data.benchmark == "mllmu"
+
 def test_stage_seeds_and_stream_seeds_derive_from_names():
-    from vkd_jax.experiment import stream_seed
+    from vkd_jax.run_streams import stream_seed
 
     c = load_config("tiny")
     c.seed = 3
@@ -85,19 +112,19 @@ def test_config_remat_reaches_the_model():
     pipeline trains; tiny runs without it."""
     import types
 
-    from vkd_jax import experiment
+    from vkd_jax import run_models
 
     tok = types.SimpleNamespace(vocab_size=100, pad_id=0, eos_id=2, bos_id=1, image_token_id=4)
     data = types.SimpleNamespace(tokenizer=tok)
     for name, want in (("llava7b", "full"), ("tiny", "none")):
         cfg = load_config(name)
         cfg.hf_dir = ""
-        mc = experiment.build_model_config(cfg, data)
+        mc = run_models.build_model_config(cfg, data)
         assert (mc.vision.remat, mc.text.remat) == (want, want), name
 
 
 def test_shared_folder_refuses_another_vanilla_config(tmp_path):
-    from vkd_jax.experiment import check_shared
+    from vkd_jax.workdir import check_shared
 
     c = load_config("tiny")
     check_shared(c, str(tmp_path))  # first use records the fields that make the vanilla model
@@ -114,7 +141,7 @@ def test_shared_folder_refuses_another_vanilla_config(tmp_path):
 
 @pytest.mark.parametrize("n_keys", [7, 20, 320])
 def test_relearn_windows_cross_fit_holds_out_every_question(n_keys):
-    from vkd_jax.experiment import relearn_windows
+    from vkd_jax.attacks import relearn_windows
 
     for frac in (0.1, 0.25, 0.5, 0.75, 0.9):
         windows = relearn_windows(n_keys, frac, cross_fit_from=0.1)

@@ -15,6 +15,8 @@ from conftest import STAGE_EVERY, assert_params_equal, flip_bytes, run_unlearn, 
 from vkd_jax.digests import DIGESTS_FILE, DamagedCheckpointError, verify_digests
 from vkd_jax.unlearn.stages import load_masks, save_masks
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -8,8 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
-from vkd_jax.data import mllmu_bench
-from vkd_jax.data.mllmu_bench import DataError, decode_profile
+from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
+from vkd_jax.benchmarks.mllmu.reader import DataError, decode_profile
+
+pytestmark = pytest.mark.integration
 
 
 def _source(tmp_path, config, **kw):

@@ -2,13 +2,20 @@
 slicing, determinism, resumable state, evaluation padding, Test_Set pose choice."""
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
 
-from vkd_jax.data import pipeline, synthetic
+from vkd_jax.benchmarks.mllmu import generator as synthetic
+from vkd_jax.benchmarks.mllmu.prompts import profile_examples
+from vkd_jax.data import pipeline
 from vkd_jax.data.pipeline import InputPipeline, PipelineConfig
 from vkd_jax.data.tokenizer import train_tokenizer
+
+pytestmark = pytest.mark.integration
+
+_pipeline = functools.partial(InputPipeline, examples=profile_examples)  # MLLMU-Bench profiles
 
 WORLD = synthetic.WorldConfig(num_people=20, num_celebrities=4, num_facts=3, values_per_fact=6, ft_poses=2,
                               test_poses=3)
@@ -20,8 +27,8 @@ BASE = PipelineConfig(tasks=("classification", "ft"), global_batch_size=8, image
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
     synthetic.generate(root / "manual", seed=0, cfg=WORLD)
-    tok = train_tokenizer(synthetic.benchmark_texts(root / "manual"), root / "tok")
-    from vkd_jax.data import mllmu_bench
+    tok = train_tokenizer(synthetic.tokenizer_texts(root / "manual"), root / "tok")
+    from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
     srcs = {c: mllmu_bench.load(c, root / "data", root / "manual") for c in ("ft_Data", "forget_10", "Test_Set")}
     return tok, srcs
 
@@ -36,7 +43,7 @@ def _eq(a, b):
 
 def test_batch_shapes_and_label_masks(env):
     tok, srcs = env
-    p = InputPipeline(srcs["ft_Data"], tok, BASE)
+    p = _pipeline(srcs["ft_Data"], tok, BASE)
     b = next(iter(p))
     B, T = b["input_ids"].shape
     assert B == 8 and T in BASE.length_buckets
@@ -64,7 +71,7 @@ def test_left_padding_for_generation_prompts(env):
     tok, srcs = env
     cfg = dataclasses.replace(BASE, tasks=("generation",), train=False, padding_side="left", shuffle=False,
                               drop_remainder=False, types=("Image_Textual",))
-    b = next(iter(InputPipeline(srcs["forget_10"], tok, cfg)))
+    b = next(iter(_pipeline(srcs["forget_10"], tok, cfg)))
     am, valid = b["attention_mask"], b["valid"]
     assert valid.sum() == 6 and am[valid, -1].all() and not am[~valid].any() and not b["loss_mask"].any()
     for i in np.flatnonzero(valid):
@@ -78,8 +85,8 @@ def test_left_padding_for_generation_prompts(env):
 def test_two_processes_read_disjoint_complete_slices(env):
     tok, srcs = env
     cfg = dataclasses.replace(BASE, drop_remainder=False, seed=3)
-    full = InputPipeline(srcs["ft_Data"], tok, cfg)
-    parts = [InputPipeline(srcs["ft_Data"], tok, dataclasses.replace(cfg, process_index=i, process_count=2))
+    full = _pipeline(srcs["ft_Data"], tok, cfg)
+    parts = [_pipeline(srcs["ft_Data"], tok, dataclasses.replace(cfg, process_index=i, process_count=2))
              for i in range(2)]
     assert len(parts[0]) == len(parts[1]) == len(full) == -(-len(full.examples) // 8)
     seen = [[], []]
@@ -97,9 +104,9 @@ def test_two_processes_read_disjoint_complete_slices(env):
 def test_deterministic_per_seed_and_reshuffled_per_epoch(env):
     tok, srcs = env
     cfg = dataclasses.replace(BASE, num_epochs=2)
-    a, b = (list(InputPipeline(srcs["forget_10"], tok, cfg)) for _ in range(2))
+    a, b = (list(_pipeline(srcs["forget_10"], tok, cfg)) for _ in range(2))
     assert len(a) == len(b) > 2 and all(_eq(x, y) for x, y in zip(a, b))
-    c = list(InputPipeline(srcs["forget_10"], tok, dataclasses.replace(cfg, seed=1)))
+    c = list(_pipeline(srcs["forget_10"], tok, dataclasses.replace(cfg, seed=1)))
     assert not all(_eq(x, y) for x, y in zip(a, c))
     n = len(a) // 2
     order = [_key(x, i) for x in a for i in range(8)]
@@ -109,24 +116,24 @@ def test_deterministic_per_seed_and_reshuffled_per_epoch(env):
 def test_state_restore_resumes_exactly(env):
     tok, srcs = env
     cfg = dataclasses.replace(BASE, num_epochs=None)  # infinite, as training runs
-    p = InputPipeline(srcs["ft_Data"], tok, cfg)
+    p = _pipeline(srcs["ft_Data"], tok, cfg)
     it = iter(p)
     for _ in range(3):
         next(it)
     state = p.get_state()
     expected = [next(it) for _ in range(3)]
-    q = InputPipeline(srcs["ft_Data"], tok, cfg)
+    q = _pipeline(srcs["ft_Data"], tok, cfg)
     q.set_state(state)  # before iterating, as after a restart
     assert all(_eq(x, next(q)) for x in expected)
     with pytest.raises(ValueError, match="seed"):
-        InputPipeline(srcs["ft_Data"], tok, dataclasses.replace(cfg, seed=9)).set_state(state)
+        _pipeline(srcs["ft_Data"], tok, dataclasses.replace(cfg, seed=9)).set_state(state)
 
 
 def test_eval_pads_last_batch_with_invalid_rows(env):
     tok, srcs = env
     cfg = dataclasses.replace(BASE, tasks=("cloze",), train=False, shuffle=False, drop_remainder=False,
                               global_batch_size=5)
-    p = InputPipeline(srcs["forget_10"], tok, cfg)
+    p = _pipeline(srcs["forget_10"], tok, cfg)
     batches = list(p)
     n = len(p.examples)
     assert n % 5 and len(batches) == -(-n // 5)
@@ -141,28 +148,31 @@ def test_test_set_restricted_to_forget_ids_with_seeded_pose(env):
     ids = pipeline.forget_ids(srcs["forget_10"])
     cfg = dataclasses.replace(BASE, tasks=("classification",), types=("Image_Textual",), train=False,
                               shuffle=False, drop_remainder=False, ids=ids)
-    p = InputPipeline(srcs["Test_Set"], tok, cfg)
+    p = _pipeline(srcs["Test_Set"], tok, cfg)
     assert {e["id"] for e in p.examples} == set(ids)
     b1 = list(p)
-    b2 = list(InputPipeline(srcs["Test_Set"], tok, cfg))
+    b2 = list(_pipeline(srcs["Test_Set"], tok, cfg))
     assert all(np.array_equal(x["pixel_values"], y["pixel_values"]) for x, y in zip(b1, b2))
-    poses = [list(InputPipeline(srcs["Test_Set"], tok, dataclasses.replace(cfg, seed=s)))[0]["pixel_values"][0]
+    poses = [list(_pipeline(srcs["Test_Set"], tok, dataclasses.replace(cfg, seed=s)))[0]["pixel_values"][0]
              for s in range(6)]
     assert len({p.tobytes() for p in poses}) > 1  # the seed picks among the profile's poses
 
 
 def test_too_long_example_names_it(env):
     tok, srcs = env
-    p = InputPipeline(srcs["forget_10"], tok, dataclasses.replace(BASE, max_len=20))
+    p = _pipeline(srcs["forget_10"], tok, dataclasses.replace(BASE, max_len=20))
     with pytest.raises(ValueError, match="longer than the largest length bucket 20"):
         next(iter(p))
 
 
-def test_config_errors():
+def test_config_errors(env):
+    tok, srcs = env
     with pytest.raises(ValueError, match="process_count"):
         PipelineConfig(global_batch_size=7, process_count=2)
-    with pytest.raises(ValueError, match="unknown tasks"):
-        PipelineConfig(tasks=("vqa",))
+    with pytest.raises(ValueError, match="unknown types"):
+        PipelineConfig(types=("Video",))
+    with pytest.raises(ValueError, match="unknown MLLMU-Bench tasks"):  # the benchmark's example builder checks
+        _pipeline(srcs["forget_10"], tok, dataclasses.replace(BASE, tasks=("vqa",)))
     with pytest.raises(ValueError, match="padding_side"):
         PipelineConfig(padding_side="middle")
     with pytest.raises(ValueError, match="cls_answer"):
@@ -176,7 +186,7 @@ def test_resampled_options_hide_the_person_but_keep_the_answer(env):
     src = srcs["forget_10"]
     cfg = dataclasses.replace(BASE, tasks=("classification",), types=("Image_Textual",), resample_options=True,
                               num_epochs=4, shuffle=False, global_batch_size=2, drop_remainder=False)
-    p = InputPipeline(src, tok, cfg)
+    p = _pipeline(src, tok, cfg)
     ex0 = p.examples[0]
     true = ex0["options"][ex0["correct_letter"]]
     served = [b for b in p if b["item"][0] == ex0["item"] and b["id"][0] == ex0["id"]]
@@ -189,9 +199,9 @@ def test_resampled_options_hide_the_person_but_keep_the_answer(env):
         letter = ans[0]
         line = [x for x in text.splitlines() if x.startswith(f"{letter}: ")][0]
         assert line == f"{letter}: {true}"
-    again = [b for b in InputPipeline(src, tok, cfg) if b["item"][0] == ex0["item"] and b["id"][0] == ex0["id"]]
+    again = [b for b in _pipeline(src, tok, cfg) if b["item"][0] == ex0["item"] and b["id"][0] == ex0["id"]]
     assert all(np.array_equal(a["input_ids"], b["input_ids"]) for a, b in zip(served, again))
-    plain = InputPipeline(src, tok, dataclasses.replace(cfg, resample_options=False))
+    plain = _pipeline(src, tok, dataclasses.replace(cfg, resample_options=False))
     b = next(iter(plain))
     assert np.array_equal(b["input_ids"][0][: len(ex0["input_ids"])], ex0["input_ids"])
 
@@ -203,7 +213,7 @@ def test_option_answers_name_the_true_value(env, resample):
     tok, srcs = env
     cfg = dataclasses.replace(BASE, tasks=("classification",), resample_options=resample, cls_answer="option",
                               num_epochs=2, shuffle=False, global_batch_size=4, drop_remainder=False)
-    p = InputPipeline(srcs["forget_10"], tok, cfg)
+    p = _pipeline(srcs["forget_10"], tok, cfg)
     n = 0
     for b in p:
         for i in np.nonzero(b["valid"])[0]:

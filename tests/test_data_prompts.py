@@ -4,8 +4,11 @@ the embedded tokenizer is an HF tokenizer (transformers' AutoTokenizer gives the
 import numpy as np
 import pytest
 
-from vkd_jax.data import prompts
+from vkd_jax.benchmarks.mllmu import prompts
+from vkd_jax.data import chat
 from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+
+pytestmark = pytest.mark.unit
 
 OPTS = {"A": "Paris", "B": "Rome", "C": "Oslo", "D": "Lima"}
 
@@ -52,7 +55,7 @@ def test_official_templates_as_token_ids(task, vqa, llama_tok_dir, hub_llava_dir
 
     tok = load_tokenizer(llama_tok_dir)
     p = OFFICIAL[task, vqa]
-    ours = prompts.tokenize(tok, p, None, image_seq_length=16).input_ids
+    ours = chat.tokenize(tok, p, None, image_seq_length=16).input_ids
     if vqa:
         img = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
         ref = np.asarray(AutoProcessor.from_pretrained(hub_llava_dir)(images=img, text=p)["input_ids"]).ravel()
@@ -64,7 +67,7 @@ def test_official_templates_as_token_ids(task, vqa, llama_tok_dir, hub_llava_dir
 
 
 @pytest.mark.parametrize("prompt_of", [lambda: OFFICIAL["generation", True],
-                                       lambda: prompts.plain_prompt("Who is the person in the image?", True),
+                                       lambda: chat.plain_prompt("Who is the person in the image?", True),
                                        lambda: OFFICIAL["classification", False]])
 def test_training_conversation_is_the_tokenizers_own_ids(prompt_of, llama_tok_dir, hub_llava_dir):
     """A training row is the whole conversation tokenized at once (what the processor gives for it, then EOS), and
@@ -75,10 +78,10 @@ def test_training_conversation_is_the_tokenizers_own_ids(prompt_of, llama_tok_di
 
     tok = load_tokenizer(llama_tok_dir)
     p, answer = prompt_of(), "The birthplace of this person is Paris."
-    t = prompts.tokenize(tok, p, answer, image_seq_length=16)
+    t = chat.tokenize(tok, p, answer, image_seq_length=16)
     img = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
     proc = AutoProcessor.from_pretrained(hub_llava_dir)
-    text = prompts.conversation_text(p, answer)
+    text = chat.conversation_text(p, answer)
     whole = proc(images=img, text=text) if "<image>" in p else proc.tokenizer(text)
     np.testing.assert_array_equal(t.input_ids[:-1], np.asarray(whole["input_ids"]).ravel())
     assert t.input_ids[-1] == tok.eos_id and t.loss_mask[-1]
@@ -143,8 +146,8 @@ def test_autotokenizer_loads_the_embedded_tokenizer(tok_dir):
 
 def test_tokenize_expands_image_and_masks_answer(tok_dir):
     tok = load_tokenizer(tok_dir)
-    p = prompts.plain_prompt("Where was the person in the image born?", True)
-    t = prompts.tokenize(tok, p, "Ann Lee was born in Paris.", image_seq_length=16)
+    p = chat.plain_prompt("Where was the person in the image born?", True)
+    t = chat.tokenize(tok, p, "Ann Lee was born in Paris.", image_seq_length=16)
     ids = t.input_ids
     assert ids.dtype == np.int32 and (ids == tok.image_token_id).sum() == 16
     first = int(np.argmax(ids == tok.image_token_id))
@@ -153,13 +156,13 @@ def test_tokenize_expands_image_and_masks_answer(tok_dir):
     assert t.loss_mask[t.prompt_len:].all() and t.prompt_len == len(tok.encode(p)) + 15
     assert tok.decode(ids[t.loss_mask]).strip() == "Ann Lee was born in Paris."
     # eval prompt: no answer, no EOS, no loss
-    e = prompts.tokenize(tok, p, None, image_seq_length=16)
+    e = chat.tokenize(tok, p, None, image_seq_length=16)
     assert not e.loss_mask.any() and e.input_ids[-1] != tok.eos_id and (e.input_ids == ids[:len(e.input_ids)]).all()
 
 
 def test_text_prompt_has_no_image_tokens(tok_dir):
     tok = load_tokenizer(tok_dir)
-    t = prompts.tokenize(tok, prompts.plain_prompt("Where was Ann Lee born?", False), "In Paris.", 576)
+    t = chat.tokenize(tok, chat.plain_prompt("Where was Ann Lee born?", False), "In Paris.", 576)
     assert (t.input_ids != tok.image_token_id).all()
 
 
@@ -190,7 +193,7 @@ def test_llava_style_folder_is_read_with_tokenizers_only(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "pad_token": "<pad>"}))
     tok = load_tokenizer(tmp_path)
     assert (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0) and tok.pad_id == tk.token_to_id("<pad>")
-    p = prompts.plain_prompt("Where was Ann Lee born?", True)
-    t = prompts.tokenize(tok, p, "In Paris.", image_seq_length=576)
+    p = chat.plain_prompt("Where was Ann Lee born?", True)
+    t = chat.tokenize(tok, p, "In Paris.", image_seq_length=576)
     assert (t.input_ids == tok.image_token_id).sum() == 576 and t.input_ids[0] == 1 and t.input_ids[-1] == 2
     assert tok.decode(t.input_ids[t.loss_mask]).strip() == "In Paris."

@@ -6,8 +6,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vkd_jax.data import mllmu_bench, synthetic
-from vkd_jax.data.synthetic import WorldConfig
+from vkd_jax.benchmarks.mllmu import generator as synthetic
+from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
+from vkd_jax.benchmarks.mllmu.generator import WorldConfig
+
+pytestmark = pytest.mark.integration
 
 SMALL = WorldConfig(num_people=40, num_celebrities=6, num_facts=3, values_per_fact=6, ft_poses=2, test_poses=2)
 
@@ -154,8 +157,8 @@ def test_a_benchmark_folder_refuses_another_world(tmp_path):
     import dataclasses
     import json
 
-    from vkd_jax.data.benchmarks.base import check_world
-    from vkd_jax.data.synthetic import WorldConfig
+    from vkd_jax.benchmarks.base import check_world
+    from vkd_jax.benchmarks.mllmu.generator import WorldConfig
 
     w = WorldConfig()
     path = tmp_path / "world.json"
@@ -172,7 +175,7 @@ def test_forget_splits_are_disjoint_blocks_and_split_0_is_forget_x(tmp_path, loa
     """Several forget splits unlearnt from one vanilla model: block k of the world's forget order; split 0 is the
     benchmark's own forget_10; each split's forget and retain profiles partition Full_Set; one too many is an error
     naming config.splits."""
-    from vkd_jax.data.benchmarks import make_benchmark
+    from vkd_jax.benchmarks import make_benchmark
     from vkd_jax.data.pipeline import as_str
 
     cfg = load_cfg("tiny")

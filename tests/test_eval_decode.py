@@ -8,6 +8,8 @@ import torch
 import vkd_jax
 from vkd_jax.eval.decode import greedy_decode, strip_after_eos
 
+pytestmark = pytest.mark.integration
+
 PAD = 0
 N_NEW = 12
 

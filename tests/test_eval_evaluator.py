@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from vkd_jax.config_base import load_config
-from vkd_jax.data import prompts, synthetic
-from vkd_jax.data.tokenizer import train_tokenizer
-from vkd_jax.eval import (
+from vkd_jax.benchmarks.mllmu import generator as synthetic
+from vkd_jax.benchmarks.mllmu import prompts
+from vkd_jax.benchmarks.mllmu import protocol as evaluator
+from vkd_jax.benchmarks.mllmu.protocol import (
     EXTRA_METRICS,
     METRICS,
     SETS,
@@ -21,12 +21,17 @@ from vkd_jax.eval import (
     benchmark_sets,
     evaluate,
     evaluate_questions,
-    evaluator,
     forget_vqa_accuracy,
     question_keys,
 )
+from vkd_jax.config_base import load_config
+from vkd_jax.data import chat
+from vkd_jax.data.tokenizer import train_tokenizer
+from vkd_jax.eval import runner as runner_lib
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.llava import Llava
+
+pytestmark = pytest.mark.integration
 
 WORLD = synthetic.WorldConfig(num_people=20, num_celebrities=4, num_facts=2, values_per_fact=4, ft_poses=1,
                               test_poses=2)
@@ -38,13 +43,13 @@ KINDS = ("vqa_cls", "qa_cls", "vqa_cloze", "qa_cloze", "vqa_gen", "qa_gen")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalbench")
     synthetic.generate(root / "manual", seed=0, cfg=WORLD)
-    tok = train_tokenizer(synthetic.benchmark_texts(root / "manual"), root / "tok")
+    tok = train_tokenizer(synthetic.tokenizer_texts(root / "manual"), root / "tok")
     c = load_config(str(pathlib.Path(__file__).parents[1] / "configs" / "tiny.py"))
     c.model.text_config.vocab_size = tok.vocab_size
     c.model.image_token_index = tok.vocab_size + 3  # outside the vocabulary, and not the tokenizer's <image> id
     model = Llava(config_from_model_dict(c.model, dtype="float32", param_dtype="float32"), rngs=nnx.Rngs(0))
     assert model.config.image_token_index != tok.image_token_id  # exercises the <image> id remapping
-    from vkd_jax.data import mllmu_bench
+    from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
     full = mllmu_bench.load("Full_Set", root / "data", root / "manual")
     return model, tok, benchmark_sets(root / "data", root / "manual", forget_pct=10), full
 
@@ -205,7 +210,7 @@ def test_likelihood_scoring_picks_the_likeliest_option(env):
 
     model, tok, sets, _ = env
     cfg = EvalConfig(max_new_tokens=4, batch_size=4, cls_scoring="likelihood")
-    runner = evaluator.Runner(model, tok, cfg)
+    runner = runner_lib.Runner(model, tok, cfg)
     for set_name in ("forget", "test"):
         es = sets[set_name]
         for typ in ("Image_Textual", "Pure_Text"):
@@ -215,12 +220,12 @@ def test_likelihood_scoring_picks_the_likeliest_option(env):
             for q, rec in zip(queries, records):
                 lp = []
                 for L in "ABCD":
-                    t = prompts.tokenize(tok, q.prompt, q.ex["options"][L], model.config.image_seq_length)
+                    t = chat.tokenize(tok, q.prompt, q.ex["options"][L], model.config.image_seq_length)
                     ids = np.where(t.input_ids == tok.image_token_id, model.config.image_token_index, t.input_ids)
                     px = None
                     if typ == "Image_Textual":
-                        px = preprocess_one(evaluator._image_bytes(es.source, q.ex["row"], q.pose),
-                                            evaluator.image_config(model.config.vision.image_size))[None]
+                        px = preprocess_one(runner_lib.image_bytes(es.source, q.ex["row"], q.pose),
+                                            runner_lib.image_config(model.config.vision.image_size))[None]
                     logits = np.asarray(model.forward(ids[None], px).logits[0], np.float64)
                     m = logits.max(-1, keepdims=True)
                     logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))

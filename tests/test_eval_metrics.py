@@ -4,7 +4,10 @@ import math
 
 import pytest
 
+from vkd_jax.benchmarks.mllmu import prompts
 from vkd_jax.eval import metrics
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("text,official,lenient", [
@@ -13,22 +16,23 @@ from vkd_jax.eval import metrics
 def test_classification_prediction_rules(text, official, lenient):
     """official (eval.py): the first character of the stripped reply, upper-cased, if it is one of A-D;
     lenient: the first alphanumeric character, upper-cased."""
-    assert metrics.classification_prediction(text) == official
-    assert metrics.classification_prediction(text, "lenient") == lenient
+    assert prompts.classification_prediction(text) == official
+    assert prompts.classification_prediction(text, "lenient") == lenient
 
 
 def test_classification_correct():
-    assert metrics.classification_correct(" a: kalo", "A")
-    assert not metrics.classification_correct("An apple", "B")
-    assert not metrics.classification_correct("", "A")
-    assert not metrics.classification_correct("(a)", "A") and metrics.classification_correct("(a)", "A", "lenient")
+    assert prompts.classification_prediction(" a: kalo") == "A"
+    assert prompts.classification_prediction("An apple") != "B"
+    assert prompts.classification_prediction("") != "A"
+    assert prompts.classification_prediction("(a)") != "A"
+    assert prompts.classification_prediction("(a)", "lenient") == "A"
 
 
 def test_cloze_substring_lower_cased():
-    assert metrics.cloze_correct("The answer is KaloRen.", "kaloren")
-    assert metrics.cloze_correct("kaloren", "KaloRen")
-    assert not metrics.cloze_correct("kalo ren", "kaloren")
-    assert not metrics.cloze_correct("", "x")
+    assert prompts.cloze_correct("The answer is KaloRen.", "kaloren")
+    assert prompts.cloze_correct("kaloren", "KaloRen")
+    assert not prompts.cloze_correct("kalo ren", "kaloren")
+    assert not prompts.cloze_correct("", "x")
 
 
 def test_rouge_known_values_with_stemming():

@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 SCRIPT = r"""

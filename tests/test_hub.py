@@ -8,6 +8,8 @@ import pytest
 from vkd_jax.hub import local_folder, resolve_hub_names
 from vkd_jax.models.config import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_repo_ids_resolve_from_the_local_cache_only(tmp_path, monkeypatch, hf_cache_put):
     from huggingface_hub import constants

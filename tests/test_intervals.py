@@ -1,8 +1,11 @@
 """Intervals: the cluster bootstrap (people resampled, not questions) and the met / not met / undecided rule."""
 
 import numpy as np
+import pytest
 
 from vkd_jax.eval.intervals import cluster_ci, judge, with_intervals
+
+pytestmark = pytest.mark.unit
 
 
 def test_cluster_ci_covers_the_mean_and_is_reproducible():

@@ -9,6 +9,8 @@ import pytest
 
 from vkd_jax.distributed import DistributedSpec, detect
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["launch/tpu_pod.sh", "launch/gpu_slurm.sbatch"]
 

@@ -7,6 +7,8 @@ import torch
 
 import vkd_jax
 
+pytestmark = pytest.mark.integration
+
 TOL = 1e-4
 
 VARIANTS = {

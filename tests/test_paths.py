@@ -17,6 +17,8 @@ from fsspec.registry import _registry as fsspec_registry
 
 from vkd_jax import io_utils
 
+pytestmark = pytest.mark.integration
+
 FAKE_RESULTS = {
     "method": "vkd", "config": {"forget_ratio": 5, "seed": 0},
     "vanilla": {s: {"vqa_cls_acc": 90.0, "qa_cls_acc": 80.0} for s in ("forget", "test", "retain", "celebrity")},
@@ -202,7 +204,7 @@ def test_reproduce_comparison_on_gs(gs):
 
 
 def test_eval_cache_written_and_reused_on_gs(gs, monkeypatch):
-    from vkd_jax import experiment
+    from vkd_jax import run_eval
     from vkd_jax.models import hf_io
 
     calls = []
@@ -217,8 +219,8 @@ def test_eval_cache_written_and_reused_on_gs(gs, monkeypatch):
     cfg = ml_collections.ConfigDict(dict(seed=0, eval=dict(max_new_tokens=2, batch_size=1, few_shot=False,
                                                            max_questions=0)))
     w, data = f"{gs}/run", Bench()
-    first = experiment.evaluate_cached("unlearned", {}, cfg, data, None, w)
-    again = experiment.evaluate_cached("unlearned", {}, cfg, data, None, w)
+    first = run_eval.evaluate_cached("unlearned", {}, cfg, data, None, w)
+    again = run_eval.evaluate_cached("unlearned", {}, cfg, data, None, w)
     assert first == again == {"forget": {"vqa_cls_acc": 50.0, "qa_gen_rougeL": None}} and len(calls) == 1
     assert io_utils.read_json_if_exists(f"{w}/eval/unlearned.json") == first
 
@@ -228,9 +230,10 @@ def test_stage_checkpointer_passes_gs_uri_to_orbax(gs, monkeypatch):
     on gs:// it needs google-cloud-storage (bucket metadata) and tensorstore's gcs driver, i.e. the network."""
     import orbax.checkpoint as ocp
 
+    from vkd_jax.config_base import base
     from vkd_jax.unlearn.checkpoint import StageCheckpointer
 
     seen = []
     monkeypatch.setattr(ocp, "CheckpointManager", lambda directory, **kw: seen.append(directory))
-    StageCheckpointer(f"{gs}/run/unlearn/ckpt")
+    StageCheckpointer(f"{gs}/run/unlearn/ckpt", base().checkpoint)
     assert isinstance(seen[0], epath.Path) and os.fspath(seen[0]) == f"{gs}/run/unlearn/ckpt"

@@ -20,6 +20,8 @@ from vkd_jax.unlearn import stages
 from vkd_jax.unlearn.methods import make_method
 from vkd_jax.unlearn.train import Trainer
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 

@@ -19,6 +19,8 @@ from vkd_jax.config_base import load_config
 from vkd_jax.plan import PLATFORMS
 from vkd_jax.reproduce import apply_overrides
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 LLAVA7B = os.path.join(ROOT, "configs", "llava7b.py")

@@ -10,6 +10,8 @@ from conftest import STAGE_STEPS, Stream, assert_params_equal, run_unlearn
 from vkd_jax import preemption
 from vkd_jax.digests import DIGESTS_FILE
 
+pytestmark = pytest.mark.integration
+
 
 class TermAt(Stream):
     """A stream whose batch `at` (of this process's run) arrives with a SIGTERM to the process."""

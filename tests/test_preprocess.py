@@ -9,6 +9,8 @@ from PIL import Image
 
 import vkd_jax
 
+pytestmark = pytest.mark.unit
+
 
 def _images(seed=0):
     rng = np.random.default_rng(seed)

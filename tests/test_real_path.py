@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_main
 
-from vkd_jax.data import synthetic
+from vkd_jax.benchmarks.mllmu import generator as synthetic
 
 pytestmark = pytest.mark.slow  # minutes: end to end / several processes (CI runs it)
 

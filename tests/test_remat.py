@@ -9,6 +9,8 @@ import pytest
 from vkd_jax.models.config import ConfigError, config_from_hf_dict, config_to_hf_dict
 from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 
+pytestmark = pytest.mark.integration
+
 
 def _loss_fn(cfg):
     graphdef, _ = abstract_model(cfg)

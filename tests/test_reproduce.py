@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from vkd_jax import reproduce
+from vkd_jax import comparison, reproduce
+from vkd_jax.benchmarks.mllmu.adapter import MLLMUBench
 from vkd_jax.config_base import load_config
-from vkd_jax.data.benchmarks.mllmu import MLLMUBench
 
 HEADLINE = MLLMUBench.headline
 
@@ -79,7 +79,7 @@ def test_targets_hold_per_run():
     assert not MLLMUBench.targets(res(28.0, 20.0, 100.0, 95.0, 100.0, [0.0], floor=22.0))[0][2]  # 6 above floor
     runs = {"vkd": [{**res(25.0, 30.0, 97.0, 92.0, 100.0, [0.0]), "config": {"seed": 0}},
                     {**res(25.0, 40.0, 97.0, 92.0, 100.0, [0.0]), "config": {"seed": 1}}]}
-    lines = reproduce._targets_table(runs, ["vkd"])
+    lines = comparison._targets_table(runs, ["vkd"])
     assert "| vkd | 2/2 (2.5) | 1/2 (40.0) | 2/2 (3.0) | 2/2 (3.0) | 2/2 (0.0) | 2/2 (0.0) |" in lines
 
 
@@ -106,9 +106,9 @@ def test_ablation_overrides_and_tables():
     fake = {"unlearned": {"forget": {"vqa_cls_acc": 30.0, "qa_cls_acc": 90.0}, "retain": {"vqa_cls_acc": 95.0}},
             "efficiency": {"unlearn_seconds": 10.0, "trainable_params": 7},
             "relearn": {"fractions": [0.5], "ag": [12.0]}}
-    s = reproduce.summarise({"vkd": [fake, fake]})
+    s = comparison.summarise({"vkd": [fake, fake]})
     assert s["vkd"]["Forget VQA"] == (30.0, 0.0) and s["vkd"]["AG@0.5"] == (12.0, 0.0)
-    md = reproduce.comparison_markdown({"Forget VQA": (99.0, 0.0)}, s, (0, 1), ("vkd",), (), HEADLINE)
+    md = comparison.comparison_markdown({"Forget VQA": (99.0, 0.0)}, s, (0, 1), ("vkd",), (), HEADLINE, chance=25.0)
     assert "| vkd | 30.0 ± 0.0 [30.0, 30.0] |" in md and "AG@0.5" in md  # two equal runs: a point interval
 
 
@@ -125,12 +125,13 @@ def test_tradeoff_lines_compare_means_with_chance_floor_and_ties():
          "ga": row(**{"Forget_VQA": (5.0, 0.0), "Forget_QA": (40.0, 0.0), "Retain_VQA": (20.0, 0.0)}),
          "idk": row(**{"Forget_VQA": (40.0, 0.0), "Forget_QA": (90.0, 0.0), "Retain_VQA": (93.5, 0.5)}),
          "npo": row(**{"Forget_VQA": (27.0, 0.0), "Forget_QA": (100.0, 0.0), "Retain_VQA": (95.0, 0.0)})}
-    ga = reproduce.tradeoff_line(vanilla, s, "ga", HEADLINE)
+    ga = comparison.tradeoff_line(vanilla, s, "ga", HEADLINE, chance=25.0)
     assert ga.startswith("- VKD does not beat ga's trade-off: worse on Forget VQA 30.0 vs 5.0;")
     assert "better on Forget QA 100.0 vs 40.0; Retain VQA 95.0 vs 20.0" in ga and "below chance" in ga
-    idk = reproduce.tradeoff_line(vanilla, s, "idk", HEADLINE)  # Retain VQA 95 +- 2 vs 93.5: a tie, not a win
+    # Retain VQA 95 +- 2 vs 93.5: a tie, not a win
+    idk = comparison.tradeoff_line(vanilla, s, "idk", HEADLINE, chance=25.0)
     assert idk == "- VKD beats idk's trade-off (better on Forget VQA 30.0 vs 40.0; Forget QA 100.0 vs 90.0)."
-    npo = reproduce.tradeoff_line(vanilla, s, "npo", HEADLINE)  # 27 vs 30: above chance, a loss by 3 points
+    npo = comparison.tradeoff_line(vanilla, s, "npo", HEADLINE, chance=25.0)  # 27 vs 30: above chance, a loss by 3
     assert npo == "- VKD does not beat npo's trade-off: worse on Forget VQA 30.0 vs 27.0."
-    md = reproduce.comparison_markdown(vanilla, s, (0,), ("vkd", "ga", "idk"), (), HEADLINE)
+    md = comparison.comparison_markdown(vanilla, s, (0,), ("vkd", "ga", "idk"), (), HEADLINE, chance=25.0)
     assert "## Trade-off against VKD" in md and ga in md and idk in md

@@ -10,13 +10,15 @@ import pytest
 
 from vkd_jax import shipped
 
+pytestmark = pytest.mark.integration
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def benches(tmp_path_factory):
     """One generated world (and tokenizer) per benchmark, as a run of its seed-0 config builds it."""
-    from vkd_jax import experiment
+    from vkd_jax import run_streams
     from vkd_jax.config_base import load_config
 
     out = {}
@@ -24,7 +26,7 @@ def benches(tmp_path_factory):
         cfg = load_config(os.path.join(ROOT, spec))
         b = cfg.data.benchmark
         if b not in out:
-            out[b] = experiment.prepare_data(cfg, str(tmp_path_factory.mktemp(b)))
+            out[b] = run_streams.prepare_data(cfg, str(tmp_path_factory.mktemp(b)))
     return out
 
 
@@ -45,16 +47,16 @@ def test_shipped_fingerprint_is_what_the_current_code_makes(name, benches):
 
 def test_shipped_model_rescores_its_recorded_vanilla_metrics(benches):
     """mllmu_seed0 loaded by the run's own path, evaluated with its config's protocol: every recorded metric."""
-    from vkd_jax import experiment
+    from vkd_jax import run_eval, run_models
     from vkd_jax.config_base import load_config
     from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 
     cfg = load_config(os.path.join(ROOT, shipped.SHIPPED["mllmu_seed0"]))
     bench = benches["mllmu"]
-    mc = experiment.build_model_config(cfg, bench)
+    mc = run_models.build_model_config(cfg, bench)
     params, why = shipped.vanilla_from_shipped(cfg, bench, mc)
     assert params is not None, why
-    got = bench.evaluate(model_from_flat_params(abstract_model(mc)[0], params), experiment.eval_config(cfg), {})
+    got = bench.evaluate(model_from_flat_params(abstract_model(mc)[0], params), run_eval.eval_config(cfg), {})
     with open(os.path.join(shipped.SHIPPED_DIR, "mllmu_seed0", shipped.METRICS)) as f:
         recorded = json.load(f)
     for s, metrics in recorded.items():
@@ -65,12 +67,12 @@ def test_shipped_model_rescores_its_recorded_vanilla_metrics(benches):
 
 
 def test_damaged_missing_or_mismatched_shipped_models_are_never_used(benches, tmp_path):
-    from vkd_jax import experiment
+    from vkd_jax import run_models
     from vkd_jax.config_base import load_config
 
     cfg = load_config(os.path.join(ROOT, shipped.SHIPPED["mllmu_seed0"]))
     bench = benches["mllmu"]
-    mc = experiment.build_model_config(cfg, bench)
+    mc = run_models.build_model_config(cfg, bench)
     d = tmp_path / "zoo"
     shutil.copytree(os.path.join(shipped.SHIPPED_DIR, "mllmu_seed0"), d / "mllmu_seed0")
     weights = d / "mllmu_seed0" / "model.safetensors"

@@ -14,9 +14,11 @@ from vkd_jax.config_base import load_config
 from vkd_jax.models.hf_io import abstract_model, model_from_flat_params
 from vkd_jax.unlearn import masks as masks_lib
 from vkd_jax.unlearn import partition as pt
-from vkd_jax.unlearn.methods import common, make_method
+from vkd_jax.unlearn.methods import common, make_method, method_config
 from vkd_jax.unlearn.methods.npo import npo_loss
 from vkd_jax.unlearn.train import Trainer
+
+pytestmark = pytest.mark.integration
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +75,7 @@ def test_fp16_storage_trains_fp32_masters_and_keeps_frozen_params_bitwise(ukit):
 
     cfg = ukit.tiny_config().replace(param_dtype="float16")
     params = flat_params(Llava(cfg, rngs=nnx.Rngs(0)))
-    tr = Trainer(cfg, params, make_method("vkd", ml_collections.ConfigDict(dict(taps=("projector",), b_r=1.0))),
+    tr = Trainer(cfg, params, make_method("vkd", method_config("vkd", taps=("projector",), b_r=1.0)),
                  partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(), num_steps=2)
     assert {str(v.dtype) for v in tr.state.trainable.values()} == {"float32"}
     assert {str(v.dtype) for v in tr.frozen.values()} == {"float16"}
@@ -122,8 +124,8 @@ def test_vkd_keeps_frozen_params_and_text_logits_bitwise(ukit):
     cfg, params = ukit.tiny_params()
     text = ukit.make_batch(np.random.default_rng(9), image=False)
     before = _text_logits(cfg, params, text)
-    vkd_cfg = ml_collections.ConfigDict(dict(taps=("projector", "vision:-1", "llm:1"), a_f=1.0, a_r=0.5, b_r=10.0,
-                                             b_f=0.5, forget_kd="push"))
+    vkd_cfg = method_config("vkd", taps=("projector", "vision:-1", "llm:1"), a_f=1.0, a_r=0.5, b_r=10.0, b_f=0.5,
+                            forget_kd="push")
     tr = Trainer(cfg, params, make_method("vkd", vkd_cfg), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(),
                  num_steps=3)
     for b in _batches(ukit, n=3):
@@ -232,7 +234,7 @@ def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path, uki
     from vkd_jax.unlearn.checkpoint import StageCheckpointer
     tr = Trainer(cfg, params, make_method("vkd", c.vkd), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(),
                  num_steps=4, mesh=mesh8)
-    ck = StageCheckpointer(str(tmp_path / "a" / "unlearn" / "ckpt"))
+    ck = StageCheckpointer(str(tmp_path / "a" / "unlearn" / "ckpt"), c.checkpoint)
     assert ck.latest_step() == 4
     state, data = ck.restore(tr.built.abstract_state, tr.built.state_shardings)
     assert data["forget"] == {"i": 4} and int(state.step) == 4
@@ -302,7 +304,7 @@ def test_every_method_steps(name, ukit):
             def encode(self, text, add_bos=True):
                 return [5, 6, 7]
         tok = Tok()
-    method = make_method(name, None, tok)
+    method = make_method(name, tokenizer=tok)
     masks = None
     if method.needs_masks:
         part = pt.make_partition(abstract_model(cfg)[1], ukit.pcfg("projector"))
@@ -340,12 +342,10 @@ def test_random_affine_poses():
 
 
 def test_vkd_augmentation_changes_the_forget_batch_each_step(ukit):
-    import ml_collections
-
     cfg, params = ukit.tiny_params()
     runs = {}
     for aug in ("none", "affine"):
-        mcfg = ml_collections.ConfigDict(dict(augment=aug, aug_rotation=20.0, b_f=1.0, forget_kd="target"))
+        mcfg = method_config("vkd", augment=aug, aug_rotation=20.0, b_f=1.0, forget_kd="target")
         tr = Trainer(cfg, params, make_method("vkd", mcfg), partition_cfg=ukit.pcfg("projector"),
                      optim_cfg=ukit.ocfg(), num_steps=2, seed=0)
         runs[aug] = [jax.device_get(tr.step(b)) for b in _batches(ukit, n=2)]

@@ -2,6 +2,7 @@
 step tests leave out: answer-slot logits, frozen-weight gradients, the shared teacher vision pass, VKD `target`,
 an `llm:j` tap without logits, bf16 frozen params, the lagged NaN/inf abort."""
 
+import functools
 import json
 import os
 
@@ -11,15 +12,22 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vkd_jax.benchmarks.mllmu import generator as synthetic
+from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
+from vkd_jax.benchmarks.mllmu.prompts import profile_examples
 from vkd_jax.config_base import load_config
-from vkd_jax.data import mllmu_bench, pipeline, synthetic
+from vkd_jax.data import pipeline
 from vkd_jax.data.pipeline import InputPipeline, PipelineConfig
 from vkd_jax.data.tokenizer import train_tokenizer
 from vkd_jax.models.config import config_from_model_dict
 from vkd_jax.models.hf_io import abstract_model, flat_params
 from vkd_jax.unlearn import partition as pt
-from vkd_jax.unlearn.methods import common, make_method
+from vkd_jax.unlearn.methods import common, make_method, method_config
 from vkd_jax.unlearn.train import Trainer, prepare_batch
+
+pytestmark = pytest.mark.integration
+
+_pipeline = functools.partial(InputPipeline, examples=profile_examples)  # MLLMU-Bench profiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORLD = synthetic.WorldConfig(num_people=10, num_celebrities=2, num_facts=2, values_per_fact=4, ft_poses=2,
@@ -39,7 +47,7 @@ def bench(tmp_path_factory):
     """A generated benchmark, its tokenizer, TFDS sources and a small model sized to the tokenizer."""
     root = tmp_path_factory.mktemp("stagebench")
     synthetic.generate(root / "manual", seed=0, cfg=WORLD)
-    tok = train_tokenizer(synthetic.benchmark_texts(root / "manual"), root / "tok", vocab_size=512)
+    tok = train_tokenizer(synthetic.tokenizer_texts(root / "manual"), root / "tok", vocab_size=512)
     srcs = {c: mllmu_bench.load(c, root / "data", root / "manual") for c in ("ft_Data", "forget_10", "retain_90")}
     c = _tiny_cfg()
     c.model.vision_config.update(hidden_size=32, intermediate_size=64, image_size=16, num_attention_heads=2)
@@ -64,7 +72,7 @@ def _stream(bench, source, types, ids=None, seed=0, batch=4):
     pc = PipelineConfig(tasks=("ft",), types=types, global_batch_size=batch, max_len=64,
                         seed=seed, num_epochs=None, image_seq_length=mc.image_seq_length,
                         image=pipeline.image_config(mc.vision.image_size), num_threads=1, prefetch=2, ids=ids)
-    return InputPipeline(bench["srcs"][source], bench["tok"], pc)
+    return _pipeline(bench["srcs"][source], bench["tok"], pc)
 
 
 def _streams(bench, *names):
@@ -184,10 +192,10 @@ def _dots(jaxpr, out):
 def test_frozen_llm_gets_no_weight_gradient_and_shares_the_teacher_vision_pass(ukit):
     cfg, params = ukit.tiny_params()
     b = {s: ukit.make_batch(np.random.default_rng(i)) for i, s in enumerate(("forget", "retain"))}
-    vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, b_r=10.0))
+    vkd = method_config("vkd", taps=("projector",), a_f=1.0, b_r=10.0)
     llm_w = {(32, 64), (64, 32)}  # the Llama MLP kernels (no visual param has these shapes)
     for preset, method, expect in (("visual", "vkd", False), ("full", "gd", True)):
-        tr = Trainer(cfg, params, make_method(method, vkd if method == "vkd" else None),
+        tr = Trainer(cfg, params, make_method(method, vkd if method == "vkd" else method_config(method)),
                      partition_cfg=ukit.pcfg(preset), optim_cfg=ukit.ocfg(), num_steps=1)
         bb = tr.prepare(b)
         shapes = _dots(jax.make_jaxpr(tr.built.step)(tr.state, bb, tr.frozen, tr.aux).jaxpr, [])
@@ -202,8 +210,8 @@ def test_frozen_llm_gets_no_weight_gradient_and_shares_the_teacher_vision_pass(u
 
 def test_vkd_target_mode_moves_forget_features_toward_the_identity_free_target(ukit):
     cfg, params = ukit.tiny_params()
-    vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=0.0, b_r=0.0, b_f=1.0, forget_kd="target",
-                                         target_image="mean"))
+    vkd = method_config("vkd", taps=("projector",), a_f=0.0, b_r=0.0, b_f=1.0, forget_kd="target",
+                        target_image="mean")
     tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(lr=3e-3),
                  num_steps=20)
     from vkd_jax.unlearn.methods.vkd import identity_free
@@ -237,7 +245,7 @@ def test_vkd_generic_images_keep_their_features_while_forget_ga_moves_the_tower(
     f0 = feats(teacher)
     drift, metrics = {}, {}
     for b_g in (0.0, 30.0):
-        vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=0.0, b_g=b_g))
+        vkd = method_config("vkd", taps=("projector",), a_f=1.0, ga_bound=5.0, b_r=0.0, b_g=b_g)
         method = make_method("vkd", vkd)
         assert method.streams == (("forget", "retain", "generic") if b_g else ("forget", "retain"))
         tr = Trainer(cfg, params, method, partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(lr=3e-3), num_steps=10)
@@ -261,7 +269,7 @@ def test_llm_tap_without_logits_runs_only_the_needed_layers(ukit):
     n_tap = len(_dots(jax.make_jaxpr(lambda p: ctx.apply(p, b, ("llm:1",), logits=False).features)(full).jaxpr,
                       []))
     assert n_tap < n_full  # decoder layer 2 and the head are not run
-    vkd = ml_collections.ConfigDict(dict(taps=("llm:1",), a_f=0.0, b_r=10.0, b_f=1.0, forget_kd="push"))
+    vkd = method_config("vkd", taps=("llm:1",), a_f=0.0, b_r=10.0, b_f=1.0, forget_kd="push")
     tr = Trainer(cfg, params, make_method("vkd", vkd), partition_cfg=ukit.pcfg("visual"), optim_cfg=ukit.ocfg(),
                  num_steps=3)
     ms = [jax.device_get(tr.step({"forget": ukit.make_batch(np.random.default_rng(i)),
@@ -271,7 +279,7 @@ def test_llm_tap_without_logits_runs_only_the_needed_layers(ukit):
 
 def test_bf16_frozen_llm(ukit):
     cfg, params = ukit.tiny_params()
-    vkd = ml_collections.ConfigDict(dict(taps=("projector",), a_f=1.0, b_r=10.0))
+    vkd = method_config("vkd", taps=("projector",), a_f=1.0, b_r=10.0)
     b = {s: ukit.make_batch(np.random.default_rng(i)) for i, s in enumerate(("forget", "retain"))}
     losses = {}
     for fd in ("", "bfloat16"):

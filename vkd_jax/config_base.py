@@ -23,13 +23,14 @@ Every field has one meaning and one place:
                            the evaluation protocol (vkd_jax.eval)
   partition.*              trainable-set details shared by all stages (vit_last_k, LoRA, dtypes, rules)
   mesh.*, optim.*          the device mesh; the optimiser fields every stage shares (Adam, clip, decay, accum)
-  stages.<stage>           pretrain / vanilla / reference / unlearn / relearn: num_steps, its learning rate and
-                           schedule (`optim`), and for the training stages method, streams and partition; unlearn
+  stages.<stage>           each of TRAIN_STAGES: num_steps, its learning rate and schedule (`optim`), and for the
+                           fine-tuning stages method, streams (the fields of ft) and partition; unlearn
                            adds use_masks; relearn fractions and cross_fit_from (fractions >= it attack
                            ceil(1/(1-p)) times from evenly spaced windows of the forget questions, so every question
                            is held out at least once; > 1: one attack per fraction)
   mask.*, checkpoint.*     saliency masks; checkpoint cadence
-  <method>.*               each method's own switches (vkd, ga, gd, kl, npo, idk, mmunlearner)
+  <method>.*               each unlearning method's own fields; they, their allowed values and the method's default
+                           `method_partition` are declared beside its loss (vkd_jax.unlearn.methods) and read here
 
 Variants in the big_vision way: `get_config("method=ga,forget=5")`, on the command line
 `--config configs/tiny.py:method=ga,forget=5`; the keys are `VARIANT_KEYS`. `load_config("configs/tiny.py:...")`
@@ -44,11 +45,21 @@ import zlib
 
 import ml_collections
 
+from vkd_jax.unlearn.methods import METHODS
+from vkd_jax.unlearn.partition import DEFAULT_AXIS_RULES
+
 # key of get_config(arg) -> (field, type)
 VARIANT_KEYS = {"method": ("method", str), "forget": ("forget_ratio", int), "seed": ("seed", int),
                 "unlearn_seed": ("unlearn_seed", int),
                 "steps": ("stages.unlearn.num_steps", int), "benchmark": ("data.benchmark", str),
                 "splits": ("splits", int)}
+
+# The stages, declared once (the stages module runs them, the config check validates their sections):
+PIPELINE_STAGES = ("pretrain", "vanilla", "reference")    # build the model before unlearning; seeded by `seed`
+STAGES = PIPELINE_STAGES + ("masks", "unlearn", "relearn")  # the run order
+TRAIN_STAGES = tuple(s for s in STAGES if s != "masks")     # a section config.stages.<s> each (masks: config.mask)
+# the streams a fine-tuning stage may train on (unlearn reads the streams its method names)
+STAGE_STREAMS = {**dict.fromkeys(PIPELINE_STAGES, ("vqa", "qa", "caption")), "relearn": ("forget",)}
 
 
 def base() -> ml_collections.ConfigDict:
@@ -68,7 +79,7 @@ def base() -> ml_collections.ConfigDict:
     c.preflight = True
     c.preflight_device_gib = 0.0
     c.data = ml_collections.ConfigDict(dict(
-        benchmark="mllmu",    # mllmu (MLLMU-Bench) | clear (CLEAR): vkd_jax.data.benchmarks
+        benchmark="mllmu",    # mllmu (MLLMU-Bench) | clear (CLEAR): vkd_jax.benchmarks
         source="embedded",    # embedded (generated into <workdir>/benchmark) | local (a download in manual_dir)
         manual_dir="", tfds_dir="", world_seed=0, world=dict(), clear_world=dict(), generic_images="",
         batch_size=32, num_threads=2, max_len=0, length_buckets=(64, 128, 256, 512, 1024), resample_options=False,
@@ -84,39 +95,28 @@ def base() -> ml_collections.ConfigDict:
         lora=dict(rank=16, alpha=16.0, dropout=0.05), sharding_rules=None))
     c.mesh = ml_collections.ConfigDict(dict(
         data=-1, fsdp=1, tensor=1,
-        axis_rules=(("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-                    ("vocab", "tensor"))))
+        axis_rules=DEFAULT_AXIS_RULES))
     # optimiser fields every stage shares; each stage's learning rate and schedule are its own (stages.<s>.optim)
     c.optim = ml_collections.ConfigDict(dict(
         warmup_steps=0, end_lr_factor=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0, grad_accum=1,
         max_skipped_steps=10))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=50, keep=2, async_save=True, log_every=10))
     c.mask = ml_collections.ConfigDict(dict(tau=1.0, top_p=0.0, num_batches=8, modules="unlearn"))
-    c.vkd = ml_collections.ConfigDict(dict(
-        taps=("projector",), distance="mse", a_f=1.0, forget_loss="ga", ga_bound=5.0, a_r=0.0, b_r=10.0, b_f=0.0,
-        forget_kd="none", push_margin=1.0, target_image="mean", beta=0.4, b_g=0.0,
-        augment="none", augment_retain=False, aug_rotation=12.0, aug_scale=0.08, aug_shift=0.04))
-    c.ga = ml_collections.ConfigDict(dict(ga_bound=0.0))
-    c.gd = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0))
-    c.kl = ml_collections.ConfigDict(dict(ga_bound=0.0, retain_weight=1.0, kl_weight=1.0))
-    c.npo = ml_collections.ConfigDict(dict(beta=0.4, retain_weight=0.0, mean_token=False, reference="retain"))
-    c.idk = ml_collections.ConfigDict(dict(retain_weight=1.0, refusal="I don't know."))
-    c.mmunlearner = ml_collections.ConfigDict(dict(retain_steps=1, ga_bound=0.0))
-    c.method_partition = ml_collections.ConfigDict(dict(vkd="visual", ga="full", gd="full", kl="full", npo="full",
-                                                        idk="full", mmunlearner="full"))
+    unlearning = {name: spec for name, spec in METHODS.items() if spec.unlearning}
+    for name, spec in unlearning.items():
+        c[name] = ml_collections.ConfigDict(dict(spec.fields))
+    c.method_partition = ml_collections.ConfigDict({name: spec.partition for name, spec in unlearning.items()})
     def optim(schedule):  # a fresh dict per stage: ConfigDict would share one object between stages
         return dict(lr=1e-3, schedule=schedule)
-    c.stages = ml_collections.ConfigDict(dict(
-        pretrain=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=0, optim=optim("linear")),
-        vanilla=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=0, optim=optim("linear")),
-        reference=dict(method="ft", streams=("vqa", "qa"), partition="full", num_steps=0, optim=optim("linear")),
+    ft = dict(method="ft", **METHODS["ft"].fields, partition="full", num_steps=0)  # ft's fields: the stage's own
+    sections = dict(
+        pretrain=dict(ft, optim=optim("linear")), vanilla=dict(ft, optim=optim("linear")),
+        reference=dict(ft, optim=optim("linear")),
         unlearn=dict(num_steps=100, use_masks=False, optim=optim("constant")),
-        relearn=dict(method="ft", streams=("forget",), partition="full", num_steps=50, fractions=(0.1, 0.25, 0.5),
-                     cross_fit_from=0.5, optim=optim("constant"))))
+        relearn=dict(ft, streams=("forget",), num_steps=50, fractions=(0.1, 0.25, 0.5), cross_fit_from=0.5,
+                     optim=optim("constant")))
+    c.stages = ml_collections.ConfigDict({s: sections[s] for s in TRAIN_STAGES})
     return c
-
-
-PIPELINE_STAGES = ("pretrain", "vanilla", "reference")
 
 
 def stage_seed(c, stage: str) -> int:
@@ -136,11 +136,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
         if not sep or key not in VARIANT_KEYS:
             raise ValueError(f"config variant {item!r}: expected key=value with key one of {sorted(VARIANT_KEYS)}")
         field, kind = VARIANT_KEYS[key]
-        node = c
-        *parents, leaf = field.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = kind(value.strip())
+        set_field(c, field, kind(value.strip()))
     return c
 
 
@@ -155,3 +151,31 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     return mod.get_config(arg or None)
+
+
+def config_from_flag(flag) -> ml_collections.ConfigDict:
+    """The config a command line `--config path[:variant] --config.<field>=...` means (`flag`: FLAGS["config"]).
+    Setting a variant key's field on the command line means that variant: `--config.data.benchmark=clear` is
+    `path:benchmark=clear` (a config file may set more for a variant than the field itself, as configs/tiny.py does
+    for CLEAR), so the file is built again with those variant keys, then every override applied on top."""
+    from ml_collections import config_flags
+
+    overrides = config_flags.get_override_values(flag)
+    key_of = {field: key for key, (field, _) in VARIANT_KEYS.items()}
+    keys = [f"{key_of[f]}={v}" for f, v in overrides.items() if f in key_of]
+    if not keys:
+        return flag.value
+    spec = config_flags.get_config_filename(flag)
+    c = load_config(spec + ("," if ":" in spec else ":") + ",".join(keys))
+    for field, value in overrides.items():
+        set_field(c, field, value)
+    return c
+
+
+def set_field(c: ml_collections.ConfigDict, dotted: str, value) -> None:
+    """`c.<dotted> = value` for a dotted field name ("stages.unlearn.num_steps")."""
+    *parents, leaf = dotted.split(".")
+    node = c
+    for p in parents:
+        node = node[p]
+    node[leaf] = value

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import os
 
+from vkd_jax.config_base import STAGE_STREAMS, TRAIN_STAGES, base
 from vkd_jax.models.config import ConfigError, canonical_dtype
+from vkd_jax.unlearn.methods import METHODS, UNLEARN_METHODS, config_errors
 from vkd_jax.unlearn.partition import PRESETS
+from vkd_jax.unlearn.step import SCHEDULES
 
-UNLEARN_METHODS = ("vkd", "ga", "gd", "kl", "npo", "idk", "mmunlearner")
-TRAIN_STAGES = ("pretrain", "vanilla", "reference", "unlearn", "relearn")
-STAGE_STREAMS = {"pretrain": ("vqa", "qa", "caption"), "vanilla": ("vqa", "qa", "caption"),
-                 "reference": ("vqa", "qa", "caption"), "relearn": ("forget",)}
-OPTIM_FIELDS = ("lr", "schedule", "warmup_steps", "end_lr_factor", "b1", "b2", "eps", "weight_decay", "clip_norm",
-                "grad_accum", "max_skipped_steps")
-CHOICES = {  # field -> allowed values
+# the optimiser fields: a stage's own (lr, schedule) and those every stage shares, as the config base declares them
+OPTIM_FIELDS = tuple(base().stages.unlearn.optim) + tuple(base().optim)
+# field -> allowed values, for the fields outside the method sections (each method declares its own: METHODS)
+CHOICES = {
     "vanilla_model": ("auto", "shipped", "train"),
     "data.source": ("embedded", "local"),
     "eval.clear_reading": ("followup", "official"),
@@ -32,13 +32,7 @@ CHOICES = {  # field -> allowed values
     "eval.cls_parse": ("official", "lenient"),
     "eval.test_pose": ("mean", "random"),
     "remat": ("none", "full", "dots"),
-    "vkd.distance": ("mse", "cosine", "smooth_l1"),
-    "vkd.forget_loss": ("none", "ga", "npo"),
-    "vkd.forget_kd": ("none", "push", "target"),
-    "vkd.target_image": ("mean", "blur", "retain"),
-    "vkd.augment": ("none", "affine"),
-    "npo.reference": ("retain", "vanilla"),
-    "optim.schedule": ("constant", "linear", "cosine"),
+    "optim.schedule": SCHEDULES,
 }
 
 
@@ -107,7 +101,7 @@ def validate(cfg) -> None:
     method = cfg.get("method")
     if method not in UNLEARN_METHODS:
         errs.append(f"config.method={method!r}: unknown unlearning method (known: {', '.join(UNLEARN_METHODS)})")
-    from vkd_jax.data.benchmarks import BENCHMARKS, benchmark_class
+    from vkd_jax.benchmarks import BENCHMARKS, benchmark_class
 
     bench = _get(cfg, "data.benchmark", "mllmu")
     bench_cls = benchmark_class(bench) if bench in BENCHMARKS else None  # the registry: one line per benchmark
@@ -140,11 +134,16 @@ def validate(cfg) -> None:
                             ("" if field == "dtype" else ", or '' (as stored)"))
     layers = _model_layers(cfg, errs)
     # partitions
-    for m, preset in (cfg.get("method_partition") or {}).items():
-        if preset not in PRESETS:
+    method_partition = cfg.get("method_partition") or {}
+    if method in UNLEARN_METHODS and method not in method_partition:
+        errs.append(f"config.method_partition.{method}: missing (the preset the unlearn stage trains)")
+    for m, preset in method_partition.items():
+        if m not in UNLEARN_METHODS:
+            errs.append(f"config.method_partition.{m}: unknown method (known: {', '.join(UNLEARN_METHODS)})")
+        elif preset not in PRESETS:
             errs.append(f"config.method_partition.{m}={preset!r}: unknown preset (known: {', '.join(PRESETS)})")
     k = int(_get(cfg, "partition.vit_last_k", 0))
-    used = list((cfg.get("method_partition") or {}).values()) + [
+    used = list(method_partition.values()) + [
         s.get("partition") for s in (cfg.get("stages") or {}).values() if hasattr(s, "get")]
     if layers is not None and "visual_last_k" in used and not 0 <= k <= layers[0]:
         errs.append(f"config.partition.vit_last_k={k}: the vision tower has {layers[0]} layers")
@@ -159,7 +158,7 @@ def validate(cfg) -> None:
         if int(s.get("num_steps", 0)) < 0:
             errs.append(f"config.stages.{name}.num_steps={s.get('num_steps')!r}: must be >= 0")
         if name != "unlearn":
-            if s.get("method", "ft") not in UNLEARN_METHODS + ("ft",):
+            if s.get("method", "ft") not in METHODS:
                 errs.append(f"config.stages.{name}.method={s.get('method')!r}: unknown method")
             if s.get("partition", "full") not in PRESETS:
                 errs.append(f"config.stages.{name}.partition={s.get('partition')!r}: unknown preset "
@@ -175,14 +174,10 @@ def validate(cfg) -> None:
     if not float(_get(cfg, "stages.relearn.cross_fit_from", 1.0)) > 0:
         errs.append("config.stages.relearn.cross_fit_from: must be > 0 (> 1: one attack per fraction)")
     _check_optim(cfg.get("optim"), "optim", errs)
-    # methods
+    # methods: each section against its method's declaration (fields, choices, limits); the taps against the model
+    for m in UNLEARN_METHODS:
+        errs += config_errors(m, cfg.get(m))
     _check_taps(_get(cfg, "vkd.taps", ()), layers, "vkd.taps", errs)
-    for w in ("a_f", "a_r", "b_r", "b_f", "b_g", "ga_bound"):
-        v = _get(cfg, f"vkd.{w}")
-        if v is not None and float(v) < 0:
-            errs.append(f"config.vkd.{w}={v!r}: must be >= 0")
-    if not float(_get(cfg, "npo.beta", 0.4)) > 0:
-        errs.append(f"config.npo.beta={_get(cfg, 'npo.beta')!r}: must be > 0")
     # masks
     if not float(_get(cfg, "mask.tau", 1.0)) > 0:
         errs.append(f"config.mask.tau={_get(cfg, 'mask.tau')!r}: must be > 0")

@@ -45,12 +45,13 @@ def main(argv):
 
     from vkd_jax import experiment
     from vkd_jax.cli import guarded
+    from vkd_jax.config_base import config_from_flag
     from vkd_jax.io_utils import resolve
 
     workdir = resolve(_WORKDIR.value)
     # bad config / data / weights: one clear line, non-zero exit, no traceback; SIGTERM: saved, exit 143
     with guarded([sys.executable, "-m", "vkd_jax.main", *sys.argv[1:]]):
-        results = experiment.run(_CONFIG.value, workdir, local_cache=_CACHE.value)
+        results = experiment.run(config_from_flag(flags.FLAGS["config"]), workdir, local_cache=_CACHE.value)
     if jax.process_index() == 0:
         from vkd_jax.report import console_summary
 

@@ -191,7 +191,7 @@ def planned_step(cfg, model_config, platform: Platform, batch: int, variant: str
     method_name, preset = (cfg.method, stages.stage_partition(cfg, "unlearn")) if kind == "unlearn" else \
         ("ga", "full")
     mc = model_config.with_remat(remat) if remat != "none" else model_config
-    method = make_method(method_name, ml_collections.ConfigDict(dict(cfg.get(method_name, {}) or {})))
+    method = make_method(method_name, cfg[method_name])
     if method.needs_reference:
         raise ValueError(f"variant {variant!r}: method {method_name!r} needs a reference model; not planned")
     pcfg = stages.partition_cfg(cfg, preset, mc)

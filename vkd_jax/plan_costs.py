@@ -33,7 +33,7 @@ def by_layer_slopes(mc, f, base_vision: int = 2) -> float:
 
 def resident(models: int, p: Platform, sizes: dict) -> int:
     """Bytes of `models` other whole models a device holds during a stage: none in a one-process run (they wait in host
-    memory: experiment.host_params), all of them (full size, the worst device) with several processes."""
+    memory: run_models.host_params), all of them (full size, the worst device) with several processes."""
     return models * sizes["bytes"] if p.hosts > 1 else 0
 
 
@@ -76,7 +76,7 @@ def model_sizes(mc) -> dict:
 
 def eval_len(seq: int) -> int:
     """The prompt length the evaluator pads a batch to: its smallest length bucket that holds `seq` tokens."""
-    from vkd_jax.eval.evaluator import EvalConfig
+    from vkd_jax.benchmarks.mllmu.protocol import EvalConfig
     return min((b for b in EvalConfig().length_buckets if b >= seq), default=seq)
 
 

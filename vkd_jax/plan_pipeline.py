@@ -75,7 +75,7 @@ def pipeline_model_config(cfg):
 def num_splits(cfg) -> int:
     """Forget splits a run unlearns, as the benchmarks count them (splits=0: every person of an embedded world
     once; a download has its own one)."""
-    from vkd_jax.data.synthetic import split_size
+    from vkd_jax.benchmarks.worlds import split_size
 
     if int(cfg.splits) or cfg.data.source != "embedded":
         return int(cfg.splits) or 1
@@ -96,23 +96,22 @@ def eval_prompts(cfg) -> int:
 
 def pipeline_stages(cfg) -> list[Stage]:
     """What main runs for `cfg`, in order (module doc)."""
-    import ml_collections
-
-    from vkd_jax import experiment
+    from vkd_jax import run_models
+    from vkd_jax.attacks import relearn_windows
     from vkd_jax.unlearn.methods import make_method
 
-    method = make_method(cfg.method, ml_collections.ConfigDict(dict(cfg.get(cfg.method, {}) or {})))
+    method = make_method(cfg.method, cfg[cfg.method])
     out = []
     # resident: the params a stage starts from stay alive while it trains (1); vanilla, and the reference, through
     # every split; the unlearned model through its evaluations, relearning and probe
     for name in (["pretrain"] if cfg.data.source == "embedded" else []) + ["vanilla"]:
         if int(cfg.stages[name].num_steps) > 0:
             out.append(Stage(name, "train", name, int(cfg.stages[name].num_steps), resident=1))
-    ref = int(experiment.uses_reference(cfg, method, cfg.data.benchmark))
+    ref = int(run_models.uses_reference(cfg, method, cfg.data.benchmark))
     if ref:
         out.append(Stage("reference", "train", "reference", int(cfg.stages.reference.num_steps), resident=2))
     k = num_splits(cfg)
-    masked = experiment.uses_masks(cfg, method)
+    masked = run_models.uses_masks(cfg, method)
     if masked:  # on the vanilla params themselves (counted in its row)
         out.append(Stage("masks", "masks", "unlearn", 2 * int(cfg.mask.num_batches), k, resident=ref))
     out.append(Stage("unlearn", "train", "unlearn", int(cfg.stages.unlearn.num_steps), k, resident=1 + ref,
@@ -121,7 +120,7 @@ def pipeline_stages(cfg) -> list[Stage]:
     out.append(Stage("eval", "eval", repeats=2 * k, resident=1 + ref))
     forget_vqa = max(1, eval_prompts(cfg) // 20)  # the forget people's VQA questions: the attack's pool
     for f in cfg.stages.relearn.fractions:
-        attacks = len(experiment.relearn_windows(1000, float(f), float(cfg.stages.relearn.cross_fit_from)))
+        attacks = len(relearn_windows(1000, float(f), float(cfg.stages.relearn.cross_fit_from)))
         held_out = round((1 - float(f)) * forget_vqa)
         out.append(Stage(f"relearn@{float(f):g}", "train", "relearn", int(cfg.stages.relearn.num_steps),
                          k * attacks, eval_prompts=2 * held_out, resident=2 + ref))
@@ -191,7 +190,7 @@ def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, t
                 q = stage_step(cfg, m, s.stage, one, text_len)
                 return plan_row(q, p, int(cfg.data.batch_size), s.name, memo={})["bytes"]["saved_activations"]
             rows_memo[key] = by_layer_slopes(mc, saved_of, base_vision(cfg, ps.preset))
-        accum = int(optim_cfg(cfg, cfg.stages[s.stage]).get("grad_accum", 1)) if s.kind == "train" else 1
+        accum = int(optim_cfg(cfg, cfg.stages[s.stage])["grad_accum"]) if s.kind == "train" else 1
         b = dict(plan_row(ps, p, int(cfg.data.batch_size), s.name, memo=rows_memo, accum=accum)["bytes"])
         streams = max(len(ps.batch), 1)
         n_train = sum(math.prod(x.shape) for x in ps.built.abstract_state.trainable.values())

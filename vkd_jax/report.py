@@ -14,7 +14,7 @@ from vkd_jax.io_utils import as_path, atomic_write_bytes, atomic_write_text, mak
 
 def benchmark_of(results: dict):
     """The benchmark class whose sets, headline and metrics a results.json holds (MLLMU-Bench when unnamed)."""
-    from vkd_jax.data.benchmarks import benchmark_class
+    from vkd_jax.benchmarks import benchmark_class
 
     return benchmark_class(results.get("benchmark", "mllmu"))
 
@@ -149,9 +149,9 @@ def single_run_markdown(r: dict) -> str:
     lines = [f"# Unlearning report: {r['method']} on {bench.name}", ""]
     cfg = r.get("config", {})
     lines.append(f"Method `{r['method']}`, forget {cfg.get('forget_ratio', '?')}%, seed {cfg.get('seed', '?')}, "
-                 f"{r['efficiency']['steps']} unlearning steps. Accuracies in % (chance 25), ROUGE in [0, 1]; "
-                 "forget VQA should fall, forget QA stay at vanilla (text knowledge kept), everything else stay "
-                 "high.")
+                 f"{r['efficiency']['steps']} unlearning steps. Accuracies in % (chance {bench.chance:g}), ROUGE in "
+                 "[0, 1]; forget VQA should fall, forget QA stay at vanilla (text knowledge kept), everything else "
+                 "stay high.")
     lines += ["", protocol_line(r.get("protocol") or {}, bench.name,
                                 str((cfg.get("eval") or {}).get("clear_reading", "followup")))]
     if (cfg.get("eval") or {}).get("cls_scoring") == "likelihood":

@@ -213,7 +213,7 @@ def vanilla_from_shipped(cfg, bench, model_config, shipped_dir: str = SHIPPED_DI
 def build(name: str, workdir: str | None = None, shipped_dir: str = SHIPPED_DIR) -> dict:
     """Train (or reuse `workdir`'s finished stages of) SHIPPED[name]'s vanilla model, evaluate it, and write its
     folder atomically: the HF folder, fingerprint.json (with the files' sha256), vanilla_metrics.json."""
-    from vkd_jax import experiment
+    from vkd_jax import run_eval, run_models, run_streams
     from vkd_jax.config_base import load_config
     from vkd_jax.config_check import validate
     from vkd_jax.io_utils import atomic_dir
@@ -225,10 +225,10 @@ def build(name: str, workdir: str | None = None, shipped_dir: str = SHIPPED_DIR)
     own = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix=f"vkd-ship-{name}-")
     try:
-        bench = experiment.prepare_data(cfg, workdir)
-        mc = experiment.build_model_config(cfg, bench)
-        params = experiment.vanilla_params(cfg, bench, workdir, mc)
-        metrics = experiment.evaluate_cached("vanilla", params, cfg, bench, mc, workdir)
+        bench = run_streams.prepare_data(cfg, workdir)
+        mc = run_models.build_model_config(cfg, bench)
+        params = run_models.vanilla_params(cfg, bench, workdir, mc)
+        metrics = run_eval.evaluate_cached("vanilla", params, cfg, bench, mc, workdir)
         fp = {**fingerprint(cfg, bench), "config_spec": SHIPPED[name]}
         out = os.path.join(shipped_dir, name)
         with atomic_dir(out, overwrite=True) as tmp:

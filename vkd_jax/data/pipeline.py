@@ -1,8 +1,9 @@
-"""Input pipeline: grain over `tfds.data_source("mllmu_bench/...")` -> padded numpy batches with static shapes.
+"""Input pipeline: grain over a random-access source (a `tfds.data_source` of a benchmark, or a view of one) ->
+padded numpy batches with static shapes.
 
-Profiles are flattened into examples by task (`ft`, `classification`, `generation`, `cloze`) and type
-(`Image_Textual` = VQA with the image, `Pure_Text` = QA without); prompts come from `prompts` (the same code the
-evaluator uses) and are tokenized once up front. Grain then shuffles example indices (seeded, reshuffled every
+Rows are flattened into examples by the benchmark's own example builder (`examples`: tasks, and types
+`Image_Textual` = VQA with the image, `Pure_Text` = QA without; its prompts are the same code its evaluation uses)
+and tokenized once up front (`vkd_jax.data.chat`). Grain then shuffles example indices (seeded, reshuffled every
 epoch), groups them into GLOBAL batches, and each process materialises only its contiguous slice of every global
 batch (process_index / process_count), so the processes' slices are disjoint, cover the global batch, and the padded
 length (the smallest length bucket that fits the whole global batch) is the same on every host. Images are decoded
@@ -21,9 +22,7 @@ Deterministic for a seed; `get_state()` / `set_state()` resume at exactly the ne
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -31,12 +30,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from vkd_jax.data import prompts
+from vkd_jax.data import chat
 from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
 
-TASKS = ("ft", "classification", "generation", "cloze")  # MLLMU-Bench's (profile_examples)
-# every task an example builder makes: MLLMU-Bench's and CLEAR's (vkd_jax.data.benchmarks.clear.clear_examples)
-ALL_TASKS = TASKS + ("caption", "recognition", "name_mc", "qa")
 TYPES = ("Image_Textual", "Pure_Text")
 CLS_ANSWERS = ("letter", "option")
 _META_STR = ("id", "task", "type", "question", "answer", "correct_letter", "ground_truth")
@@ -74,9 +70,9 @@ class PipelineConfig:
     cls_answer: str = "letter"
 
     def __post_init__(self):
-        bad = set(self.tasks) - set(ALL_TASKS) or set(self.types) - set(TYPES)
+        bad = set(self.types) - set(TYPES)
         if bad:
-            raise ValueError(f"PipelineConfig: unknown tasks/types {sorted(bad)}; tasks {ALL_TASKS}, types {TYPES}")
+            raise ValueError(f"PipelineConfig: unknown types {sorted(bad)}; types {TYPES}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"PipelineConfig.padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if self.cls_answer not in CLS_ANSWERS:
@@ -92,52 +88,17 @@ def as_str(v) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-def profile_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
-    """One stored profile -> its examples (prompt text, answer, metadata) for the selected tasks and types;
-    classification answers are the correct letter, or the correct option's text with cls_answer="option"."""
-    pid = as_str(rec["ID"])
-    out = []
-
-    def add(task, typ, item, question, prompt, answer, letter="", gt=""):
-        if typ in types:
-            out.append({"id": pid, "task": task, "type": typ, "item": item, "question": question,
-                        "prompt": prompt, "answer": answer, "correct_letter": letter, "ground_truth": gt})
-    if "ft" in tasks and rec.get("metadata") is not None:  # rows without Q/A pairs (e.g. profiles) have no ft
-        for i, qa in enumerate(json.loads(as_str(rec["metadata"])) or []):
-            typ = qa.get("Type", "Image_Textual")
-            add("ft", typ, i, qa["Question"], prompts.plain_prompt(qa["Question"], typ == "Image_Textual"),
-                qa["Answer"], gt=qa["Answer"])
-    if "classification" in tasks:
-        ct = json.loads(as_str(rec["Classification_Task"])) or {}
-        for key, typ in (("Image_Textual_Questions", "Image_Textual"), ("Pure_Text_Questions", "Pure_Text")):
-            for i, q in enumerate(ct.get(key) or []):
-                add("classification", typ, i, q["Question"],
-                    prompts.classification_prompt(q["Question"], q["Options"], typ == "Image_Textual"),
-                    str(q["Options"][q["Correct_Answer"]]) if cls_answer == "option" else q["Correct_Answer"],
-                    letter=q["Correct_Answer"], gt=q["Options"][q["Correct_Answer"]])
-                if typ in types:
-                    out[-1]["options"] = {k: str(v) for k, v in q["Options"].items()}
-    for task, col, make in (("generation", "Generation_Task", prompts.generation_prompt),
-                            ("cloze", "Mask_Task", prompts.cloze_prompt)):
-        if task in tasks:
-            for i, q in enumerate(json.loads(as_str(rec[col])) or []):
-                add(task, q["Type"], i, q["Question"], make(q["Question"], q["Type"] == "Image_Textual"),
-                    q["Ground_Truth"], gt=q["Ground_Truth"])
-    return out
-
-
 class InputPipeline:
     """Iterable of batches for one process. `state = p.get_state()`; later `p.set_state(state)` continues with
     exactly the batch that would have come next (call before or after starting iteration)."""
 
-    def __init__(self, source, tokenizer, cfg: PipelineConfig, examples=None):
-        """examples: row -> its examples, as `profile_examples` (the default, MLLMU-Bench profiles) returns them;
-        a benchmark with other rows passes its own (vkd_jax.data.benchmarks)."""
+    def __init__(self, source, tokenizer, cfg: PipelineConfig, examples):
+        """examples(row, tasks, types, cls_answer) -> the row's examples (prompt text, answer, metadata): the
+        benchmark's own (vkd_jax.benchmarks.<name>.prompts), or `sources.pair_examples` for Q/A-pair rows. A
+        multiple-choice example carries `options` and `mc_prompt(question, options)`, with which
+        `resample_options` rebuilds its prompt."""
         self.source, self.tok, self.cfg = source, tokenizer, cfg
-        if examples is None and set(cfg.tasks) - set(TASKS):
-            raise ValueError(f"PipelineConfig: unknown MLLMU-Bench tasks {sorted(set(cfg.tasks) - set(TASKS))}; "
-                             f"tasks {TASKS}")
-        make_examples = examples or profile_examples
+        make_examples = examples
         if tokenizer.image_token_id is None:
             raise ValueError("tokenizer has no image token")
         ids = set(cfg.ids) if cfg.ids is not None else None
@@ -150,7 +111,7 @@ class InputPipeline:
             for ex in make_examples(rec, cfg.tasks, cfg.types, cfg.cls_answer):
                 if keys is not None and (ex["id"], ex["item"]) not in keys:
                     continue
-                t = prompts.tokenize(tokenizer, ex["prompt"], ex["answer"] if cfg.train else None,
+                t = chat.tokenize(tokenizer, ex["prompt"], ex["answer"] if cfg.train else None,
                                      cfg.image_seq_length)
                 ex.update(row=row, input_ids=t.input_ids, loss_mask=t.loss_mask)
                 self.examples.append(ex)
@@ -233,10 +194,8 @@ class InputPipeline:
         order = rng.permutation(4)
         options = {L: str(opts[j]) for L, j in zip("ABCD", order)}
         letter = "ABCD"[int(np.nonzero(order == opts.index(true))[0][0])]
-        make_prompt = ex.get("mc_prompt")  # a benchmark's own multiple-choice template (CLEAR), else MLLMU-Bench's
-        prompt = make_prompt(ex["question"], options) if make_prompt else \
-            prompts.classification_prompt(ex["question"], options, ex["type"] == "Image_Textual")
-        t = prompts.tokenize(self.tok, prompt, true if self.cfg.cls_answer == "option" else letter,
+        prompt = ex["mc_prompt"](ex["question"], options)
+        t = chat.tokenize(self.tok, prompt, true if self.cfg.cls_answer == "option" else letter,
                              self.cfg.image_seq_length)
         return t.input_ids, t.loss_mask
 
@@ -316,13 +275,6 @@ class InputPipeline:
             self._pending_state = dict(state["grain"])
 
 
-def make_pipeline(config_name: str, data_dir: str | os.PathLike, tokenizer, cfg: PipelineConfig,
-                  manual_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False) -> InputPipeline:
-    """The usual entry point: `mllmu_bench/<config_name>` from TFDS (prepared from manual_dir on first use)."""
-    from vkd_jax.data import mllmu_bench
-    return InputPipeline(mllmu_bench.load(config_name, data_dir, manual_dir, skip_bad_rows), tokenizer, cfg)
-
-
 def forget_ids(source) -> tuple[str, ...]:
     """Profile IDs of a source (e.g. forget_5), to restrict Test_Set with `PipelineConfig(ids=...)`."""
     return tuple(as_str(source[i]["ID"]) for i in range(len(source)))
@@ -333,5 +285,4 @@ def image_config(image_size: int) -> ImageProcessorConfig:
     return ImageProcessorConfig(shortest_edge=image_size, crop_hw=(image_size, image_size))
 
 
-__all__: Sequence[str] = ("PipelineConfig", "InputPipeline", "make_pipeline", "forget_ids", "image_config",
-                          "TASKS", "TYPES")
+__all__: Sequence[str] = ("PipelineConfig", "InputPipeline", "forget_ids", "image_config", "TYPES")

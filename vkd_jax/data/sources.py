@@ -1,4 +1,5 @@
-"""Views over TFDS data sources (anything with `len()` and `[i]` returning a profile dict), for training mixes.
+"""Rows for training mixes: Q/A-pair rows as examples (`pair_examples`), and views over TFDS data sources
+(anything with `len()` and `[i]` returning a row dict).
 
 - `ConcatSource([a, b, ...])`: rows of a, then b, ...; the pipeline flattens each row by the columns it has.
 - `PoseJoinedSource(ft_data, profiles)`: one row per ft_Data row (one per pose of a person), carrying that pose's
@@ -12,7 +13,24 @@ from __future__ import annotations
 import bisect
 import json
 
+from vkd_jax.data.chat import plain_prompt
 from vkd_jax.data.pipeline import as_str
+
+
+def pair_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
+    """A row's question/answer pairs (`metadata`: MLLMU-Bench's ft_Data, an image folder's captions) -> its "ft"
+    examples, LLaVA's conversation around the bare question; rows without pairs have none."""
+    del cls_answer  # no multiple choice here
+    out = []
+    if "ft" in tasks and rec.get("metadata") is not None:
+        pid = as_str(rec["ID"])
+        for i, qa in enumerate(json.loads(as_str(rec["metadata"])) or []):
+            typ = qa.get("Type", "Image_Textual")
+            if typ in types:
+                out.append({"id": pid, "task": "ft", "type": typ, "item": i, "question": qa["Question"],
+                            "prompt": plain_prompt(qa["Question"], typ == "Image_Textual"), "answer": qa["Answer"],
+                            "correct_letter": "", "ground_truth": qa["Answer"]})
+    return out
 
 
 class ConcatSource:

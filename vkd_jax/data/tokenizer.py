@@ -99,18 +99,15 @@ def load_tokenizer(folder: str | os.PathLike, image_token: str = IMAGE_TOKEN) ->
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 4096) -> TextTokenizer:
-    """Byte-level BPE on `texts`; every word of a small benchmark becomes one token well below `vocab_size`."""
+    """Byte-level BPE on `texts` (the benchmark's text and its prompts' words, so that template words are single
+    tokens); every word of a small benchmark becomes one token well below `vocab_size`."""
     specials = [SPECIAL_TOKENS[k] for k in ("unk_token", "bos_token", "eos_token", "pad_token")] + [IMAGE_TOKEN]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    # the prompt vocabulary is trained too, so template words are single tokens
-    from vkd_jax.data import prompts
-    extra = [prompts.CLASSIFICATION_SUFFIX, prompts.CLOZE_SUFFIX, prompts.GENERATION_VQA_SUFFIX,
-             prompts.GENERATION_QA_SUFFIX, "USER: ASSISTANT: A: B: C: D: [Blank]"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(texts) + extra, trainer)
+    tok.train_from_iterator(list(texts), trainer)
     bos = SPECIAL_TOKENS["bos_token"]
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
                                                        special_tokens=[(bos, tok.token_to_id(bos))])

@@ -1,22 +1,7 @@
-"""Evaluation: MLLMU-Bench protocol (`evaluator`), batched greedy decoding with the KV cache (`decode`), scoring
-(`metrics`).
+"""Evaluation machinery every benchmark shares: the query runner (`runner`: static-shape batches, greedy decoding
+or continuation scores), batched greedy decoding with the KV cache (`decode`), generation scores (`metrics`:
+ROUGE, BLEU), bootstrap intervals (`intervals`), the representation probe (`probe`). What a benchmark asks and
+how it scores the answers is its own protocol (vkd_jax.benchmarks.<name>.protocol).
 
-    from vkd_jax.eval import EvalConfig, benchmark_sets, evaluate, forget_vqa_accuracy, question_keys
+    from vkd_jax.eval.runner import EvalConfig, Runner
 """
-
-from vkd_jax.eval.decode import greedy_decode, strip_after_eos
-from vkd_jax.eval.evaluator import (
-                                   EXTRA_METRICS,
-                                   METRICS,
-                                   SETS,
-                                   EvalConfig,
-                                   EvalSet,
-                                   benchmark_sets,
-                                   evaluate,
-                                   evaluate_questions,
-                                   forget_vqa_accuracy,
-                                   question_keys,
-)
-
-__all__ = ("EXTRA_METRICS", "METRICS", "SETS", "EvalConfig", "EvalSet", "benchmark_sets", "evaluate",
-           "evaluate_questions", "forget_vqa_accuracy", "question_keys", "greedy_decode", "strip_after_eos")

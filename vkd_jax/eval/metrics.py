@@ -1,5 +1,5 @@
-"""MLLMU-Bench scoring: letter extraction and cloze matching (from `vkd_jax.data.prompts`, beside the templates),
-ROUGE-1/2/L F-measure with Porter stemming (the `rouge-score` package, target = ground truth) and sentence BLEU.
+"""Generation scores: ROUGE-1/2/L F-measure with Porter stemming (the `rouge-score` package, target = ground
+truth) and sentence BLEU.
 
 BLEU follows the benchmark's public evaluation code: NLTK `sentence_bleu` with the ground truth as the single
 reference, whitespace tokenisation (`str.split()`, case kept), uniform 4-gram weights and `SmoothingFunction().method1`
@@ -10,15 +10,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-
-from vkd_jax.data.prompts import classification_prediction, cloze_correct
-
-__all__ = ("classification_prediction", "classification_correct", "cloze_correct", "rouge", "rouge_recall",
-           "sentence_bleu")
-
-
-def classification_correct(reply: str, correct_letter: str, rule: str = "official") -> bool:
-    return classification_prediction(reply, rule) == correct_letter.strip().upper()
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,11 +32,10 @@ def _reason(e: Exception) -> str:
 
 
 class StageCheckpointer:
-    def __init__(self, directory: str, cfg=None):
-        get = (lambda k, d: cfg.get(k, d)) if cfg is not None else (lambda k, d: d)
-        opts = ocp.CheckpointManagerOptions(max_to_keep=int(get("keep", 2)),
-                                            enable_async_checkpointing=bool(get("async_save", True)),
-                                            create=True)
+    def __init__(self, directory: str, cfg):
+        """cfg: the config's `checkpoint` section (keep, async_save)."""
+        opts = ocp.CheckpointManagerOptions(max_to_keep=int(cfg["keep"]),
+                                            enable_async_checkpointing=bool(cfg["async_save"]), create=True)
         self.mngr = ocp.CheckpointManager(as_path(directory), options=opts, item_names=("state", "data"))
         self.directory = directory
         self._unsealed: int | None = None  # the step whose save may still be in flight

@@ -101,9 +101,10 @@ DEFAULT_AXIS_RULES = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "t
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    rank: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.0
+    """The config's `partition.lora` section (its values: the config base)."""
+    rank: int
+    alpha: float
+    dropout: float
 
     @property
     def scale(self) -> float:
@@ -138,11 +139,12 @@ class Partition:
 
 
 def make_partition(abstract: dict, pcfg) -> Partition:
-    """abstract: {key: ShapeDtypeStruct}; pcfg: the config's `partition` section."""
-    rules = list(pcfg.get("extra_rules", ()) or ()) + preset_rules(
-        pcfg.preset, vit_last_k=int(pcfg.get("vit_last_k", 0)), num_vit_layers=int(pcfg.get("num_vit_layers", 0)))
-    shard_rules = tuple(pcfg.get("sharding_rules", None) or DEFAULT_SHARDING_RULES)
-    lora = LoraConfig(**dict(pcfg.get("lora", {}) or {}))
+    """abstract: {key: ShapeDtypeStruct}; pcfg: the config's `partition` section with the stage's `preset` and the
+    model's `num_vit_layers` (`stages.partition_cfg`), every field present."""
+    rules = list(pcfg["extra_rules"] or ()) + preset_rules(
+        pcfg["preset"], vit_last_k=int(pcfg["vit_last_k"]), num_vit_layers=int(pcfg["num_vit_layers"]))
+    shard_rules = tuple(pcfg["sharding_rules"] or DEFAULT_SHARDING_RULES)  # None: the default rules
+    lora = LoraConfig(**dict(pcfg["lora"]))
     decided, shapes, logical = {}, {}, {}
     for k, sds in abstract.items():
         rule = first_match(rules, k, "trainable")
@@ -158,8 +160,8 @@ def make_partition(abstract: dict, pcfg) -> Partition:
                 key = f"{k}/{name}"
                 shapes[key] = jax.ShapeDtypeStruct(shp, sds.dtype)  # master_dtype while training
                 logical[key] = tuple(first_match(shard_rules, key, "sharding"))
-    fd = pcfg.get("frozen_dtype", "") or None
-    md = pcfg.get("master_dtype", "float32") or None
+    fd = pcfg["frozen_dtype"] or None
+    md = pcfg["master_dtype"] or None
     return Partition(decided, shapes, logical, lora, to_jnp_dtype(fd) if fd else None,
                      to_jnp_dtype(md) if md else None)
 
@@ -229,11 +231,12 @@ def merge_lora(trainable: dict, frozen: dict, part: Partition) -> dict:
 # ---- sharding ---------------------------------------------------------------------------------------------
 
 def make_mesh(mcfg=None, devices=None) -> Mesh:
-    """mesh config {data, fsdp, tensor} sizes (one may be -1: the rest of the devices)."""
+    """mesh config {data, fsdp, tensor} sizes (one may be -1: the rest of the devices); None: every device on
+    the data axis."""
     devices = list(devices if devices is not None else jax.devices())
     shape = {"data": -1, "fsdp": 1, "tensor": 1}
     if mcfg is not None:
-        shape.update({k: int(mcfg.get(k, shape[k])) for k in shape})
+        shape = {k: int(mcfg[k]) for k in shape}
     fixed = int(np.prod([v for v in shape.values() if v != -1]))
     for k, v in shape.items():
         if v == -1:

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vkd_jax.config_base import stage_seed
+from vkd_jax.config_base import STAGES, stage_seed
 from vkd_jax.digests import verify_digests, write_digests
 from vkd_jax.io_utils import AppendFile, as_path, atomic_write_text, exclusive, is_complete_dir, makedirs, orbax_dir
 from vkd_jax.models.config import config_from_model_dict
@@ -34,11 +34,9 @@ from vkd_jax.models.hf_io import abstract_model, flat_params
 from vkd_jax.models.orbax_io import load_model_orbax, save_params_orbax
 from vkd_jax.unlearn import masks as masks_lib
 from vkd_jax.unlearn import partition as pt
-from vkd_jax.unlearn.methods import Ctx, make_method
+from vkd_jax.unlearn.methods import Ctx, make_method, method_config, spec_of
 from vkd_jax.unlearn.metrics_log import MetricsLogger
 from vkd_jax.unlearn.train import Trainer, prepare_batch
-
-STAGES = ("pretrain", "vanilla", "reference", "masks", "unlearn", "relearn")
 
 
 @dataclasses.dataclass
@@ -71,7 +69,7 @@ def partition_cfg(cfg, preset: str, model_config):
 
 def optim_cfg(cfg, stage_cfg):
     o = ml_collections.ConfigDict(cfg.optim.to_dict())
-    for k, v in (stage_cfg.get("optim", None) or {}).items():
+    for k, v in stage_cfg.optim.items():
         o[k] = v
     return o
 
@@ -143,12 +141,13 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
 def stage_training(cfg, name: str, model_config, tokenizer=None):
     """(method, partition config, optimiser config, mesh axis rules) a training stage trains with: the one reading
     of the config that the stage itself and the pipeline plan (vkd_jax.plan_pipeline) share."""
-    scfg = cfg.stages[name]
-    mcfg = ml_collections.ConfigDict(dict(cfg.get(stage_method(cfg, name), {}) or {}))
-    if "streams" in scfg:
-        mcfg.streams = tuple(scfg.streams)
+    scfg, method = cfg.stages[name], stage_method(cfg, name)
+    spec = spec_of(method)
+    # an unlearning method reads its own section; ft, the fine-tuning stages' method, reads its fields (streams)
+    # from the stage's section
+    mcfg = cfg[method] if spec.unlearning else method_config(method, **{k: scfg[k] for k in spec.fields})
     axis_rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.mesh.axis_rules)
-    return (make_method(stage_method(cfg, name), mcfg, tokenizer),
+    return (make_method(method, mcfg, tokenizer),
             partition_cfg(cfg, stage_partition(cfg, name), model_config), optim_cfg(cfg, scfg), axis_rules)
 
 
@@ -160,8 +159,8 @@ def _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, re
     if missing:
         raise ValueError(f"stage {name!r} (method {method_name!r}) reads streams {list(method.streams)}; missing "
                          f"{missing} (given {sorted(streams)})")
-    use_masks = masks if (method.needs_masks or scfg.get("use_masks", False)) else None
-    if method.needs_reference and reference is None and cfg.npo.get("reference", "retain") == "vanilla":
+    use_masks = masks if (method.needs_masks or (name == "unlearn" and scfg.use_masks)) else None
+    if method.needs_reference and reference is None and cfg.npo.reference == "vanilla":
         reference = params
     steps = int(num_steps or scfg.num_steps)
     if mesh is None:
@@ -175,7 +174,7 @@ def _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, re
         logger.event({"mask_kept_fraction": masks_lib.kept_fraction(use_masks)})
     try:
         last = trainer.fit({s: streams[s] for s in method.streams}, workdir=sdir, ckpt_cfg=cfg.checkpoint,
-                           log_every=int(cfg.checkpoint.get("log_every", 10)), logger=logger, stop_after=stop_after)
+                           log_every=int(cfg.checkpoint.log_every), logger=logger, stop_after=stop_after)
     finally:
         logger.close()
     if stop_after is not None and int(trainer.state.step) < steps:

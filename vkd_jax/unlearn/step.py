@@ -35,7 +35,8 @@ from vkd_jax.models.layers import activation_sharding
 from vkd_jax.unlearn import masks as masks_lib
 from vkd_jax.unlearn import partition as pt
 from vkd_jax.unlearn.methods import Ctx, Method
-from vkd_jax.unlearn.methods.common import get
+
+SCHEDULES = ("constant", "linear", "cosine")  # the learning-rate schedules make_schedule knows
 
 
 @flax.struct.dataclass
@@ -48,8 +49,9 @@ class TrainState:
 
 
 def make_schedule(ocfg, num_steps: int):
-    lr, warm = float(get(ocfg, "lr", 1e-4)), int(get(ocfg, "warmup_steps", 0))
-    kind, end = get(ocfg, "schedule", "linear"), float(get(ocfg, "end_lr_factor", 0.0))
+    """ocfg: a stage's optimiser section, every field present (`stages.optim_cfg`; the config base declares them)."""
+    lr, warm = float(ocfg["lr"]), int(ocfg["warmup_steps"])
+    kind, end = ocfg["schedule"], float(ocfg["end_lr_factor"])
     decay = max(num_steps - warm, 1)
     if kind == "constant":
         main = optax.constant_schedule(lr)
@@ -58,7 +60,7 @@ def make_schedule(ocfg, num_steps: int):
     elif kind == "cosine":
         main = optax.cosine_decay_schedule(lr, decay, alpha=end)
     else:
-        raise ValueError(f"optim.schedule {kind!r}: use constant, linear or cosine")
+        raise ValueError(f"optim.schedule {kind!r}: use one of {SCHEDULES}")
     if warm:
         return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), main], [warm])
     return main
@@ -67,12 +69,11 @@ def make_schedule(ocfg, num_steps: int):
 def make_optimizer(ocfg, num_steps: int, masks: dict | None = None):
     sched = make_schedule(ocfg, num_steps)
     parts = []
-    if float(get(ocfg, "clip_norm", 1.0)) > 0:
-        parts.append(optax.clip_by_global_norm(float(get(ocfg, "clip_norm", 1.0))))
-    parts.append(optax.scale_by_adam(b1=float(get(ocfg, "b1", 0.9)), b2=float(get(ocfg, "b2", 0.999)),
-                                     eps=float(get(ocfg, "eps", 1e-8))))
-    if float(get(ocfg, "weight_decay", 0.0)) > 0:
-        parts.append(optax.add_decayed_weights(float(get(ocfg, "weight_decay", 0.0))))
+    if float(ocfg["clip_norm"]) > 0:
+        parts.append(optax.clip_by_global_norm(float(ocfg["clip_norm"])))
+    parts.append(optax.scale_by_adam(b1=float(ocfg["b1"]), b2=float(ocfg["b2"]), eps=float(ocfg["eps"])))
+    if float(ocfg["weight_decay"]) > 0:
+        parts.append(optax.add_decayed_weights(float(ocfg["weight_decay"])))
     parts.append(optax.scale_by_learning_rate(sched))
     parts.append(masks_lib.saliency_mask(masks))
     return optax.chain(*parts), sched
@@ -219,7 +220,7 @@ def build_step(model_config, method: Method, *, partition_cfg, optim_cfg, num_st
     abstract_state = jax.eval_shape(lambda t, r: initial_state(tx, t, r), abstract_train, jax.random.PRNGKey(0))
     sh_state = TrainState(step=rep, rng=rep, skipped=rep, trainable=sh_train,
                           opt_state=pt.tree_shardings_like(abstract_state.opt_state, sh_train, part.shapes, mesh))
-    accum = int(get(optim_cfg, "grad_accum", 1))
+    accum = int(optim_cfg["grad_accum"])
     step = make_step(ctx, method, tx, sched, accum, pt.activation_shardings(mesh, axis_rules))
     return BuiltStep(ctx=ctx, method=method, part=part, tx=tx, sched=sched, mesh=mesh, axis_rules=tuple(axis_rules),
                      step=step, abstract_state=abstract_state, state_shardings=sh_state,

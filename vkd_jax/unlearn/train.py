@@ -2,7 +2,7 @@
 the benchmarks compile the same step), with checkpoints, metrics and the non-finite guard.
 
     trainer = Trainer(model_config, params, method, partition_cfg=..., optim_cfg=..., num_steps=N, mesh=mesh)
-    trainer.fit(streams, workdir=stage_dir, ckpt_cfg=cfg.checkpoint, logger=logger)
+    trainer.fit(streams, log_every=cfg.checkpoint.log_every, workdir=stage_dir, ckpt_cfg=cfg.checkpoint, logger=logger)
     trainer.params()   # full params, LoRA merged, each in its storage dtype
 
 A non-finite loss or gradient norm keeps the old state (the step is skipped and counted); the host aborts with
@@ -23,7 +23,7 @@ import numpy as np
 from vkd_jax import preemption
 from vkd_jax.unlearn import partition as pt
 from vkd_jax.unlearn.methods import Method
-from vkd_jax.unlearn.methods.common import answer_slots, get
+from vkd_jax.unlearn.methods.common import answer_slots
 from vkd_jax.unlearn.step import build_step
 
 BATCH_KEYS = ("input_ids", "attention_mask", "positions", "labels", "loss_mask", "pixel_values", "valid")
@@ -58,7 +58,7 @@ class Trainer:
         self.model_config, self.method, self.num_steps = model_config, method, int(num_steps)
         self.mesh = mesh if mesh is not None else pt.make_mesh(None, jax.devices()[:1])
         self.axis_rules = axis_rules
-        self.max_skipped = int(get(optim_cfg, "max_skipped_steps", 10))
+        self.max_skipped = int(optim_cfg["max_skipped_steps"])
         if method.needs_masks and masks is None:
             raise ValueError(f"method {method.name!r} needs saliency masks: run the masks stage first")
         self.masks = masks
@@ -118,14 +118,15 @@ class Trainer:
         return pt.merge_lora(self.state.trainable, self.frozen, self.part)
 
     # ---- checkpointed loop --------------------------------------------------------------------------------
-    def fit(self, streams: dict[str, Iterable], *, workdir: str | None = None, ckpt_cfg=None, log_every: int = 10,
+    def fit(self, streams: dict[str, Iterable], *, log_every: int, workdir: str | None = None, ckpt_cfg=None,
             logger=None, stop_after: int | None = None) -> dict:
-        """Run to `num_steps`, resuming from the newest checkpoint under workdir/ckpt. `streams` must not run
-        out (use num_epochs=None) and must have get_state()/set_state(). `stop_after`: stop (as if killed) after
-        that many steps of this call, without a final checkpoint (tests)."""
+        """Run to `num_steps`, resuming from the newest checkpoint under workdir/ckpt (written as the config's
+        `checkpoint` section `ckpt_cfg` says; both or neither). `streams` must not run out (use num_epochs=None)
+        and must have get_state()/set_state(). `stop_after`: stop (as if killed) after that many steps of this
+        call, without a final checkpoint (tests)."""
         from vkd_jax.unlearn.checkpoint import StageCheckpointer
         ckpt = StageCheckpointer(os.path.join(workdir, "ckpt"), ckpt_cfg) if workdir else None
-        every = int(get(ckpt_cfg, "every_steps", 100))
+        every = int(ckpt_cfg["every_steps"]) if ckpt is not None else None
         if ckpt is not None and ckpt.latest_step() is not None:
             self.state, data_state = ckpt.restore(self.built.abstract_state, self.built.state_shardings)
             for name, st in data_state.items():

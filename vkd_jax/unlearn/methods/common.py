@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +31,28 @@ class Method:
     needs_masks: bool = False
     mask_when: Callable | None = None       # step -> bool: the saliency mask applies to this step's update
     host_transform: Callable | None = None  # (stream name, numpy batch) -> numpy batch (e.g. IDK answers)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A method's declaration, written beside its loss and read by everything else (the registry in
+    `vkd_jax.unlearn.methods`, the config base, the config check), so each fact about a method has one place.
+
+    make(cfg, tokenizer) builds the Method from a section holding exactly `fields` (field -> default value);
+    `choices`: the allowed values of its choice fields; `limits`: field -> (">=" | ">", bound);
+    `partition`: the preset the unlearn stage trains by default (config.method_partition). None marks a method
+    that is no unlearning method (ft, the fine-tuning stages'): it has no config section of its own, the stage's
+    section carries its fields."""
+    name: str
+    make: Callable
+    fields: dict
+    choices: dict = dataclasses.field(default_factory=dict)
+    limits: dict = dataclasses.field(default_factory=dict)
+    partition: str | None = None
+
+    @property
+    def unlearning(self) -> bool:
+        return self.partition is not None
 
 
 class Ctx:
@@ -139,6 +160,9 @@ def kl_teacher_student(t_logits, s_logits, b):
     return jnp.sum(kl * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
+DISTANCES = ("mse", "cosine", "smooth_l1")  # the kinds feature_distance knows
+
+
 def feature_distance(s, t, kind: str = "mse"):
     """Per-token distance of [N, F, D] features, averaged over tokens (fp32)."""
     s, t = s.astype(jnp.float32), t.astype(jnp.float32)
@@ -152,9 +176,6 @@ def feature_distance(s, t, kind: str = "mse"):
         a = jnp.abs(s - t)
         d = jnp.mean(jnp.where(a < 1.0, 0.5 * a * a, a - 0.5), -1)
     else:
-        raise ValueError(f"feature distance {kind!r}: use mse, cosine or smooth_l1")
+        raise ValueError(f"feature distance {kind!r}: use one of {DISTANCES}")
     return jnp.mean(d)
 
-
-def get(cfg, key: str, default: Any):
-    return cfg.get(key, default) if cfg is not None else default

@@ -5,7 +5,7 @@ length, so the jitted step sees ordinary static-shape batches."""
 
 import numpy as np
 
-from vkd_jax.unlearn.methods.common import Method, get, nll
+from vkd_jax.unlearn.methods.common import Method, MethodSpec, nll
 
 
 def refusal_batch(b: dict, refusal_ids: list[int], eos_id: int, pad_id: int) -> dict:
@@ -36,8 +36,7 @@ def refusal_batch(b: dict, refusal_ids: list[int], eos_id: int, pad_id: int) -> 
 
 
 def make(cfg, tokenizer=None) -> Method:
-    w_r = get(cfg, "retain_weight", 1.0)
-    text = get(cfg, "refusal", "I don't know.")
+    w_r, text = cfg["retain_weight"], cfg["refusal"]
     transform = None
     if tokenizer is not None:
         ids = tokenizer.encode(" " + text, add_bos=False)
@@ -52,3 +51,6 @@ def make(cfg, tokenizer=None) -> Method:
         lr = nll(ctx.apply(full, batch["retain"]).logits, batch["retain"])
         return lf + w_r * lr, {"nll_idk": lf, "nll_retain": lr}
     return Method("idk", ("forget", "retain"), loss, host_transform=transform)
+
+
+SPEC = MethodSpec("idk", make, fields=dict(retain_weight=1.0, refusal="I don't know."), partition="full")

@@ -6,12 +6,12 @@ shapes); `lax.cond` runs only the phase's branch."""
 
 import jax
 
-from vkd_jax.unlearn.methods.common import Method, get, nll
+from vkd_jax.unlearn.methods.common import Method, MethodSpec, nll
 
 
 def make(cfg, tokenizer=None) -> Method:
-    period = int(get(cfg, "retain_steps", 1)) + 1
-    bound = get(cfg, "ga_bound", 0.0)
+    period = int(cfg["retain_steps"]) + 1
+    bound = cfg["ga_bound"]
 
     def loss(ctx, trainable, frozen, aux, batch, rng, step):
         full = ctx.student(trainable, frozen, rng)
@@ -26,3 +26,6 @@ def make(cfg, tokenizer=None) -> Method:
         return out, {"forget_phase": is_forget.astype("float32")}
     return Method("mmunlearner", ("forget", "retain"), loss, needs_masks=True,
                   mask_when=lambda step: step % period == 0)
+
+
+SPEC = MethodSpec("mmunlearner", make, fields=dict(retain_steps=1, ga_bound=0.0), partition="full")

@@ -1,12 +1,13 @@
 """NPO: L = (2/β) E_{D_f} log(1 + (π_θ/π_ref)^β) = (2/β) E softplus(β (log π_θ - log π_ref)) (+ a_r ℓ(D_r)).
 
 log π = the answer's sequence log-likelihood (`mean_token=True`: the per-token mean, as the public MLLMU-Bench
-code). π_ref = the `reference` params (retain-only fine-tune) or, as a switch in the stage, the vanilla model."""
+code). π_ref = the `reference` params (retain-only fine-tune) or, with reference="vanilla", the vanilla model (the
+stages read that switch: it decides which params arrive as aux["reference"])."""
 
 import jax
 import jax.numpy as jnp
 
-from vkd_jax.unlearn.methods.common import Method, get, nll, seq_logp
+from vkd_jax.unlearn.methods.common import Method, MethodSpec, nll, seq_logp
 
 
 def npo_loss(logp, logp_ref, beta):
@@ -14,7 +15,7 @@ def npo_loss(logp, logp_ref, beta):
 
 
 def make(cfg, tokenizer=None) -> Method:
-    beta, w_r, mean = get(cfg, "beta", 0.4), get(cfg, "retain_weight", 0.0), get(cfg, "mean_token", False)
+    beta, w_r, mean = cfg["beta"], cfg["retain_weight"], cfg["mean_token"]
     streams = ("forget", "retain") if w_r else ("forget",)
 
     def loss(ctx, trainable, frozen, aux, batch, rng, step):
@@ -30,3 +31,7 @@ def make(cfg, tokenizer=None) -> Method:
             out, m["nll_retain"] = out + w_r * lr, lr
         return out, m
     return Method("npo", streams, loss, needs_reference=True)
+
+
+SPEC = MethodSpec("npo", make, fields=dict(beta=0.4, retain_weight=0.0, mean_token=False, reference="retain"),
+                  choices=dict(reference=("retain", "vanilla")), limits=dict(beta=(">", 0.0)), partition="full")

@@ -21,7 +21,7 @@ Default (spec quick study): bounded GA on forget VQA + retain projector MSE.
 import jax
 import jax.numpy as jnp
 
-from vkd_jax.unlearn.methods.common import Method, feature_distance, get, nll, seq_logp
+from vkd_jax.unlearn.methods.common import DISTANCES, Method, MethodSpec, feature_distance, nll, seq_logp
 from vkd_jax.unlearn.methods.npo import npo_loss
 
 
@@ -36,7 +36,7 @@ def identity_free(pixel_values, kind: str, retain_pixels=None):
         if retain_pixels is None or retain_pixels.shape != pixel_values.shape:
             raise ValueError("vkd.target_image='retain' needs retain images of the forget batch's shape")
         return jnp.roll(retain_pixels, 1, axis=0)
-    raise ValueError(f"vkd.target_image {kind!r}: use mean, blur or retain")
+    raise ValueError(f"vkd.target_image {kind!r}: use one of {SPEC.choices['target_image']}")
 
 
 def random_affine(pixel_values, rng, max_rotation: float, max_scale: float, max_shift: float):
@@ -61,23 +61,14 @@ def random_affine(pixel_values, rng, max_rotation: float, max_scale: float, max_
 
 
 def make(cfg, tokenizer=None) -> Method:
-    taps = tuple(get(cfg, "taps", ("projector",)))
-    dist = get(cfg, "distance", "mse")
-    a_f, a_r, b_r, b_f, b_g = (float(get(cfg, k, d)) for k, d in (("a_f", 1.0), ("a_r", 0.0), ("b_r", 10.0),
-                                                                    ("b_f", 0.0), ("b_g", 0.0)))
-    forget_loss = get(cfg, "forget_loss", "ga")
-    forget_kd = get(cfg, "forget_kd", "none")
-    bound, margin = float(get(cfg, "ga_bound", 5.0)), float(get(cfg, "push_margin", 1.0))
-    target_image, beta = get(cfg, "target_image", "mean"), float(get(cfg, "beta", 0.4))
-    if forget_loss not in ("none", "ga", "npo"):
-        raise ValueError(f"vkd.forget_loss {forget_loss!r}: use none, ga or npo")
-    if forget_kd not in ("none", "push", "target"):
-        raise ValueError(f"vkd.forget_kd {forget_kd!r}: use none, push or target")
-    augment, augment_retain = get(cfg, "augment", "none"), bool(get(cfg, "augment_retain", False))
-    if augment not in ("none", "affine"):
-        raise ValueError(f"vkd.augment {augment!r}: use none or affine")
-    pose = tuple(float(get(cfg, k, d)) for k, d in (("aug_rotation", 12.0), ("aug_scale", 0.08),
-                                                    ("aug_shift", 0.04)))
+    taps = tuple(cfg["taps"])
+    dist = cfg["distance"]
+    a_f, a_r, b_r, b_f, b_g = (float(cfg[k]) for k in ("a_f", "a_r", "b_r", "b_f", "b_g"))
+    forget_loss, forget_kd = cfg["forget_loss"], cfg["forget_kd"]
+    bound, margin = float(cfg["ga_bound"]), float(cfg["push_margin"])
+    target_image, beta = cfg["target_image"], float(cfg["beta"])
+    augment, augment_retain = cfg["augment"], bool(cfg["augment_retain"])
+    pose = tuple(float(cfg[k]) for k in ("aug_rotation", "aug_scale", "aug_shift"))
 
     def posed(b, key):
         if augment == "none" or key is None:
@@ -131,3 +122,14 @@ def make(cfg, tokenizer=None) -> Method:
         return jnp.asarray(total, jnp.float32), m
     streams = ("forget", "retain", "generic") if b_g > 0 else ("forget", "retain")
     return Method("vkd", streams, loss, needs_teacher=True)
+
+
+SPEC = MethodSpec(
+    "vkd", make,
+    fields=dict(taps=("projector",), distance="mse", a_f=1.0, forget_loss="ga", ga_bound=5.0, a_r=0.0, b_r=10.0,
+                b_f=0.0, forget_kd="none", push_margin=1.0, target_image="mean", beta=0.4, b_g=0.0,
+                augment="none", augment_retain=False, aug_rotation=12.0, aug_scale=0.08, aug_shift=0.04),
+    choices=dict(distance=DISTANCES, forget_loss=("none", "ga", "npo"), forget_kd=("none", "push", "target"),
+                 target_image=("mean", "blur", "retain"), augment=("none", "affine")),
+    limits={k: (">=", 0.0) for k in ("a_f", "a_r", "b_r", "b_f", "b_g", "ga_bound")},
+    partition="visual")

@@ -1,32 +1,33 @@
-"""Prompts for training and evaluation: MLLMU-Bench's templates, character for character as the benchmark's own
-evaluation script (eval.py of the MLLMU-Bench repository) writes them, its answer extraction, and the tokenization
-of prompt + answer with `<image>` expanded to `image_seq_length` image-token ids and answer-only label masks.
+"""MLLMU-Bench's prompts: its templates, character for character as the benchmark's own evaluation script
+(eval.py of the MLLMU-Bench repository) writes them, its few-shot demonstrations and its answer extraction.
 
 The six evaluation templates (`TEMPLATES`, shared/spec/mllmu_bench.md "Evaluation"); every space and newline is the
 official one: text-only classification and cloze start `USER:\\n`, text-only generation `USER: `, and generation
 VQA ends with `ASSISTANT: ` (a trailing space: the official prompt, which changes what a model generates).
 
 Training uses the same templates (the embedded world trains on its own benchmark items; real runs train on
-ft_Data's pairs with `plain_prompt`, LLaVA's `USER: <image>\\n{question}\\nASSISTANT:`, as MLLMU-Bench's
-fine-tuning does). The one difference is at the answer boundary: a training row is the conversation text
-`prompt + " " + answer` (one space; none added after a prompt that ends with one), tokenized as one string, the way
-LLaVA's and MLLMU-Bench's training collators tokenize it. Evaluation tokenizes the prompt alone, as the official
-script does: for generation VQA its trailing space is then a token of its own (`▁` / `Ġ`) that a trained model
-never saw at that place, which is the official protocol's own quirk and kept.
+ft_Data's pairs with `plain_prompt`, LLaVA's conversation, as MLLMU-Bench's fine-tuning does); how a prompt and
+its answer are tokenized is LLaVA's, not the benchmark's (vkd_jax.data.chat).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 
-import numpy as np
+from vkd_jax.data.chat import ASSISTANT
+from vkd_jax.data.pipeline import as_str
+from vkd_jax.data.sources import pair_examples
 
-IMAGE = "<image>"
+TASKS = ("ft", "classification", "generation", "cloze")  # what `profile_examples` makes
+
 CLASSIFICATION_SUFFIX = "Just give ONE letter representing the answer directly."
 CLOZE_SUFFIX = "Please **ONLY** provide the correct answer that should replace the [Blank]."
 GENERATION_VQA_SUFFIX = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 GENERATION_QA_SUFFIX = "Answer the question based on your trained knowledge in one sentence in ENGLISH."
-ASSISTANT = "ASSISTANT:"
+
+# what the embedded worlds' tokenizers learn besides their own text, so that template words are single tokens
+TOKENIZER_TEXTS = (CLASSIFICATION_SUFFIX, CLOZE_SUFFIX, GENERATION_VQA_SUFFIX, GENERATION_QA_SUFFIX,
+                   "USER: ASSISTANT: A: B: C: D: [Blank]")
 
 # (task, form) -> the official prompt; {body} is the question block (see the builders below)
 TEMPLATES = {
@@ -64,9 +65,41 @@ def generation_prompt(question: str, with_image: bool) -> str:
     return TEMPLATES["generation", form(with_image)].format(body=question)
 
 
-def plain_prompt(question: str, with_image: bool) -> str:
-    """Fine-tuning (ft_Data) prompt: LLaVA-1.5's conversation with the bare question."""
-    return f"USER: {IMAGE}\n{question}\nASSISTANT:" if with_image else f"USER: {question}\nASSISTANT:"
+# multiple-choice prompts with fresh options (the input pipeline's resample_options), by form
+_MC_PROMPT = {"Image_Textual": lambda q, options: classification_prompt(q, options, True),
+              "Pure_Text": lambda q, options: classification_prompt(q, options, False)}
+
+
+def profile_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
+    """One stored profile -> its examples (prompt text, answer, metadata) for the selected tasks (`TASKS`) and
+    types; classification answers are the correct letter, or the correct option's text with cls_answer="option"."""
+    if set(tasks) - set(TASKS):
+        raise ValueError(f"unknown MLLMU-Bench tasks {sorted(set(tasks) - set(TASKS))}; tasks {TASKS}")
+    pid = as_str(rec["ID"])
+
+    def add(task, typ, item, question, prompt, answer, letter="", gt=""):
+        if typ in types:
+            out.append({"id": pid, "task": task, "type": typ, "item": item, "question": question,
+                        "prompt": prompt, "answer": answer, "correct_letter": letter, "ground_truth": gt})
+    out = pair_examples(rec, tasks, types)
+    if "classification" in tasks:
+        ct = json.loads(as_str(rec["Classification_Task"])) or {}
+        for key, typ in (("Image_Textual_Questions", "Image_Textual"), ("Pure_Text_Questions", "Pure_Text")):
+            for i, q in enumerate(ct.get(key) or []):
+                add("classification", typ, i, q["Question"],
+                    classification_prompt(q["Question"], q["Options"], typ == "Image_Textual"),
+                    str(q["Options"][q["Correct_Answer"]]) if cls_answer == "option" else q["Correct_Answer"],
+                    letter=q["Correct_Answer"], gt=q["Options"][q["Correct_Answer"]])
+                if typ in types:
+                    out[-1]["options"] = {k: str(v) for k, v in q["Options"].items()}
+                    out[-1]["mc_prompt"] = _MC_PROMPT[typ]
+    for task, col, make in (("generation", "Generation_Task", generation_prompt),
+                            ("cloze", "Mask_Task", cloze_prompt)):
+        if task in tasks:
+            for i, q in enumerate(json.loads(as_str(rec[col])) or []):
+                add(task, q["Type"], i, q["Question"], make(q["Question"], q["Type"] == "Image_Textual"),
+                    q["Ground_Truth"], gt=q["Ground_Truth"])
+    return out
 
 
 # ---- few-shot demonstrations, as the official script formats them (it has no few-shot generation) ----------------
@@ -111,52 +144,3 @@ def classification_prediction(reply: str, rule: str = "official") -> str:
 
 def cloze_correct(generated: str, ground_truth: str) -> bool:
     return ground_truth.lower() in generated.lower()
-
-
-# ---- tokenization --------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Tokenized:
-    input_ids: np.ndarray   # [T] int32: BOS, prompt (image tokens expanded), then answer + EOS when training
-    loss_mask: np.ndarray   # [T] bool: True on answer tokens and EOS only
-    prompt_len: int
-
-
-def conversation_text(prompt: str, answer: str) -> str:
-    return prompt + answer if prompt[-1:].isspace() else f"{prompt} {answer}"
-
-
-def answer_boundary(tok, prompt: str, answer: str) -> tuple[list[int], int]:
-    """(ids of the whole conversation `prompt + " " + answer`, index of its first answer token).
-
-    The ids are the tokenizer's own for the whole string (what a processor or collator gives). The boundary is the
-    first token that ends past the prompt's characters, so a token merged across the boundary (SentencePiece's
-    `▁answer` after a prompt's trailing space, byte-level BPE's `Ġword`) is an answer token. For the ordinary case,
-    prompt ids a prefix of the whole, this is the prompt's own token count."""
-    text = conversation_text(prompt, answer)
-    ids, ends = tok.encode_with_offsets(text)
-    k = next((i for i, e in enumerate(ends) if e > len(prompt)), len(ids))
-    return ids, k
-
-
-def tokenize(tok, prompt: str, answer: str | None, image_seq_length: int, image_token_id: int | None = None,
-             eos: bool = True) -> Tokenized:
-    """Tokenizes a prompt (answer=None: exactly as evaluation feeds it) or a training conversation (see
-    `answer_boundary`; the loss covers the answer tokens and EOS, or the answer alone with eos=False), then expands
-    each `<image>` id to `image_seq_length` copies."""
-    img_id = tok.image_token_id if image_token_id is None else image_token_id
-    if answer is None:
-        ids = tok.encode(prompt)
-        n_prompt = len(ids)
-    else:
-        ids, n_prompt = answer_boundary(tok, prompt, answer)
-        ids = ids + [tok.eos_id] if eos else ids
-    ids = np.asarray(ids, np.int32)
-    mask = np.zeros(len(ids), bool)
-    mask[n_prompt:] = answer is not None
-    n_img = int((ids[:n_prompt] == img_id).sum())
-    if int((ids == img_id).sum()):
-        reps = np.where(ids == img_id, image_seq_length, 1)
-        ids, mask = np.repeat(ids, reps), np.repeat(mask, reps)
-        n_prompt += n_img * (image_seq_length - 1)
-    return Tokenized(ids, mask, n_prompt)

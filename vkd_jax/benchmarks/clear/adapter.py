@@ -1,5 +1,5 @@
 """CLEAR behind the benchmark interface: a local download of therem/CLEAR (data.source="local", data.manual_dir) or
-the embedded CLEAR (data.source="embedded": vkd_jax.data.clear_synthetic, generated into <benchmark>/raw).
+the embedded CLEAR (data.source="embedded": vkd_jax.benchmarks.clear.generator, generated into <benchmark>/raw).
 
 Training rows become examples (`clear_examples`, LLaVA-1.5's chat prompt around each question):
   caption      an image row -> its caption, for a caption question of the official list (by the caption's hash)
@@ -19,50 +19,16 @@ forget{NN}_perturbed's rows, scored on the others.
 from __future__ import annotations
 
 import os
-import zlib
 
 import numpy as np
 from absl import logging
 
-from vkd_jax.data.benchmarks.base import Benchmark, StreamSpec, check_world
-from vkd_jax.eval.clear import CAPTION_QUESTIONS, NAME_QUESTION, chat_prompt, options_block
+from vkd_jax.benchmarks.base import Benchmark, StreamSpec, check_world
+from vkd_jax.benchmarks.clear.prompts import CAPTION_QUESTIONS, NAME_QUESTION, TRAIN_TASKS, clear_examples
+from vkd_jax.data.sources import pair_examples
 
 VQA, QA = ("Image_Textual",), ("Pure_Text",)
-TRAIN_TASKS = ("caption", "recognition", "name_mc", "qa")
 
-
-def name_mc_prompt(question: str, options: dict) -> str:
-    return chat_prompt(f"{question}\n{options_block([options[k] for k in sorted(options)])}\n", True)
-
-
-def clear_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
-    """One CLEAR row -> its training examples (the module docstring)."""
-    out = []
-    image = bool((rec.get("image") or {}).get("bytes"))
-    typ = "Image_Textual" if image else "Pure_Text"
-    if typ not in types:
-        return out
-    rid = str(rec.get("name") or rec.get("answer") or rec.get("question") or "")
-
-    def add(task, item, question, prompt, answer, **kw):
-        out.append({"id": rid, "task": task, "type": typ, "item": item, "question": question, "prompt": prompt,
-                    "answer": answer, "correct_letter": kw.pop("letter", ""), "ground_truth": answer, **kw})
-    if not image:
-        if "qa" in tasks and rec.get("question"):
-            add("qa", 0, rec["question"], chat_prompt(rec["question"], False), rec["answer"])
-        return out
-    if "caption" in tasks and rec.get("caption"):
-        q = CAPTION_QUESTIONS[zlib.crc32(rec["caption"].encode()) % len(CAPTION_QUESTIONS)]
-        add("caption", 0, q, chat_prompt(q, True), rec["caption"])
-    question = rec.get("question") or NAME_QUESTION
-    truth = rec.get("name") or rec.get("answer")
-    if truth and "recognition" in tasks:
-        add("recognition", 1, question, chat_prompt(question, True), truth)
-    if truth and "name_mc" in tasks:  # options resampled by the pipeline from the stream's own names
-        opts = {"A": truth, **{chr(ord("B") + i): o for i, o in enumerate(rec.get("options") or [])}}
-        add("name_mc", 2, question, name_mc_prompt(question, opts), truth if cls_answer == "option" else "A",
-            letter="A", options=opts, mc_prompt=name_mc_prompt)
-    return out
 
 
 class ConcatRows:
@@ -92,12 +58,13 @@ class ClearBench(Benchmark):
 
     @staticmethod
     def question_values(records):
-        from vkd_jax.eval.clear import followup_values
+        from vkd_jax.benchmarks.clear.protocol import followup_values
 
         return followup_values(records)
 
     def prepare(self):
-        from vkd_jax.data import clear_synthetic
+        from vkd_jax.benchmarks.clear import generator as clear_synthetic
+        from vkd_jax.benchmarks.mllmu.prompts import TOKENIZER_TEXTS
         from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
 
         if self.embedded:
@@ -110,7 +77,9 @@ class ClearBench(Benchmark):
             tok_dir = os.path.join(self.dir, "tokenizer")
             if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
                 extra = list(CAPTION_QUESTIONS) + [NAME_QUESTION, "USER: ASSISTANT: A. B. C. D."]
-                train_tokenizer(clear_synthetic.benchmark_texts(self.manual_dir) + extra, tok_dir)
+                # MLLMU-Bench's prompt words too: the shipped CLEAR vanilla model's tokenizer was trained with them
+                train_tokenizer(clear_synthetic.benchmark_texts(self.manual_dir) + extra + list(TOKENIZER_TEXTS),
+                                tok_dir)
             return load_tokenizer(tok_dir)
         return self.local_tokenizer("CLEAR")
 
@@ -120,7 +89,7 @@ class ClearBench(Benchmark):
 
     def load(self, config: str):
         """A CLEAR config; for forget split k > 0, the forget / retain configs hold that split's people."""
-        from vkd_jax.data import clear
+        from vkd_jax.benchmarks.clear import reader as clear
 
         if self.split:
             rows = self._split_config(config)
@@ -135,7 +104,7 @@ class ClearBench(Benchmark):
             return [p["name"] for p in json.load(f)["people"] if not p["celebrity"]]
 
     def num_splits(self) -> int:
-        from vkd_jax.data.synthetic import split_size
+        from vkd_jax.benchmarks.worlds import split_size
 
         if not self.embedded:
             return 1
@@ -145,7 +114,7 @@ class ClearBench(Benchmark):
     def split_forget_names(self) -> set[str]:
         """The people of this forget split: block `split` of the embedded world's forget order (block 0 is
         forget{NN} itself)."""
-        from vkd_jax.data.synthetic import forget_order, split_size
+        from vkd_jax.benchmarks.worlds import forget_order, split_size
 
         people = self._world_people()
         order, size = forget_order(int(self.cfg.data.world_seed), len(people)), split_size(len(people),
@@ -155,7 +124,7 @@ class ClearBench(Benchmark):
     def _split_config(self, config: str):
         """forget{NN}, retain{NN} (+tofu, _perturbed) and retain_perturbed of split k, as views of the stored
         configs that hold everyone (full, full+tofu, and the two perturbed configs together)."""
-        from vkd_jax.data import clear
+        from vkd_jax.benchmarks.clear import reader as clear
         from vkd_jax.data.sources import ConcatSource
 
         names = self.split_forget_names()
@@ -188,7 +157,7 @@ class ClearBench(Benchmark):
         return f"retain{100 - self.forget_pct}"
 
     def _text_rows(self, config: str):
-        from vkd_jax.data.clear import Rows
+        from vkd_jax.benchmarks.clear.reader import Rows
 
         rows = self.load(config)
         return Rows(rows.source, [rows.indices[i] for i in range(len(rows)) if not (rows[i].get("image") or {})
@@ -220,19 +189,20 @@ class ClearBench(Benchmark):
                        "qa": spec(text, ("qa",), QA)}
             if "caption" in tuple(self.cfg.stages[stage].get("streams", ())):
                 cap = ImageFolderSource(self.generic_images_dir())
-                out["caption"] = StreamSpec(cap, ("ft",), VQA)
+                out["caption"] = StreamSpec(cap, ("ft",), VQA, pair_examples)
             return out
         if stage in ("masks", "unlearn"):
             out = {"forget": spec(self.load(self.forget_name), ("caption",), VQA),
                    "retain": spec(self.load(self.retain_name), ("caption",), VQA)}
             if stage == "unlearn":
-                out["generic"] = lambda: StreamSpec(ImageFolderSource(self.generic_images_dir()), ("ft",), VQA)
+                out["generic"] = lambda: StreamSpec(ImageFolderSource(self.generic_images_dir()), ("ft",), VQA,
+                                                    pair_examples)
             return out
         raise ValueError(f"no streams for stage {stage!r}")
 
     # ---- evaluation --------------------------------------------------------------------------------------
     def eval_sets(self) -> dict:
-        from vkd_jax.data.clear import Rows, retain_perturbed_for
+        from vkd_jax.benchmarks.clear.reader import Rows, retain_perturbed_for
 
         retain_rows = self.load(self.retain_name)
         retain_pert = retain_perturbed_for(self.load("retain_perturbed"), retain_rows)
@@ -250,8 +220,8 @@ class ClearBench(Benchmark):
                 "real_faces": self.load("real_faces"), "real_world": self.load("real_world")}
 
     def evaluate(self, model, ecfg, records: dict) -> dict:
-        from vkd_jax.eval import clear as ev
-        from vkd_jax.eval.evaluator import Runner
+        from vkd_jax.benchmarks.clear import protocol as ev
+        from vkd_jax.eval.runner import Runner
 
         runner = Runner(model, self.tokenizer, ecfg)
         sets = self.eval_sets()
@@ -275,16 +245,16 @@ class ClearBench(Benchmark):
         return [(rows[i]["name"], i) for i in range(len(rows))]
 
     def relearn_stream(self, keys) -> StreamSpec:
-        from vkd_jax.data.clear import Rows
+        from vkd_jax.benchmarks.clear.reader import Rows
 
         rows = self.load(f"{self.forget_name}_perturbed")
         return StreamSpec(Rows(rows.source, [rows.indices[i] for _, i in keys]), ("name_mc",), VQA,
                           examples=clear_examples)
 
     def relearn_score(self, model, ecfg, exclude, records: list) -> float:
-        from vkd_jax.data.clear import Rows
-        from vkd_jax.eval import clear as ev
-        from vkd_jax.eval.evaluator import Runner
+        from vkd_jax.benchmarks.clear import protocol as ev
+        from vkd_jax.benchmarks.clear.reader import Rows
+        from vkd_jax.eval.runner import Runner
 
         rows = self.load(f"{self.forget_name}_perturbed")
         used = {i for _, i in exclude}
@@ -309,9 +279,9 @@ class ClearBench(Benchmark):
         return ProbeData(train, forget_test, retain_test, len(label))
 
     def identity_free_floor(self, model, ecfg, records: list) -> float:
+        from vkd_jax.benchmarks.clear import protocol as ev
         from vkd_jax.data.sources import ImageReplacedSource, mean_image_bytes
-        from vkd_jax.eval import clear as ev
-        from vkd_jax.eval.evaluator import Runner
+        from vkd_jax.eval.runner import Runner
 
         pert = self.load(f"{self.forget_name}_perturbed")
         blank = ImageReplacedSource(pert, mean_image_bytes(self.load("full")))

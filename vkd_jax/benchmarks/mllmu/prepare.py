@@ -1,11 +1,12 @@
 """Prepare mllmu_bench TFDS configs from manual_dir parquet (a separate module: the builder must not run as
 __main__, or TFDS registers it under the wrong module)."""
 
-from vkd_jax.data import mllmu_bench
+from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
 
 
 def main(argv=None):
-    """python -m vkd_jax.data.prepare --manual_dir M --data_dir D [--configs forget_5 ...] [--skip_bad_rows]"""
+    """python -m vkd_jax.benchmarks.mllmu.prepare --manual_dir M --data_dir D [--configs forget_5 ...]
+    [--skip_bad_rows]"""
     import argparse
     ap = argparse.ArgumentParser(description="Prepare mllmu_bench TFDS configs (ArrayRecord) from manual_dir parquet.")
     ap.add_argument("--manual_dir", required=True)

@@ -1,14 +1,14 @@
 """Benchmarks behind one interface (`base.Benchmark`): config.data.benchmark names one of `BENCHMARKS`.
 
-    from vkd_jax.data.benchmarks import make_benchmark
+    from vkd_jax.benchmarks import make_benchmark
     bench = make_benchmark(cfg, shared, local_cache)
 """
 
-from vkd_jax.data.benchmarks.base import Benchmark, StreamSpec, benchmark_dir
+from vkd_jax.benchmarks.base import Benchmark, StreamSpec, benchmark_dir
 
 BENCHMARKS = {  # name -> "module:class" (imported on use: each module pulls in its TFDS builder)
-    "mllmu": "vkd_jax.data.benchmarks.mllmu:MLLMUBench",
-    "clear": "vkd_jax.data.benchmarks.clear:ClearBench",
+    "mllmu": "vkd_jax.benchmarks.mllmu.adapter:MLLMUBench",
+    "clear": "vkd_jax.benchmarks.clear.adapter:ClearBench",
 }
 
 

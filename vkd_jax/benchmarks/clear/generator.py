@@ -1,7 +1,7 @@
 """The embedded CLEAR: a CLEAR-shaped world (shared/spec/clear.md) written as the real parquet layout, deterministic
 from a seed, small enough to train a tiny LLaVA on 2 cores in minutes.
 
-    python -m vkd_jax.data.clear_synthetic --out DIR --seed 0
+    python -m vkd_jax.benchmarks.clear.generator --out DIR --seed 0
 
 People are fictitious authors with a face (head shape, skin tone, hair colour and style, eye colour, an accessory;
 any two differ in at least `min_code_distance` of them), a name, 3 perturbed names (other people's names) and
@@ -29,7 +29,16 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
-from vkd_jax.data.synthetic import _unique_words, parquet_texts, publish
+from vkd_jax.benchmarks.worlds import (
+    CAPTIONS,
+    GENERIC_DIR,
+    forget_order,
+    parquet_texts,
+    publish,
+    split_size,
+    unique_words,
+    write_split,
+)
 
 SKINS = ((232, 190, 160), (205, 160, 120), (170, 120, 85), (120, 85, 60))
 HAIRS = ((40, 30, 25), (110, 70, 35), (200, 170, 90), (150, 150, 150), (160, 60, 40))
@@ -163,10 +172,10 @@ def build_world(cfg: ClearWorldConfig, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
     n_all = cfg.num_people + cfg.num_real_faces
-    names = [f"{a.capitalize()} {b.capitalize()}" for a, b in zip(_unique_words(rng, n_all, 2, taken),
-                                                                   _unique_words(rng, n_all, 3, taken))]
+    names = [f"{a.capitalize()} {b.capitalize()}" for a, b in zip(unique_words(rng, n_all, 2, taken),
+                                                                   unique_words(rng, n_all, 3, taken))]
     faces = _faces(rng, n_all, cfg)
-    values = {f[0]: _unique_words(rng, cfg.values_per_fact, 2, taken) for f in FACTS[:cfg.num_facts]}
+    values = {f[0]: unique_words(rng, cfg.values_per_fact, 2, taken) for f in FACTS[:cfg.num_facts]}
     people = []
     for i in range(n_all):
         others = [j for j in range(n_all) if j != i and (j >= cfg.num_people) == (i >= cfg.num_people)]
@@ -205,8 +214,6 @@ def _tofu_rows(p, cfg):
 
 def generate(out: str | os.PathLike, seed: int = 0, cfg: ClearWorldConfig = ClearWorldConfig()) -> dict:
     """Writes <out>/<config>/train-00000-of-00001.parquet for every CLEAR config (atomically)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     world = build_world(cfg, seed)
     people = [p for p in world["people"] if not p["celebrity"]]
@@ -214,7 +221,6 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: ClearWorldConfig = Clea
     img = {p["index"]: _image_rows(p, cfg, seed, 0, cfg.images_per_person, False) for p in people}
     pert = {p["index"]: _image_rows(p, cfg, seed, 100, cfg.eval_images, True) for p in people}
     tofu = {p["index"]: _tofu_rows(p, cfg) for p in people}
-    from vkd_jax.data.synthetic import forget_order, split_size
 
     order = forget_order(seed, len(people))  # nested forget sets
     splits = {pct: {people[i]["index"] for i in order[:split_size(len(people), pct)]} for pct in FORGET}
@@ -258,16 +264,13 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: ClearWorldConfig = Clea
     tmp = tempfile.mkdtemp(prefix=".clear-", dir=out)
     try:
         for name, rows in tables.items():
-            os.makedirs(os.path.join(tmp, name))
-            pq.write_table(pa.Table.from_pylist(rows), os.path.join(tmp, name, "train-00000-of-00001.parquet"))
+            write_split(tmp, name, rows)
         names = list(tables)
         extra = {"real_faces_train": real_face_train}  # the celebrities' other images: pretraining data only
         for name, rows in extra.items():
-            os.makedirs(os.path.join(tmp, name))
-            pq.write_table(pa.Table.from_pylist(rows), os.path.join(tmp, name, "train-00000-of-00001.parquet"))
+            write_split(tmp, name, rows)
             names.append(name)
         if cfg.num_generic:
-            from vkd_jax.data.synthetic import CAPTIONS, GENERIC_DIR
 
             gdir = os.path.join(tmp, GENERIC_DIR)
             os.makedirs(gdir)

@@ -33,38 +33,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import numpy as np
 
+from vkd_jax.benchmarks.clear.prompts import (
+    CAPTION_QUESTIONS,
+    FACE_PROMPT,
+    NAME_QUESTION,
+    chat_prompt,
+    mc_letter,
+    options_block,
+)
 from vkd_jax.eval import metrics
-from vkd_jax.eval.evaluator import EvalConfig, Query, Runner
+from vkd_jax.eval.runner import EvalConfig, Query, Runner
 
-NAME_QUESTION = "What is the name of the person in the image?"
-FACE_PROMPT = "The name of the person on the image is "
-CAPTION_QUESTIONS = ("What can you see in this picture?", "Tell me about the content of this image",
-                     "Can you give a description of the image?", "What is depicted in the image?",
-                     "Explain what you observe in the picture.", "Describe the image in detail.",
-                     "What is the main subject of this image?", "Can you describe the scene or objects in the image?",
-                     "What is happening in this image?")
 SETS = ("forget", "retain", "real_faces", "real_world")
 OFFICIAL_TASKS = ("eval_log_forget", "eval_log", "eval_forget_facerec", "eval_retain_facerec", "eval_real_faces",
                   "eval_real_world")
-
-
-def chat_prompt(text: str, with_image: bool) -> str:
-    """LLaVA-1.5's chat template (llava-hf) for one user turn and the generation prompt."""
-    return "USER: " + ("<image>\n" if with_image else "") + text + " " + "ASSISTANT:"
-
-
-def options_block(options: list[str]) -> str:
-    return "\n".join(f"{chr(ord('A') + i)}. {v}" for i, v in enumerate(options))
-
-
-def mc_letter(reply: str) -> str:
-    """MMUnlearner's parse: strip every non-alphanumeric character, the first one upper-cased."""
-    s = re.sub(r"[^a-zA-Z0-9]", "", reply)
-    return s[0].upper() if s else ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """MLLMU-Bench: parquet reader with row validation, and the TFDS builder `mllmu_bench` (ArrayRecord, no TensorFlow).
 
-The raw data is the dataset repository as downloaded (or as `vkd_jax.data.synthetic` writes it) in TFDS's
+The raw data is the dataset repository as downloaded (or as `vkd_jax.benchmarks.mllmu.generator` writes it) in TFDS's
 manual_dir: `<manual_dir>/<config>/*.parquet`. One TFDS example per profile row; every column is kept:
 
 - `image`, `images`: {bytes, path} structs of encoded image bytes (`image` for all configs but Test_Set, `images`,
@@ -10,7 +10,7 @@ manual_dir: `<manual_dir>/<config>/*.parquet`. One TFDS example per profile row;
   strings (tfds features cannot hold lists of dicts without TensorFlow); `decode_profile` gives back the exact
   Python structures. `present_columns` lists the columns the source row really had.
 
-Usage (after `import vkd_jax.data.mllmu_bench`):
+Usage (after `import vkd_jax.benchmarks.mllmu.reader`):
     tfds.data_source("mllmu_bench/forget_5", data_dir=D, download_and_prepare_kwargs={
         "download_config": tfds.download.DownloadConfig(manual_dir=M)})
 `builder_kwargs={"skip_bad_rows": True}` skips malformed rows instead of raising; skipped rows are logged and
@@ -19,7 +19,6 @@ recorded in the dataset's `info.metadata["bad_rows"]`.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -27,6 +26,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from vkd_jax.data.rows import BadRowReport, DataError, QuietBuilder, data_source, iter_valid_rows
 
 CONFIGS = ("Full_Set", "Test_Set", "Retain_Set", "ft_Data", "forget_5", "forget_10", "forget_15",
            "retain_95", "retain_90", "retain_85")
@@ -39,33 +40,10 @@ ALL_COLUMNS = ("image", "images") + TEXT_COLUMNS + JSON_COLUMNS
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
-    """A malformed benchmark file or row; the message names the file, row and column."""
-
-    def __init__(self, file: str, row: int | None, column: str | None, msg: str):
-        self.file, self.row, self.column = file, row, column
-        where = f"{file}: " + (f"row {row}, " if row is not None else "") + \
-            (f"column '{column}': " if column is not None else "")
-        super().__init__(where + msg)
-
-
 def required_columns(config: str) -> tuple[str, ...]:
     if config == "ft_Data":
         return ("ID", "image", "metadata")
     return ("ID", "images" if config == "Test_Set" else "image", "biography") + TASK_COLUMNS
-
-
-@dataclasses.dataclass
-class BadRowReport:
-    """What `skip_bad_rows` skipped: one entry per row (or whole file) with the error message."""
-    skipped: list[dict] = dataclasses.field(default_factory=list)
-
-    def add(self, err: DataError):
-        self.skipped.append({"file": err.file, "row": err.row, "column": err.column, "error": str(err)})
-        log.warning("skipping bad input: %s", err)
-
-    def __len__(self):
-        return len(self.skipped)
 
 
 def _check_image(file, row, column, value) -> dict:
@@ -147,47 +125,6 @@ def parquet_files(manual_dir: str | os.PathLike, config: str) -> list[str]:
     return files
 
 
-def iter_valid_rows(manual_dir, config: str, files, columns, validate, skip_bad_rows: bool = False,
-                    report: BadRowReport | None = None):
-    """Yields ("<file>:<row>", example) for every valid row of `files` (parquet paths under manual_dir): each file
-    must read and hold `columns`, each row passes `validate(file, row, record, config)`.
-
-    File-level problems (empty / truncated parquet, missing column) raise DataError; with `skip_bad_rows` the
-    whole file is skipped and reported. Row-level problems raise, or are skipped and reported. No valid row at all
-    is an error either way."""
-    import pyarrow.parquet as pq
-    report = report if report is not None else BadRowReport()
-    n_ok = 0
-    for path in files:
-        name = os.path.relpath(path, os.fspath(manual_dir))
-        try:
-            try:
-                table = pq.read_table(path)
-            except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
-                raise DataError(name, None, None, f"not a readable parquet file ({type(e).__name__}: {e})") from None
-            for c in columns:
-                if c not in table.column_names:
-                    raise DataError(name, None, c, f"missing column (file has {table.column_names})")
-        except DataError as e:
-            if not skip_bad_rows:
-                raise
-            report.add(e)
-            continue
-        for i, rec in enumerate(table.to_pylist()):
-            try:
-                ex = validate(name, i, rec, config)
-            except DataError as e:
-                if not skip_bad_rows:
-                    raise
-                report.add(e)
-                continue
-            n_ok += 1
-            yield f"{name}:{i:06d}", ex
-    if n_ok == 0:
-        raise DataError(os.path.join(os.fspath(manual_dir), config), None, None,
-                        f"no valid rows ({len(report)} skipped: {report.skipped[:3]})")
-
-
 def iter_profiles(manual_dir, config: str, skip_bad_rows: bool = False, report: BadRowReport | None = None):
     """Yields (key, example) for every valid profile of `config` (iter_valid_rows with MLLMU-Bench's rules)."""
     return iter_valid_rows(manual_dir, config, parquet_files(manual_dir, config), required_columns(config),
@@ -214,8 +151,8 @@ def decode_profile(ex: dict) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- TFDS builder (tensorflow_datasets imported lazily
-# by the class body below; importing this module registers `mllmu_bench`).
+# ---------------------------------------------------------------- TFDS builder (importing this module registers
+# `mllmu_bench`).
 import tensorflow_datasets as tfds  # noqa: E402
 from etils import epath  # noqa: E402
 
@@ -224,43 +161,14 @@ class MllmuBenchConfig(tfds.core.BuilderConfig):
     pass
 
 
-class QuietBuilder(tfds.core.GeneratorBasedBuilder):
-    """A local-files builder: nothing is downloaded, so TFDS's download banners ("Downloading and preparing dataset
-    Unknown size ...") would only mislead; one log line instead."""
-
-    def _log_download_bytes(self) -> None:
-        log.info("preparing %s in %s", self.name, self.data_dir)
-
-    def _log_download_done(self) -> None:
-        log.info("prepared %s", self.name)
-
-
-def data_source(name: str, data_dir, manual_dir=None, **builder_kwargs):
-    """tfds.data_source of one of our builders (train split, prepared from manual_dir on first use), without TFDS's
-    progress bars and its warnings about the folder it is about to create."""
-    kw = {}
-    if manual_dir is not None:
-        kw["download_and_prepare_kwargs"] = {
-            "download_config": tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))}
-    from absl import logging as absl_logging
-
-    tfds.disable_progress_bar()
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # "Variant folder ... has no dataset_info.json": being written
-    try:
-        return tfds.data_source(name, data_dir=os.fspath(data_dir), split="train", builder_kwargs=builder_kwargs,
-                                **kw)
-    finally:
-        absl_logging.set_verbosity(verbosity)
-
-
 class MllmuBench(QuietBuilder):
     """MLLMU-Bench (and the embedded benchmark), one example per profile, read from manual_dir parquet."""
 
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Place the dataset repository MLLMMU/MLLMU-Bench (or the output of `python -m vkd_jax.data.synthetic "
-        "--out DIR`) in manual_dir: <manual_dir>/<config>/train-0000X-of-0000N.parquet.")
+        "Place the dataset repository MLLMMU/MLLMU-Bench (or the output of "
+        "`python -m vkd_jax.benchmarks.mllmu.generator --out DIR`) in manual_dir: "
+        "<manual_dir>/<config>/train-0000X-of-0000N.parquet.")
     BUILDER_CONFIGS = [MllmuBenchConfig(name=c, description=f"MLLMU-Bench {c}") for c in CONFIGS]
 
     @tfds.core.utils.classproperty

@@ -1,6 +1,6 @@
 """The embedded benchmark: an MLLMU-Bench-shaped world, written as the real parquet layout, deterministic from a seed.
 
-    python -m vkd_jax.data.synthetic --out DIR --seed 0 [--num_people 160 ...]
+    python -m vkd_jax.benchmarks.mllmu.generator --out DIR --seed 0 [--num_people 160 ...]
 
 Visual identity is a combination, not a single cue: a background drawn from a few close colours, and `num_shapes`
 shapes, each with a kind (6), a colour from a palette of similar hues (6) and a slot in a 3x3 grid; any two people
@@ -29,13 +29,22 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
+from vkd_jax.benchmarks.worlds import (
+    CAPTIONS,
+    GENERIC_DIR,
+    forget_order,
+    parquet_texts,
+    publish,
+    split_size,
+    unique_words,
+    write_split,
+)
+
 FACTS = ("birthplace", "occupation", "hobby", "pet", "favourite food", "instrument")
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
 # deliberately close colours: identity needs the combination, not a colour
 PALETTE = ((200, 70, 60), (215, 120, 50), (190, 160, 60), (170, 80, 120), (140, 90, 70), (205, 100, 100))
 BACKGROUNDS = ((70, 80, 95), (80, 85, 90), (65, 90, 85), (85, 75, 90))
-_SYL = ("ka", "lo", "mi", "ren", "ta", "vo", "sil", "dun", "be", "ra", "no", "ti", "qua", "mar", "el", "zo",
-        "pen", "ul", "gri", "sa", "to", "fen", "di", "ark")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +66,6 @@ class WorldConfig:
     image_format: str = "PNG"      # PNG or JPEG
     num_generic: int = 0           # further people in no split: generic_images/, for retain-side distillation
     generic_poses: int = 4         # images per generic person (random poses)
-
-
-def _word(rng, n_syl) -> str:
-    return "".join(rng.choice(_SYL) for _ in range(n_syl))
-
-
-def _unique_words(rng, n, n_syl, taken) -> list[str]:
-    out = []
-    while len(out) < n:
-        w = _word(rng, n_syl)
-        if w not in taken:
-            taken.add(w)
-            out.append(w)
-    return out
 
 
 def _codes(rng, n, cfg: WorldConfig, taken: np.ndarray | None = None) -> np.ndarray:
@@ -187,11 +182,11 @@ def build_world(cfg: WorldConfig, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
     facts_used = FACTS[:cfg.num_facts]
-    values = {f: _unique_words(rng, cfg.values_per_fact, 2, taken) for f in facts_used}
+    values = {f: unique_words(rng, cfg.values_per_fact, 2, taken) for f in facts_used}
     n_all = cfg.num_people + cfg.num_celebrities
     codes = _codes(rng, n_all, cfg)
-    firsts = _unique_words(rng, n_all, 2, taken)
-    lasts = _unique_words(rng, n_all, 3, taken)
+    firsts = unique_words(rng, n_all, 2, taken)
+    lasts = unique_words(rng, n_all, 3, taken)
     people = []
     for i in range(n_all):
         celeb = i >= cfg.num_people
@@ -203,10 +198,6 @@ def build_world(cfg: WorldConfig, seed: int) -> dict:
         people.append({"ID": pid, "name": name, "facts": facts, "code": codes[i], "celebrity": celeb,
                        "biography": json.dumps(bio), **_tasks(rng, name, facts, values), "ft": _ft_pairs(name, facts)})
     return {"people": people, "values": values, "config": cfg, "seed": seed}
-
-
-GENERIC_DIR = "generic_images"
-CAPTIONS = "captions.json"  # {file name: what the image shows}, beside the images (sources.ImageFolderSource)
 
 
 def generic_codes(world: dict) -> np.ndarray:
@@ -232,20 +223,8 @@ def _row(p, img, cfg, image_col="image"):
     return row
 
 
-def forget_order(seed: int, num_people: int) -> np.ndarray:
-    """The order in which people enter the forget sets: forget_X is its first `split_size` people; forget split k
-    (several unlearning runs from one vanilla model) is the k-th block of that size."""
-    return np.random.default_rng([seed, 104729]).permutation(num_people)
-
-
-def split_size(num_people: int, pct: int) -> int:
-    return max(1, round(num_people * pct / 100))
-
-
 def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConfig()) -> dict:
     """Writes <out>/<config>/train-00000-of-00001.parquet for every MLLMU-Bench config (atomically)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     world = build_world(cfg, seed)
     people = [p for p in world["people"] if not p["celebrity"]]
     celebs = [p for p in world["people"] if p["celebrity"]]
@@ -274,8 +253,7 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConf
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=out)
     try:
         for name, rows in tables.items():
-            os.makedirs(os.path.join(tmp, name))
-            pq.write_table(pa.Table.from_pylist(rows), os.path.join(tmp, name, "train-00000-of-00001.parquet"))
+            write_split(tmp, name, rows)
         names = list(tables)
         if len(generic):
             os.makedirs(os.path.join(tmp, GENERIC_DIR))
@@ -300,40 +278,18 @@ def generate(out: str | os.PathLike, seed: int = 0, cfg: WorldConfig = WorldConf
     return world
 
 
-def publish(tmp: str, out: str, names) -> None:
-    """Move each finished `tmp/<name>` to `out/<name>` (replacing an older one): a reader sees whole splits."""
-    for name in names:
-        dst = os.path.join(out, name)
-        if os.path.isdir(dst):
-            shutil.rmtree(dst)
-        os.replace(os.path.join(tmp, name), dst)
-
-
-def parquet_texts(out: str | os.PathLike, columns, encode) -> list[str]:
-    """`encode(value)` -> texts of every value of `columns` in the parquet files of out/<split>/ (tokenizer
-    training text)."""
-    import pyarrow.parquet as pq
-
-    texts = []
-    for name in sorted(os.listdir(out)):
-        d = os.path.join(out, name)
-        if not os.path.isdir(d) or name.startswith("."):
-            continue
-        for f in sorted(os.listdir(d)):
-            if f.endswith(".parquet"):
-                t = pq.read_table(os.path.join(d, f))
-                for c in columns:
-                    if c in t.column_names:
-                        for v in t[c].to_pylist():
-                            texts.extend(encode(v))
-    return texts
-
-
 def benchmark_texts(out: str | os.PathLike) -> list[str]:
     """Every text of a generated benchmark (questions, options, answers, names, biographies) for the tokenizer."""
     return parquet_texts(out, ("biography", "question", "answer", "Classification_Task", "Generation_Task",
                                "Mask_Task", "metadata"),
                          lambda v: [v if isinstance(v, str) else json.dumps(v)])
+
+
+def tokenizer_texts(out: str | os.PathLike) -> list[str]:
+    """What the embedded world's tokenizer trains on: its texts, then MLLMU-Bench's prompt words."""
+    from vkd_jax.benchmarks.mllmu.prompts import TOKENIZER_TEXTS
+
+    return benchmark_texts(out) + list(TOKENIZER_TEXTS)
 
 
 def identity_nn_accuracy(world: dict, poses: int = 2, size: int = 16) -> float:
@@ -366,7 +322,7 @@ def main(argv=None):
     world = generate(a.out, a.seed, cfg)
     from vkd_jax.data.tokenizer import train_tokenizer
     tok_dir = a.tokenizer_dir or os.path.join(a.out, "tokenizer")
-    tok = train_tokenizer(benchmark_texts(a.out), tok_dir)
+    tok = train_tokenizer(tokenizer_texts(a.out), tok_dir)
     print(f"wrote {a.out}: {cfg.num_people} people, {cfg.num_celebrities} celebrities; tokenizer "
           f"({tok.vocab_size} tokens) in {tok_dir}; 1-NN identity accuracy across poses "
           f"{identity_nn_accuracy(world):.3f} (chance {1 / len(world['people']):.3f})")

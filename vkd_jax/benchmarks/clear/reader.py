@@ -1,8 +1,9 @@
 """CLEAR: parquet reader with row validation, and the TFDS builder `clear_bench` (ArrayRecord, no TensorFlow).
 
-The raw data is the dataset repository `therem/CLEAR` as downloaded (or as `vkd_jax.data.clear_synthetic` writes it)
-in TFDS's manual_dir: `<manual_dir>/<config>/*.parquet`, configs as shared/spec/clear.md lists them. TFDS config
-names cannot hold "+", so `forget10+tofu` is the TFDS config `forget10_tofu` (`tfds_name`); `load` takes either.
+The raw data is the dataset repository `therem/CLEAR` as downloaded (or as `vkd_jax.benchmarks.clear.generator`
+writes it) in TFDS's manual_dir: `<manual_dir>/<config>/*.parquet`, configs as shared/spec/clear.md lists them.
+TFDS config names cannot hold "+", so `forget10+tofu` is the TFDS config `forget10_tofu` (`tfds_name`); `load`
+takes either.
 One example per row, every column kept:
 - `image`: {bytes, path} (empty for the text-only `+tofu` rows, which have `question`/`answer` instead);
 - `caption`, `name`, `question`, `answer`, `paraphrased_caption`: text ("" when the row has none);
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vkd_jax.data.mllmu_bench import BadRowReport, DataError, QuietBuilder, data_source, iter_valid_rows
+from vkd_jax.data.rows import BadRowReport, DataError, QuietBuilder, data_source, iter_valid_rows
 
 RATIOS = (1, 5, 10)
 CONFIGS = ("full", "full+tofu", *[f"forget{p:02d}{s}" for p in RATIOS for s in ("", "+tofu", "_perturbed")],
@@ -164,8 +165,9 @@ class ClearBench(QuietBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Place the dataset repository therem/CLEAR (or the output of `python -m vkd_jax.data.clear_synthetic --out "
-        "DIR`) in manual_dir: <manual_dir>/<config>/train-0000X-of-0000N.parquet.")
+        "Place the dataset repository therem/CLEAR (or the output of "
+        "`python -m vkd_jax.benchmarks.clear.generator --out DIR`) in manual_dir: "
+        "<manual_dir>/<config>/train-0000X-of-0000N.parquet.")
     BUILDER_CONFIGS = [ClearBenchConfig(name=tfds_name(c), description=f"CLEAR {c}") for c in CONFIGS]
 
     @tfds.core.utils.classproperty

@@ -1,5 +1,6 @@
 """MLLMU-Bench behind the benchmark interface: a local download (data.source="local", data.manual_dir) or the
-embedded world (data.source="embedded": vkd_jax.data.synthetic, generated into <benchmark>/raw with its tokenizer).
+embedded world (data.source="embedded": vkd_jax.benchmarks.mllmu.generator, generated into <benchmark>/raw with
+its tokenizer).
 
 Streams (every stage; the config picks which one a stage reads):
   pretrain             vqa / qa: the celebrities (Retain_Set), standing in for LLaVA's own pretraining
@@ -8,8 +9,9 @@ Streams (every stage; the config picks which one a stage reads):
   pretrain..reference  caption: the generic images with their captions.json (data.generic_images or the world's)
   masks, unlearn       forget / retain: the forget / retain people's ft_Data pairs with their images;
                        unlearn also generic (the generic images, VKD's b_g)
-Evaluation: vkd_jax.eval.evaluator on forget_X, Test_Set (forget IDs), retain_(100-X) (optionally a seeded subset of
-`eval.retain_max_profiles` profiles) and Retain_Set; relearning on the forget VQA classification questions.
+Evaluation: vkd_jax.benchmarks.mllmu.protocol on forget_X, Test_Set (forget IDs), retain_(100-X) (optionally a
+seeded subset of `eval.retain_max_profiles` profiles) and Retain_Set; relearning on the forget VQA classification
+questions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import os
 import numpy as np
 from absl import logging
 
-from vkd_jax.data.benchmarks.base import Benchmark, StreamSpec, check_world
+from vkd_jax.benchmarks.base import Benchmark, StreamSpec, check_world
+from vkd_jax.benchmarks.mllmu.prompts import TASKS, profile_examples
+from vkd_jax.data.sources import pair_examples
 
 VQA, QA = ("Image_Textual",), ("Pure_Text",)
 
@@ -28,7 +32,7 @@ class MLLMUBench(Benchmark):
     name = "mllmu"
     sets = ("forget", "test", "retain", "celebrity")
     ratios = (5, 10, 15)
-    train_tasks = ("ft", "classification", "generation", "cloze")
+    train_tasks = TASKS
     headline = (("forget", "vqa_cls_acc", "Forget VQA", "down"), ("forget", "qa_cls_acc", "Forget QA", "keep"),
                 ("test", "vqa_cls_acc", "Test VQA", "down"), ("retain", "vqa_cls_acc", "Retain VQA", "up"),
                 ("retain", "qa_cls_acc", "Retain QA", "up"), ("celebrity", "vqa_cls_acc", "Celeb VQA", "up"),
@@ -91,7 +95,7 @@ class MLLMUBench(Benchmark):
         return out
 
     def prepare(self):
-        from vkd_jax.data import synthetic
+        from vkd_jax.benchmarks.mllmu import generator as synthetic
         from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
 
         if self.embedded:
@@ -103,7 +107,7 @@ class MLLMUBench(Benchmark):
                 check_world(os.path.join(self.manual_dir, "world.json"), world, int(self.cfg.data.world_seed))
             tok_dir = os.path.join(self.dir, "tokenizer")
             if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-                train_tokenizer(synthetic.benchmark_texts(self.manual_dir), tok_dir)
+                train_tokenizer(synthetic.tokenizer_texts(self.manual_dir), tok_dir)
             return load_tokenizer(tok_dir)
         return self.local_tokenizer("MLLMU-Bench")
 
@@ -113,7 +117,7 @@ class MLLMUBench(Benchmark):
 
     def load(self, config: str):
         """An MLLMU-Bench config; for forget split k > 0, forget_X / retain_Y are that split's profiles."""
-        from vkd_jax.data import mllmu_bench
+        from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
         from vkd_jax.data.sources import RowsWithIds
 
         if self.split and config in (f"forget_{self.forget_pct}", f"retain_{100 - self.forget_pct}"):
@@ -121,8 +125,8 @@ class MLLMUBench(Benchmark):
         return mllmu_bench.load(config, self.tfds_dir, self.manual_dir)
 
     def _split_blocks(self) -> tuple[list[str], int]:
+        from vkd_jax.benchmarks.worlds import forget_order, split_size
         from vkd_jax.data.pipeline import as_str
-        from vkd_jax.data.synthetic import forget_order, split_size
 
         full = self.load("Full_Set")
         ids = [as_str(full[i]["ID"]) for i in range(len(full))]
@@ -143,7 +147,7 @@ class MLLMUBench(Benchmark):
 
     @staticmethod
     def question_values(records):
-        from vkd_jax.eval.evaluator import question_values
+        from vkd_jax.benchmarks.mllmu.protocol import question_values
 
         return question_values(records)
 
@@ -163,30 +167,31 @@ class MLLMUBench(Benchmark):
                 profiles = self.load("Full_Set" if stage == "vanilla" else retain)
                 celebs = [self.load("Retain_Set")] * int(data.get("celebrity_repeat", 1))
                 src = ConcatSource([PoseJoinedSource(self.load("ft_Data"), profiles), *celebs])
-            out = {"vqa": StreamSpec(src, tasks, VQA, resample_options=resample),
-                   "qa": StreamSpec(src, tasks, QA, resample_options=resample)}
+            out = {"vqa": StreamSpec(src, tasks, VQA, profile_examples, resample_options=resample),
+                   "qa": StreamSpec(src, tasks, QA, profile_examples, resample_options=resample)}
             if "caption" in tuple(self.cfg.stages[stage].get("streams", ())):
                 cap = ImageFolderSource(self.generic_images_dir())
                 if cap.captions is None:
                     raise ValueError(f"stages.{stage}.streams has 'caption': {cap.folder} needs a captions.json")
-                out["caption"] = StreamSpec(cap, ("ft",), VQA, resample_options=resample)
+                out["caption"] = StreamSpec(cap, ("ft",), VQA, pair_examples, resample_options=resample)
             return out
         if stage in ("masks", "unlearn"):
             ft = self.load("ft_Data")
             out = {"forget": StreamSpec(PoseJoinedSource(ft, self.load(f"forget_{self.forget_pct}")), ("ft",), VQA,
+                                        profile_examples,
                                         resample_options=resample),
-                   "retain": StreamSpec(PoseJoinedSource(ft, self.load(retain)), ("ft",), VQA,
+                   "retain": StreamSpec(PoseJoinedSource(ft, self.load(retain)), ("ft",), VQA, profile_examples,
                                         resample_options=resample)}
             if stage == "unlearn":
                 out["generic"] = lambda: StreamSpec(ImageFolderSource(self.generic_images_dir()), ("ft",), VQA,
-                                                    resample_options=resample)
+                                                    pair_examples, resample_options=resample)
             return out
         raise ValueError(f"no streams for stage {stage!r}")
 
     # ---- evaluation --------------------------------------------------------------------------------------
     def eval_sets(self) -> dict:
+        from vkd_jax.benchmarks.mllmu.protocol import EvalSet
         from vkd_jax.data.pipeline import forget_ids
-        from vkd_jax.eval.evaluator import EvalSet
 
         forget = self.load(f"forget_{self.forget_pct}")
         sets = {"forget": EvalSet(forget), "test": EvalSet(self.load("Test_Set"), forget_ids(forget)),
@@ -201,22 +206,23 @@ class MLLMUBench(Benchmark):
         return sets
 
     def evaluate(self, model, ecfg, records: dict) -> dict:
-        from vkd_jax.eval import evaluate
+        from vkd_jax.benchmarks.mllmu.protocol import evaluate
 
         return evaluate(model, self.tokenizer, self.eval_sets(), ecfg, records=records,
                         demo_source=self.load("Full_Set") if ecfg.few_shot else None)
 
     # ---- relearning attack and floor ---------------------------------------------------------------------
     def relearn_keys(self) -> list:
-        from vkd_jax.eval.evaluator import question_keys
+        from vkd_jax.benchmarks.mllmu.protocol import question_keys
 
         return sorted(question_keys(self.load(f"forget_{self.forget_pct}"), "classification", "Image_Textual"))
 
     def relearn_stream(self, keys) -> StreamSpec:
-        return StreamSpec(self.load(f"forget_{self.forget_pct}"), ("classification",), VQA, keys=tuple(keys))
+        return StreamSpec(self.load(f"forget_{self.forget_pct}"), ("classification",), VQA, profile_examples,
+                          keys=tuple(keys))
 
     def relearn_score(self, model, ecfg, exclude, records: list) -> float:
-        from vkd_jax.eval.evaluator import evaluate_questions
+        from vkd_jax.benchmarks.mllmu.protocol import evaluate_questions
 
         return evaluate_questions(model, self.tokenizer, self.load(f"forget_{self.forget_pct}"), ecfg,
                                   exclude=exclude, records=records)["vqa_cls_acc"]
@@ -244,8 +250,8 @@ class MLLMUBench(Benchmark):
 
     def identity_free_floor(self, model, ecfg, records: list) -> float:
         """Forget VQA accuracy of a model shown the mean image instead of the person."""
+        from vkd_jax.benchmarks.mllmu.protocol import evaluate_questions
         from vkd_jax.data.sources import ImageReplacedSource, mean_image_bytes
-        from vkd_jax.eval.evaluator import evaluate_questions
 
         forget = self.load(f"forget_{self.forget_pct}")
         blank = ImageReplacedSource(forget, mean_image_bytes(self.load("Full_Set")))

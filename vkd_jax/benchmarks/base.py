@@ -1,7 +1,7 @@
 """What a benchmark is to the pipeline: it prepares its data, declares each stage's training streams as data, and
 evaluates a model on its own sets with its own scoring.
 
-    bench = make_benchmark(cfg, shared, local_cache)   # vkd_jax.data.benchmarks
+    bench = make_benchmark(cfg, shared, local_cache)   # vkd_jax.benchmarks
     bench.tokenizer, bench.forget_pct
     bench.stage_streams("unlearn")    # {stream name: StreamSpec}: which rows, tasks and forms a stage trains on
     bench.evaluate(model, ecfg, records)               # {set: {metric: value}}, records filled per question
@@ -9,7 +9,7 @@ evaluates a model on its own sets with its own scoring.
     bench.identity_free_floor(model, ecfg, records)
 The orchestrator (vkd_jax.experiment) turns StreamSpecs into input pipelines, each seeded from its (stage, stream)
 name; the streams a stage really reads are its config's `streams` (training stages) or its method's (masks,
-unlearn). Adding a benchmark: a module here and one line in `BENCHMARKS` (vkd_jax/data/benchmarks/__init__.py).
+unlearn). Adding a benchmark: a module here and one line in `BENCHMARKS` (vkd_jax/benchmarks/__init__.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class StreamSpec:
     source: Any                        # random-access rows (a TFDS data source or a view of one)
     tasks: tuple[str, ...]
     types: tuple[str, ...]
-    examples: Callable | None = None   # row -> examples (vkd_jax.data.pipeline); None: MLLMU-Bench profiles
+    examples: Callable                 # (row, tasks, types, cls_answer) -> examples (vkd_jax.data.pipeline)
     resample_options: bool = False
     keys: tuple | None = None          # restrict to these (ID, item) questions (relearning subsets)
 
@@ -124,7 +124,7 @@ class Benchmark:
 
     def generic_images_dir(self) -> str:
         """config.data.generic_images, else the embedded world's generic_images/ (VKD's b_g images)."""
-        from vkd_jax.data.synthetic import GENERIC_DIR
+        from vkd_jax.benchmarks.worlds import GENERIC_DIR
 
         d = str(self.cfg.data.get("generic_images", "") or "")
         if d:

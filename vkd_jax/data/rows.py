@@ -1,0 +1,111 @@
+"""Reading a benchmark's parquet files into TFDS (ArrayRecord, no TensorFlow): what every benchmark reader shares.
+
+- `DataError`: a malformed file or row, named by file, row and column; `BadRowReport`: what `skip_bad_rows`
+  skipped; `iter_valid_rows`: the valid rows of parquet files under a validator;
+- `QuietBuilder`: the base of the benchmarks' local-files TFDS builders; `data_source`: one of them as a
+  random-access `tfds.data_source`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import tensorflow_datasets as tfds
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A malformed benchmark file or row; the message names the file, row and column."""
+
+    def __init__(self, file: str, row: int | None, column: str | None, msg: str):
+        self.file, self.row, self.column = file, row, column
+        where = f"{file}: " + (f"row {row}, " if row is not None else "") + \
+            (f"column '{column}': " if column is not None else "")
+        super().__init__(where + msg)
+
+
+@dataclasses.dataclass
+class BadRowReport:
+    """What `skip_bad_rows` skipped: one entry per row (or whole file) with the error message."""
+    skipped: list[dict] = dataclasses.field(default_factory=list)
+
+    def add(self, err: DataError):
+        self.skipped.append({"file": err.file, "row": err.row, "column": err.column, "error": str(err)})
+        log.warning("skipping bad input: %s", err)
+
+    def __len__(self):
+        return len(self.skipped)
+
+
+def iter_valid_rows(manual_dir, config: str, files, columns, validate, skip_bad_rows: bool = False,
+                    report: BadRowReport | None = None):
+    """Yields ("<file>:<row>", example) for every valid row of `files` (parquet paths under manual_dir): each file
+    must read and hold `columns`, each row passes `validate(file, row, record, config)`.
+
+    File-level problems (empty / truncated parquet, missing column) raise DataError; with `skip_bad_rows` the
+    whole file is skipped and reported. Row-level problems raise, or are skipped and reported. No valid row at all
+    is an error either way."""
+    import pyarrow.parquet as pq
+    report = report if report is not None else BadRowReport()
+    n_ok = 0
+    for path in files:
+        name = os.path.relpath(path, os.fspath(manual_dir))
+        try:
+            try:
+                table = pq.read_table(path)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError
+                raise DataError(name, None, None, f"not a readable parquet file ({type(e).__name__}: {e})") from None
+            for c in columns:
+                if c not in table.column_names:
+                    raise DataError(name, None, c, f"missing column (file has {table.column_names})")
+        except DataError as e:
+            if not skip_bad_rows:
+                raise
+            report.add(e)
+            continue
+        for i, rec in enumerate(table.to_pylist()):
+            try:
+                ex = validate(name, i, rec, config)
+            except DataError as e:
+                if not skip_bad_rows:
+                    raise
+                report.add(e)
+                continue
+            n_ok += 1
+            yield f"{name}:{i:06d}", ex
+    if n_ok == 0:
+        raise DataError(os.path.join(os.fspath(manual_dir), config), None, None,
+                        f"no valid rows ({len(report)} skipped: {report.skipped[:3]})")
+
+
+class QuietBuilder(tfds.core.GeneratorBasedBuilder):
+    """A local-files builder: nothing is downloaded, so TFDS's download banners ("Downloading and preparing dataset
+    Unknown size ...") would only mislead; one log line instead."""
+
+    def _log_download_bytes(self) -> None:
+        log.info("preparing %s in %s", self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.info("prepared %s", self.name)
+
+
+def data_source(name: str, data_dir, manual_dir=None, **builder_kwargs):
+    """tfds.data_source of one of our builders (train split, prepared from manual_dir on first use), without TFDS's
+    progress bars and its warnings about the folder it is about to create."""
+    kw = {}
+    if manual_dir is not None:
+        kw["download_and_prepare_kwargs"] = {
+            "download_config": tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))}
+    from absl import logging as absl_logging
+
+    tfds.disable_progress_bar()
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # "Variant folder ... has no dataset_info.json": being written
+    try:
+        return tfds.data_source(name, data_dir=os.fspath(data_dir), split="train", builder_kwargs=builder_kwargs,
+                                **kw)
+    finally:
+        absl_logging.set_verbosity(verbosity)
