@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 test-fast: $(VENV)/.installed  # the quick loop: everything but the end-to-end and multi-process tests
 	$(PY) -m pytest -q -m "not slow" tests

@@ -34,13 +34,14 @@ def memory_rows(layers=(2, 2)) -> list[dict]:
     from vkd_jax.config_base import load_config
     from vkd_jax.plan import GIB, PLATFORMS, plan_row
     from vkd_jax.reproduce import apply_overrides
+    from vkd_jax.run_models import build_model_config
 
     out = []
     for method, stage in (("vkd", "vanilla"), ("vkd", "unlearn"), ("npo", "unlearn"), ("vkd", "relearn")):
         cfg = apply_overrides(load_config(os.path.join(ROOT, "configs", f"llava7b.py:method={method}")),
                               {"model.text_config.num_hidden_layers": layers[0],
                                "model.vision_config.num_hidden_layers": layers[1]})
-        mc = pp.pipeline_model_config(cfg)
+        mc = build_model_config(cfg)
         p = PLATFORMS["gpu1x80"]
         ps = pp.stage_step(cfg, mc, stage, pp.mesh_of(cfg, p, jax.devices()), 128)
         t = time.perf_counter()
@@ -81,13 +82,14 @@ def cpu_rows(repeats: int = 7) -> dict:
     from vkd_jax.models.hf_io import flat_params
     from vkd_jax.models.llava import Llava
     from vkd_jax.plan import Platform, dummy_batch
+    from vkd_jax.run_models import build_model_config
     from vkd_jax.unlearn import stages
     from vkd_jax.unlearn.methods import make_method
     from vkd_jax.unlearn.train import Trainer
 
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.py:splits=1"))
     text_len = 40  # the tiny rows' length bucket (56 tokens with the 16 image tokens)
-    mc = pp.pipeline_model_config(cfg)
+    mc = build_model_config(cfg)
     dev = jax.devices()[:1]
     peak = matmul_peak_flops()["xla"]
     bw = cpu_bandwidth()

@@ -30,7 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "work directory", required=True)
 def study(cfg, workdir: str) -> dict:
     t = time.time()
     data = run_streams.prepare_data(cfg, workdir)
-    mc = run_models.build_model_config(cfg, data)
+    mc = run_models.build_model_config(cfg, data.tokenizer)
     params = run_models.vanilla_params(cfg, data, workdir, mc)
     train_s = time.time() - t
     model = model_from_flat_params(abstract_model(mc)[0], params)

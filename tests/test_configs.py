@@ -119,7 +119,7 @@ def test_config_remat_reaches_the_model():
     for name, want in (("llava7b", "full"), ("tiny", "none")):
         cfg = load_config(name)
         cfg.hf_dir = ""
-        mc = run_models.build_model_config(cfg, data)
+        mc = run_models.build_model_config(cfg, data.tokenizer)
         assert (mc.vision.remat, mc.text.remat) == (want, want), name
 
 

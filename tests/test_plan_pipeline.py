@@ -18,6 +18,7 @@ from vkd_jax import preflight as pf
 from vkd_jax.config_base import load_config
 from vkd_jax.plan import PLATFORMS
 from vkd_jax.reproduce import apply_overrides
+from vkd_jax.run_models import build_model_config
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +92,7 @@ def test_layer_slopes_equal_the_whole_model_trace():
     p = PLATFORMS["gpu1x80"]
     mesh = pp.mesh_of(base, p, jax.devices())
     for cfg, stage in ((base, "unlearn"), (base, "relearn"), (last2, "unlearn")):
-        mc = pp.pipeline_model_config(cfg)
+        mc = build_model_config(cfg)
         preset = pp.stage_step(cfg, mc, stage, mesh, 24).preset
 
         def saved(m, cfg=cfg, stage=stage):
@@ -104,7 +105,7 @@ def test_layer_slopes_equal_the_whole_model_trace():
 
 
 def _plan(cfg, stage: str, platform: str, memo=None) -> dict:
-    mc = pp.pipeline_model_config(cfg)
+    mc = build_model_config(cfg)
     s = {x.name: x for x in pp.pipeline_stages(cfg)}[stage]
     return pp.plan_stage(cfg, mc, s, PLATFORMS[platform], jax.devices(), pc.model_sizes(mc),
                          1 + mc.image_seq_length + 128, 128, {} if memo is None else memo, with_time=False)
@@ -131,7 +132,7 @@ def test_large_configs_fit_where_they_are_meant_to(config):
     assert rl["partition"] == "visual_lora_llm" and rl["bytes_gib"]["resident"] == 0  # the others on the host
     # with several processes the run keeps vanilla and the unlearned model on the devices: counted
     four_hosts = {**PLATFORMS, "v4-8": dataclasses.replace(PLATFORMS["v4-8"], hosts=2)}
-    mc = pp.pipeline_model_config(cfg)
+    mc = build_model_config(cfg)
     s = {x.name: x for x in pp.pipeline_stages(cfg)}["relearn@0.1"]
     r2 = pp.plan_stage(cfg, mc, s, four_hosts["v4-8"], jax.devices(), pc.model_sizes(mc), 1 + 576 + 128, 128, {},
                        with_time=False)
@@ -161,7 +162,7 @@ def test_gradient_accumulation_plans_one_microbatch_at_a_time():
 def test_cost_formulas_by_hand():
     """The evaluation's memory and the train step's traffic, against the numbers written out for LLaVA-1.5-7B."""
     cfg = load_config(LLAVA7B)
-    mc = pp.pipeline_model_config(cfg)
+    mc = build_model_config(cfg)
     sizes = pc.model_sizes(mc)
     assert sizes["bytes"] == 2 * sizes["count"] and 7.0e9 < sizes["count"] < 7.1e9  # fp16 storage
     assert pc.eval_len(705) == 768 and pc.eval_len(64) == 64

@@ -53,7 +53,7 @@ def test_shipped_model_rescores_its_recorded_vanilla_metrics(benches):
 
     cfg = load_config(os.path.join(ROOT, shipped.SHIPPED["mllmu_seed0"]))
     bench = benches["mllmu"]
-    mc = run_models.build_model_config(cfg, bench)
+    mc = run_models.build_model_config(cfg, bench.tokenizer)
     params, why = shipped.vanilla_from_shipped(cfg, bench, mc)
     assert params is not None, why
     got = bench.evaluate(model_from_flat_params(abstract_model(mc)[0], params), run_eval.eval_config(cfg), {})
@@ -72,7 +72,7 @@ def test_damaged_missing_or_mismatched_shipped_models_are_never_used(benches, tm
 
     cfg = load_config(os.path.join(ROOT, shipped.SHIPPED["mllmu_seed0"]))
     bench = benches["mllmu"]
-    mc = run_models.build_model_config(cfg, bench)
+    mc = run_models.build_model_config(cfg, bench.tokenizer)
     d = tmp_path / "zoo"
     shutil.copytree(os.path.join(shipped.SHIPPED_DIR, "mllmu_seed0"), d / "mllmu_seed0")
     weights = d / "mllmu_seed0" / "model.safetensors"

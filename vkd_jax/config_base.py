@@ -122,7 +122,7 @@ def base() -> ml_collections.ConfigDict:
 def stage_seed(c, stage: str) -> int:
     """The seed of one stage: `seed` for the stages that build the model before unlearning, `unlearn_seed` (or
     `seed` when it is -1) for masks, unlearn and relearn."""
-    u = int(c.get("unlearn_seed", -1))
+    u = int(c.unlearn_seed)
     return int(c.seed) if stage in PIPELINE_STAGES or u < 0 else u
 
 

@@ -60,9 +60,9 @@ def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir
                        model_config, data.tokenizer).masks
     timing_path = os.path.join(run_dir, "unlearn", "timing.json")
     t = time.time()
-    unlearned = host_params(train_stage("unlearn", cfg, run_dir, vanilla, stage_streams("unlearn", data, cfg,
-                                                                                  model_config),
-                                   model_config, data.tokenizer, reference=reference, masks=masks).params)
+    streams = stage_streams("unlearn", data, cfg, model_config, method)
+    unlearned = host_params(train_stage("unlearn", cfg, run_dir, vanilla, streams, model_config, data.tokenizer,
+                                        reference=reference, masks=masks).params)
     timing = read_json_if_exists(timing_path)
     if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
         timing = {"unlearn_seconds": time.time() - t}
@@ -77,7 +77,7 @@ def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir
         out["masks"] = {"kept_fraction": kept_fraction(masks)}
     if relearn and cfg.stages.relearn.fractions:
         out["relearn"] = relearn_attack(cfg, data, unlearned, model_config, run_dir)
-    if bool(cfg.eval.get("probe", True)):
+    if bool(cfg.eval.probe):
         out["probe"] = {"vanilla": probe_cached("vanilla", vanilla, cfg, data, model_config, shared_dir),
                         "unlearned": probe_cached("unlearned", unlearned, cfg, data, model_config, run_dir)}
     out["floor"], out["floor_values"] = identity_free_floor_values(vanilla, cfg, data, model_config, shared_dir)
@@ -103,7 +103,7 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     data = prepare_data(cfg, shared, local_cache)
     num_splits = int(cfg.splits) or data.num_splits()  # 0: every person of the world forgotten once
     split_data = [data.with_split(k) for k in range(num_splits)]  # a split too many: an error now
-    model_config = build_model_config(cfg, data)
+    model_config = build_model_config(cfg, data.tokenizer)
     vanilla = host_params(vanilla_params(cfg, data, shared, model_config))
     method = make_method(cfg.method, cfg[cfg.method], data.tokenizer)
     reference = None
@@ -145,5 +145,5 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
             # safetensors and shutil write local files: a remote hf_export is built locally, then uploaded
             with local_staging_dir(os.path.join(workdir, "hf_export"), overwrite=True) as out:
                 save_hf_params(unlearned, model_config, out, template_hf_dir=template, overwrite=True,
-                               dtype=str(cfg.get("export_dtype", "")) or None)
+                               dtype=cfg.export_dtype or None)
     return results

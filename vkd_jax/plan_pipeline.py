@@ -32,6 +32,7 @@ from vkd_jax.plan_costs import (
     step_bytes_moved,
     step_flops,
 )
+from vkd_jax.run_models import build_model_config
 
 DISK_GBPS = 1.0  # export: host disk write bandwidth assumed
 # Prompts one full evaluation decodes, per benchmark (downloads): MLLMU-Bench forget 5% (25 people), Test (the same
@@ -54,24 +55,6 @@ class Stage:
     masked: bool = False  # unlearning with saliency masks (their state in the optimizer's)
 
 
-def pipeline_model_config(cfg):
-    """The model a run of `cfg` builds, without its data: hf_dir's config.json when it is a local folder, else
-    `cfg.model`; the config's dtypes and remat (storage dtype "" without hf_dir: fp16, as HF LLaVA folders store)."""
-    import os
-
-    from vkd_jax.models.config import config_from_model_dict
-    from vkd_jax.models.hf_io import read_model_config
-
-    hf_dir = str(cfg.get("hf_dir", "") or "")
-    if hf_dir and os.path.isfile(os.path.join(hf_dir, "config.json")):
-        mc = read_model_config(hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None)
-    else:
-        default = "float16" if cfg.data.source == "local" else "float32"
-        mc = config_from_model_dict(cfg.model.to_dict(), dtype=cfg.dtype, param_dtype=cfg.param_dtype or default)
-    remat = str(cfg.get("remat", "none"))
-    return mc.with_remat(remat) if remat != "none" else mc
-
-
 def num_splits(cfg) -> int:
     """Forget splits a run unlearns, as the benchmarks count them (splits=0: every person of an embedded world
     once; a download has its own one)."""
@@ -79,16 +62,17 @@ def num_splits(cfg) -> int:
 
     if int(cfg.splits) or cfg.data.source != "embedded":
         return int(cfg.splits) or 1
-    w = cfg.data.clear_world if cfg.data.benchmark == "clear" else cfg.data.world
-    n = int(w.get("num_people", 100))
+    from vkd_jax.benchmarks import benchmark_class
+
+    n, _ = benchmark_class(cfg.data.benchmark).world_sizes(cfg)
     return n // split_size(n, int(cfg.forget_ratio))
 
 
 def eval_prompts(cfg) -> int:
     if cfg.data.source == "embedded":  # the worlds' own sizes: every person and celebrity, about 8 prompts each
-        w = cfg.data.clear_world if cfg.data.benchmark == "clear" else cfg.data.world
-        people = int(w.get("num_people", 100)) + int(w.get("num_celebrities", w.get("num_real_faces", 20)))
-        return people * 8
+        from vkd_jax.benchmarks import benchmark_class
+
+        return sum(benchmark_class(cfg.data.benchmark).world_sizes(cfg)) * 8
     n = EVAL_PROMPTS[cfg.data.benchmark]
     # eval.max_questions caps each (set, kind): 4 sets x classification / generation / cloze, image and text
     return min(n, int(cfg.eval.max_questions) * 4 * 6) if int(cfg.eval.max_questions) else n
@@ -124,9 +108,9 @@ def pipeline_stages(cfg) -> list[Stage]:
         held_out = round((1 - float(f)) * forget_vqa)
         out.append(Stage(f"relearn@{float(f):g}", "train", "relearn", int(cfg.stages.relearn.num_steps),
                          k * attacks, eval_prompts=2 * held_out, resident=2 + ref))
-    if bool(cfg.eval.get("probe", True)):
+    if cfg.eval.probe:
         out.append(Stage("probe", "probe", repeats=2 * k, resident=1 + ref))
-    if bool(cfg.get("export_hf", False)):
+    if cfg.export_hf:
         out.append(Stage("export", "export"))
     return out
 
@@ -253,7 +237,7 @@ def plan_pipeline(cfg, platforms, *, text_len: int = 128, devices=None, log=prin
     """{"model", "assumptions", "stages": [row, ...], "totals": {platform: {...}}} (module doc)."""
     import jax
 
-    mc = pipeline_model_config(cfg)
+    mc = build_model_config(cfg)
     devices = list(devices if devices is not None else jax.devices())
     sizes = model_sizes(mc)
     seq = 1 + mc.image_seq_length + text_len

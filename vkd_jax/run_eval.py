@@ -24,10 +24,10 @@ def eval_config(cfg):
     e = cfg.eval
     return EvalConfig(max_new_tokens=int(e.max_new_tokens), batch_size=int(e.batch_size), seed=int(cfg.seed),
                       image=hf_image_processor(cfg),
-                      few_shot=bool(e.few_shot), few_shot_cls=int(e.get("few_shot_cls", 1)),
-                      few_shot_cloze=int(e.get("few_shot_cloze", 2)),
-                      max_questions=int(e.max_questions) or None, cls_scoring=str(e.get("cls_scoring", "generate")),
-                      cls_parse=str(e.get("cls_parse", "official")), test_pose=str(e.get("test_pose", "mean")))
+                      few_shot=bool(e.few_shot), few_shot_cls=int(e.few_shot_cls),
+                      few_shot_cloze=int(e.few_shot_cloze),
+                      max_questions=int(e.max_questions) or None, cls_scoring=str(e.cls_scoring),
+                      cls_parse=str(e.cls_parse), test_pose=str(e.test_pose))
 
 
 def write_predictions(path: str, records: list[dict]) -> None:

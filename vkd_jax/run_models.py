@@ -15,21 +15,26 @@ from vkd_jax.io_utils import is_complete_dir
 from vkd_jax.run_streams import stage_streams
 
 
-def build_model_config(cfg, data):
+def build_model_config(cfg, tokenizer=None):
+    """The model a run of `cfg` builds, in the config's dtypes and remat: hf_dir's config.json, else `cfg.model`
+    with the tokenizer's vocabulary and special ids (the embedded world's). Without a tokenizer (the pipeline plan,
+    which reads no data) an hf_dir that is not on this machine is planned from `cfg.model`, and a real-weights
+    config (data.source local) stored in float16, as HF LLaVA folders store it."""
     from vkd_jax.models.config import config_from_model_dict
     from vkd_jax.models.hf_io import read_model_config
 
-    if cfg.hf_dir:
-        mc = read_model_config(cfg.hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None)
+    hf_dir = str(cfg.hf_dir or "")
+    if hf_dir and (tokenizer is not None or os.path.isfile(os.path.join(hf_dir, "config.json"))):
+        mc = read_model_config(hf_dir, dtype=cfg.dtype, param_dtype=cfg.param_dtype or None)
     else:
         model = cfg.model.to_dict()
-        tok = data.tokenizer
-        model["text_config"].update(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id,
-                                    bos_token_id=tok.bos_id)
-        model["image_token_index"] = tok.image_token_id
-        mc = config_from_model_dict(model, dtype=cfg.dtype, param_dtype=cfg.param_dtype or "float32")
-    remat = str(cfg.get("remat", "none"))
-    return mc.with_remat(remat) if remat != "none" else mc
+        if tokenizer is not None:
+            model["text_config"].update(vocab_size=tokenizer.vocab_size, pad_token_id=tokenizer.pad_id,
+                                        eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id)
+            model["image_token_index"] = tokenizer.image_token_id
+        default = "float16" if tokenizer is None and cfg.data.source == "local" else "float32"
+        mc = config_from_model_dict(model, dtype=cfg.dtype, param_dtype=cfg.param_dtype or default)
+    return mc.with_remat(cfg.remat) if cfg.remat != "none" else mc
 
 
 def host_params(params: dict) -> dict:

@@ -36,7 +36,7 @@ def build_pipeline(bench, cfg, spec, seed: int, model_config):
                           image=image_processor(cfg, mc), num_threads=int(cfg.data.num_threads),
                           process_index=jax.process_index(), process_count=jax.process_count(),
                           keys=spec.keys, resample_options=spec.resample_options,
-                          cls_answer=str(cfg.data.get("cls_answer", "letter")))
+                          cls_answer=str(cfg.data.cls_answer))
     return InputPipeline(spec.source, bench.tokenizer, pcfg, examples=spec.examples)
 
 
@@ -44,7 +44,7 @@ def hf_image_processor(cfg):
     """hf_dir's preprocessor_config.json (what its processor does to an image), or None without one."""
     from vkd_jax.preprocess import ImageProcessorConfig
 
-    hf_dir = cfg.get("hf_dir") or ""
+    hf_dir = cfg.hf_dir
     if hf_dir and os.path.isfile(os.path.join(hf_dir, "preprocessor_config.json")):
         return ImageProcessorConfig.from_hf_dir(hf_dir)
     return None
@@ -57,25 +57,16 @@ def image_processor(cfg, model_config):
     return hf_image_processor(cfg) or image_config(model_config.vision.image_size)
 
 
-def _method_streams(cfg) -> tuple[str, ...]:
-    """The streams the configured unlearning method reads (as run_stage will build it)."""
-    import ml_collections
-
-    from vkd_jax.unlearn.methods import make_method
-
-    return make_method(cfg.method, ml_collections.ConfigDict(dict(cfg.get(cfg.method, {}) or {}))).streams
-
-
-def stage_streams(name: str, bench, cfg, model_config) -> dict:
+def stage_streams(name: str, bench, cfg, model_config, method=None) -> dict:
     """The training pipelines a stage reads: its config's streams (pretrain, vanilla, reference), forget and retain
-    (masks), or its method's (unlearn); VQA and QA never share a batch."""
+    (masks), or its method's (unlearn: the run's `method`); VQA and QA never share a batch."""
     specs = bench.stage_streams(name)
     if name in ("pretrain", "vanilla", "reference"):
-        wanted = tuple(cfg.stages[name].get("streams", ("vqa", "qa")))
+        wanted = tuple(cfg.stages[name].streams)
     elif name == "masks":
         wanted = ("forget", "retain")
     else:
-        wanted = _method_streams(cfg)
+        wanted = method.streams
     unknown = [s for s in wanted if s not in specs]
     if unknown:
         raise ValueError(f"stage {name!r} reads streams {unknown}, which benchmark {bench.name!r} does not have "

@@ -171,7 +171,7 @@ def read_fingerprint(folder: str) -> dict | None:
 def vanilla_from_shipped(cfg, bench, model_config, shipped_dir: str = SHIPPED_DIR) -> tuple[dict | None, str]:
     """(params, what happened) for `config.vanilla_model`: the shipped model whose fingerprint equals this run's,
     else (None, why not). Raises ShippedModelError when the config demands a shipped model and none is usable."""
-    mode = str(cfg.get("vanilla_model", "auto"))
+    mode = str(cfg.vanilla_model)
     if mode == "train":
         return None, "config.vanilla_model='train': training the vanilla model"
     want = fingerprint(cfg, bench)
@@ -226,7 +226,7 @@ def build(name: str, workdir: str | None = None, shipped_dir: str = SHIPPED_DIR)
     workdir = workdir or tempfile.mkdtemp(prefix=f"vkd-ship-{name}-")
     try:
         bench = run_streams.prepare_data(cfg, workdir)
-        mc = run_models.build_model_config(cfg, bench)
+        mc = run_models.build_model_config(cfg, bench.tokenizer)
         params = run_models.vanilla_params(cfg, bench, workdir, mc)
         metrics = run_eval.evaluate_cached("vanilla", params, cfg, bench, mc, workdir)
         fp = {**fingerprint(cfg, bench), "config_spec": SHIPPED[name]}

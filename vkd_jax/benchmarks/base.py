@@ -90,6 +90,23 @@ class Benchmark:
         self.tfds_dir = cfg.data.tfds_dir or os.path.join(self.dir, "tfds")
         self.tokenizer = self.prepare()
         self.split = 0  # which forget split (with_split): 0 is the benchmark's own forget set
+        self._eval_sets: dict | None = None
+
+    def build_eval_sets(self) -> dict:
+        """{set name: rows} this benchmark evaluates on (for the current split)."""
+        raise NotImplementedError
+
+    def eval_sets(self) -> dict:
+        """The evaluation sets, built once per benchmark and split: every evaluation, attack and floor reads them."""
+        if self._eval_sets is None:
+            self._eval_sets = self.build_eval_sets()
+        return self._eval_sets
+
+    @classmethod
+    def world_sizes(cls, cfg) -> tuple[int, int]:
+        """(people who can be forgotten, others evaluated beside them) of the embedded world `cfg` generates:
+        what the pipeline plan counts without generating it."""
+        raise NotImplementedError
 
     def num_splits(self) -> int:
         """How many disjoint forget splits of the configured ratio the data holds (a download: its own one)."""
@@ -104,7 +121,7 @@ class Benchmark:
         if k == 0:
             return self
         b = copy.copy(self)
-        b.split = k
+        b.split, b._eval_sets = k, None  # the split's own sets
         return b
 
     def prepare(self):

@@ -103,6 +103,13 @@ class ClearBench(Benchmark):
         with open(os.path.join(self.manual_dir, "world.json")) as f:
             return [p["name"] for p in json.load(f)["people"] if not p["celebrity"]]
 
+    @classmethod
+    def world_sizes(cls, cfg) -> tuple[int, int]:
+        from vkd_jax.benchmarks.clear.generator import ClearWorldConfig
+
+        w = ClearWorldConfig(**cfg.data.clear_world.to_dict())
+        return w.num_people, w.num_real_faces
+
     def num_splits(self) -> int:
         from vkd_jax.benchmarks.worlds import split_size
 
@@ -201,7 +208,7 @@ class ClearBench(Benchmark):
         raise ValueError(f"no streams for stage {stage!r}")
 
     # ---- evaluation --------------------------------------------------------------------------------------
-    def eval_sets(self) -> dict:
+    def build_eval_sets(self) -> dict:
         from vkd_jax.benchmarks.clear.reader import Rows, retain_perturbed_for
 
         retain_rows = self.load(self.retain_name)

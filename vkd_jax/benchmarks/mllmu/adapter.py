@@ -133,6 +133,13 @@ class MLLMUBench(Benchmark):
         return [ids[i] for i in forget_order(int(self.cfg.data.world_seed), len(ids))], \
             split_size(len(ids), self.forget_pct)
 
+    @classmethod
+    def world_sizes(cls, cfg) -> tuple[int, int]:
+        from vkd_jax.benchmarks.mllmu.generator import WorldConfig
+
+        w = WorldConfig(**cfg.data.world.to_dict())
+        return w.num_people, w.num_celebrities
+
     def num_splits(self) -> int:
         if not self.embedded:
             return 1
@@ -189,7 +196,7 @@ class MLLMUBench(Benchmark):
         raise ValueError(f"no streams for stage {stage!r}")
 
     # ---- evaluation --------------------------------------------------------------------------------------
-    def eval_sets(self) -> dict:
+    def build_eval_sets(self) -> dict:
         from vkd_jax.benchmarks.mllmu.protocol import EvalSet
         from vkd_jax.data.pipeline import forget_ids
 
