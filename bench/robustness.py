@@ -67,7 +67,7 @@ def main(argv):
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise app.UsageError(f"--candidates: unknown {unknown}; known: {', '.join(CANDIDATES)}")
-    seeds = reproduce._int_list("pipeline_seeds", a.pipeline_seeds)
+    seeds = reproduce.int_list("pipeline_seeds", a.pipeline_seeds)
     variants = {f"vkd-{n}": ("vkd", CANDIDATES[n]) for n in names}
     from vkd_jax.config_base import config_from_flag
 

@@ -142,7 +142,7 @@ def reproduce(cfg, workdir: str, methods, pipeline_seeds, ablations, relearn: bo
     return summary
 
 
-def _int_list(flag: str, value: str) -> tuple[int, ...]:
+def int_list(flag: str, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in value.split(",") if s.strip())
     except ValueError:
@@ -157,10 +157,10 @@ def main(argv):
     unknown = set(methods) - set(UNLEARN_METHODS)
     if unknown:
         raise app.UsageError(f"--methods: unknown {sorted(unknown)}; known: {', '.join(UNLEARN_METHODS)}")
-    pipeline_seeds = _int_list("pipeline_seeds", a.pipeline_seeds)
+    pipeline_seeds = int_list("pipeline_seeds", a.pipeline_seeds)
     if not pipeline_seeds:
         raise app.UsageError("--pipeline_seeds: at least one")
-    unlearn_seeds = _int_list("seeds", a.seeds) or None
+    unlearn_seeds = int_list("seeds", a.seeds) or None
     from vkd_jax.config_base import config_from_flag
 
     cfg = config_from_flag(flags.FLAGS["config"])

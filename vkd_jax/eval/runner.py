@@ -126,6 +126,10 @@ class Runner:
                                  f"({type(e).__name__}: {e})") from None
         return self._pixels[key]
 
+    def forget_images(self) -> None:
+        """Drop the preprocessed images kept for reuse (host memory)."""
+        self._pixels.clear()
+
     def _batches(self, toks: list[np.ndarray], queries: list[Query]):
         """Left-padded static-shape batches of the token rows `toks` (row j belongs to `queries[j]`): yields
         (indices into toks, rows, ids [B, T], mask [B, T], pixel_values or None); similar lengths share a batch."""

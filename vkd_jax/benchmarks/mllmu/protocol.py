@@ -284,7 +284,7 @@ def evaluate(model, tokenizer, sets: Mapping[str, Any], cfg: EvalConfig = EvalCo
     results = {}
     for name, s in sets.items():
         es = _as_set(s)
-        runner._pixels.clear()  # preprocessed images are reused across one set's tasks only (host memory)
+        runner.forget_images()  # preprocessed images are reused across one set's tasks only (host memory)
         recs: list[dict] = []
         for task in cfg.tasks:
             for typ in cfg.types:
