@@ -119,7 +119,7 @@ def test_all_rows_bad_is_an_error_even_when_skipping(tmp_path, mllmu_parquet):
 
 def test_missing_config_folder(tmp_path):
     (tmp_path / "manual").mkdir()
-    with pytest.raises(FileNotFoundError, match="forget_10"):
+    with pytest.raises(DataError, match="no parquet files in .*forget_10"):
         list(mllmu_bench.iter_profiles(tmp_path / "manual", "forget_10"))
 
 

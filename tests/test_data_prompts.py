@@ -7,6 +7,7 @@ import pytest
 from vkd_jax.benchmarks.mllmu import prompts
 from vkd_jax.data import chat
 from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+from vkd_jax.errors import CheckpointError
 
 pytestmark = pytest.mark.unit
 
@@ -167,7 +168,7 @@ def test_text_prompt_has_no_image_tokens(tok_dir):
 
 
 def test_load_tokenizer_errors(tmp_path, tok_dir):
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
         load_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="<im_patch>"):
         load_tokenizer(tok_dir, image_token="<im_patch>")

@@ -9,6 +9,7 @@ import pytest
 from vkd_jax.benchmarks.mllmu import generator as synthetic
 from vkd_jax.benchmarks.mllmu import reader as mllmu_bench
 from vkd_jax.benchmarks.mllmu.generator import WorldConfig
+from vkd_jax.errors import DataError
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +132,7 @@ def test_generic_images_are_further_people_and_change_nothing_else(world_dir, tm
 def test_image_folder_source_errors_name_the_folder(tmp_path):
     from vkd_jax.data.sources import ImageFolderSource
 
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere"):
         ImageFolderSource(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images")

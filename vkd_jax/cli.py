@@ -1,4 +1,5 @@
-"""Shared command-line plumbing: expected failures print one clear line and exit non-zero, no traceback."""
+"""Shared command-line plumbing: a user error (vkd_jax.errors.UserError) prints one clear line and exits 1, no
+traceback; any other exception is a bug and propagates with its traceback."""
 
 from __future__ import annotations
 
@@ -9,11 +10,7 @@ import shlex
 import sys
 import threading
 
-from vkd_jax.models.config import ConfigError
-from vkd_jax.models.hf_io import CheckpointError
-from vkd_jax.models.safetensors_io import SafetensorsError
-
-EXPECTED_ERRORS = (ConfigError, CheckpointError, SafetensorsError, FileNotFoundError, FileExistsError, ValueError)
+from vkd_jax.errors import ConfigError, UserError
 
 
 class _DropLibraryErrors(std_logging.Filter):
@@ -38,20 +35,28 @@ def _quiet_background_failures() -> None:
 
 
 @contextlib.contextmanager
+def user_errors():
+    """A user error (config, flag, data, weights, a damaged or unwritable checkpoint, a run that cannot fit) prints
+    `error: ...` as one line and exits 1; any other exception propagates with its traceback."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+@contextlib.contextmanager
 def guarded(command: list[str] | None = None):
-    """Run a command's work: a user error (config, data, weights, a damaged or unwritable checkpoint) prints
-    `error: ...` as one line and exits 1; a preemption (vkd_jax.preemption) prints where it saved and the command
-    that resumes (`command`, default this process's), and exits 143. Libraries' logs of the same failure are
-    dropped."""
+    """Run a command's work under `user_errors`; a preemption (vkd_jax.preemption) prints where it saved and the
+    command that resumes (`command`, default this process's), and exits 143. Libraries' logs of the same failure
+    are dropped."""
     from vkd_jax import preemption
 
     _quiet_background_failures()
     preemption.install()
     try:
-        yield
-    except EXPECTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        with user_errors():
+            yield
     except preemption.Preempted as e:
         cmd = command or [sys.executable, *sys.argv]
         print(f"{e}; resume with the same command: {shlex.join(cmd)}", file=sys.stderr, flush=True)
@@ -59,10 +64,11 @@ def guarded(command: list[str] | None = None):
 
 
 def run_cli(main, argv=None) -> int:
+    """`main(argv)`: 0; a user error printed as one `error: ...` line: 1; any other exception propagates."""
     try:
         main(sys.argv[1:] if argv is None else argv)
-    except EXPECTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     return 0
 
@@ -76,4 +82,4 @@ def parse_size(text: str) -> int:
             return int(float(t[: -len(u)]) * m)
     if t.isdigit():
         return int(t)
-    raise ValueError(f"--max_shard_size={text!r}: expected a size like 5GB, 200MB or a byte count")
+    raise ConfigError(f"--max_shard_size={text!r}: expected a size like 5GB, 200MB or a byte count")

@@ -45,6 +45,7 @@ import zlib
 
 import ml_collections
 
+from vkd_jax.errors import ConfigError
 from vkd_jax.unlearn.methods import METHODS
 from vkd_jax.unlearn.partition import DEFAULT_AXIS_RULES
 
@@ -134,9 +135,13 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in VARIANT_KEYS:
-            raise ValueError(f"config variant {item!r}: expected key=value with key one of {sorted(VARIANT_KEYS)}")
+            raise ConfigError(f"config variant {item!r}: expected key=value with key one of {sorted(VARIANT_KEYS)}")
         field, kind = VARIANT_KEYS[key]
-        set_field(c, field, kind(value.strip()))
+        try:
+            value = kind(value.strip())
+        except ValueError:
+            raise ConfigError(f"config variant {item!r}: {key} takes an {kind.__name__}") from None
+        set_field(c, field, value)
     return c
 
 
@@ -147,7 +152,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     name = f"vkd_config_{zlib.crc32(os.path.abspath(path).encode()):08x}"
     mod_spec = importlib.util.spec_from_file_location(name, path)
     if mod_spec is None or mod_spec.loader is None or not os.path.isfile(path):
-        raise FileNotFoundError(f"config {spec!r}: {path} is not a python config file")
+        raise ConfigError(f"config {spec!r}: {path} is not a python config file")
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     return mod.get_config(arg or None)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 
 from vkd_jax.config_base import STAGE_STREAMS, TRAIN_STAGES, base
-from vkd_jax.models.config import ConfigError, canonical_dtype
+from vkd_jax.errors import ConfigError
+from vkd_jax.models.config import canonical_dtype
 from vkd_jax.unlearn.methods import METHODS, UNLEARN_METHODS, config_errors
 from vkd_jax.unlearn.partition import PRESETS
 from vkd_jax.unlearn.step import SCHEDULES
@@ -54,7 +55,7 @@ def _model_layers(cfg, errs) -> tuple[int, int] | None:
             mc = read_hf_config(cfg.hf_dir)
         else:
             mc = config_from_model_dict(cfg.model.to_dict())
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except ValueError as e:  # a ConfigError, or a value of the wrong type (int("x")) in config.json / config.model
         errs.append(f"config.{'hf_dir' if cfg.get('hf_dir') else 'model'}: {e}")
         return None
     return mc.vision.num_hidden_layers, mc.text.num_hidden_layers
@@ -187,8 +188,8 @@ def validate(cfg) -> None:
     if mod != "unlearn" and mod not in PRESETS:
         errs.append(f"config.mask.modules={mod!r}: 'unlearn' (the unlearning partition) or a preset")
     # data, paths
-    for field in ("data.batch_size", "eval.batch_size", "eval.max_new_tokens", "eval.clear_official_rows",
-                  "eval.clear_official_max_new_tokens"):
+    for field in ("data.batch_size", "eval.batch_size", "eval.max_new_tokens", "eval.few_shot_cls",
+                  "eval.few_shot_cloze", "eval.clear_official_rows", "eval.clear_official_max_new_tokens"):
         if int(_get(cfg, field, 1)) < 1:
             errs.append(f"config.{field}={_get(cfg, field)!r}: must be >= 1")
     hf_dir = cfg.get("hf_dir") or ""

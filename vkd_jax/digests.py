@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 
+from vkd_jax.errors import UserError
 from vkd_jax.io_utils import COMPLETE_MARKER, as_path, atomic_write_text
 
 DIGESTS_FILE = "DIGESTS.json"
 _CHUNK = 1 << 22
 
 
-class DamagedCheckpointError(ValueError):
+class DamagedCheckpointError(UserError):
     """A folder's files disagree with its DIGESTS.json (or it has none): never loaded."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from vkd_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSpec:
@@ -27,11 +29,11 @@ def detect(coordinator_address: str | None = None, num_processes: int | None = N
     given = [coordinator_address, num_processes, process_id]
     if any(v is not None for v in given):
         if any(v is None for v in given):
-            raise ValueError("--coordinator_address, --num_processes and --process_id go together; got "
-                             f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "
-                             f"process_id={process_id!r}")
+            raise ConfigError("--coordinator_address, --num_processes and --process_id go together; got "
+                              f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "
+                              f"process_id={process_id!r}")
         if not 0 <= process_id < num_processes:
-            raise ValueError(f"--process_id={process_id} is not in [0, --num_processes={num_processes})")
+            raise ConfigError(f"--process_id={process_id} is not in [0, --num_processes={num_processes})")
         if num_processes > 1:
             return DistributedSpec("flags", coordinator_address, num_processes, process_id)
         return DistributedSpec("single")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from vkd_jax.models.config import ConfigError
+from vkd_jax.errors import ConfigError
 
 # owner/name as the hub spells repo ids; anything with a scheme (gs://) or more parts is a path
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -27,7 +27,14 @@ import uuid
 
 from etils import epath
 
+from vkd_jax.errors import UserError
+
 COMPLETE_MARKER = "_COMPLETE"
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output folder that exists and is not empty, written without overwrite (a command line's --out without
+    --overwrite); still a FileExistsError for callers of the library."""
 
 
 def is_remote(path) -> bool:
@@ -93,7 +100,7 @@ def _jax_processes() -> tuple[int, int]:
 
 def _check_overwrite(out, overwrite: bool) -> None:
     if _has_files(out) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
+        raise OutputExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
 
 
 def _promote_local(tmp: str, out_dir: str) -> None:

@@ -36,20 +36,22 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     from vkd_jax import distributed
+    from vkd_jax.cli import guarded, user_errors
 
-    spec = distributed.detect(_COORD.value, _NPROC.value, _PID.value)
-    distributed.initialize(spec)
+    with user_errors():  # inconsistent --coordinator_address/--num_processes/--process_id: one line
+        spec = distributed.detect(_COORD.value, _NPROC.value, _PID.value)
+    distributed.initialize(spec)  # before `guarded`, whose SIGTERM handler is for one-process runs only
     # orbax logs every checkpoint step at INFO; keep the console for the progress bars
     logging.set_verbosity(logging.WARNING)
     import jax
 
     from vkd_jax import experiment
-    from vkd_jax.cli import guarded
     from vkd_jax.config_base import config_from_flag
     from vkd_jax.io_utils import resolve
 
     workdir = resolve(_WORKDIR.value)
-    # bad config / data / weights: one clear line, non-zero exit, no traceback; SIGTERM: saved, exit 143
+    # bad config / data / weights (vkd_jax.errors.UserError): one clear line, exit 1; a bug: its traceback;
+    # SIGTERM: saved, exit 143
     with guarded([sys.executable, "-m", "vkd_jax.main", *sys.argv[1:]]):
         results = experiment.run(config_from_flag(flags.FLAGS["config"]), workdir, local_cache=_CACHE.value)
     if jax.process_index() == 0:

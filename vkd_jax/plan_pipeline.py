@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from vkd_jax.errors import ConfigError
 from vkd_jax.plan import GIB, Platform, check_devices
 from vkd_jax.plan_costs import (
     BW_EFF,
@@ -158,7 +159,7 @@ def plan_stage(cfg, mc, s: Stage, p: Platform, devices, sizes: dict, seq: int, t
     if s.kind in ("train", "masks"):
         try:
             mesh = mesh_of(cfg, p, devices)
-        except ValueError as e:  # a mesh of fixed sizes for another chip count
+        except ConfigError as e:  # a mesh of fixed sizes for another chip count
             return cannot_run(str(e))
         shards = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
         if int(cfg.data.batch_size) % shards:

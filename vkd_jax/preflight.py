@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 
+from vkd_jax.errors import UserError
 from vkd_jax.plan import GIB, Platform
 from vkd_jax.plan_pipeline import plan_pipeline
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError):
     """A stage of this run cannot fit the devices it would run on."""
 
 

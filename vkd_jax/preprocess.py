@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vkd_jax.errors import CheckpointError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -49,7 +51,7 @@ class ImageProcessorConfig:
             elif "height" in size and "width" in size:
                 kw["shortest_edge"], kw["resize_hw"] = None, (int(size["height"]), int(size["width"]))
             else:
-                raise ValueError(f"{source}: field 'size' needs 'shortest_edge' or 'height'/'width', got {size}")
+                raise CheckpointError(f"{source}: field 'size' needs 'shortest_edge' or 'height'/'width', got {size}")
         crop = d.get("crop_size")
         if isinstance(crop, int):
             kw["crop_hw"] = (crop, crop)
@@ -87,7 +89,7 @@ class ImageProcessorConfig:
             with open(path) as f:
                 d = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         return dataclasses.replace(cls.from_dict(d, path), **overrides)
 
 

@@ -161,13 +161,13 @@ def main(argv):
     if not pipeline_seeds:
         raise app.UsageError("--pipeline_seeds: at least one")
     unlearn_seeds = int_list("seeds", a.seeds) or None
+    from vkd_jax.cli import guarded
     from vkd_jax.config_base import config_from_flag
 
-    cfg = config_from_flag(flags.FLAGS["config"])
-    ablations = tuple(ablations_for(cfg)) if a.ablations else ()
     workdir = resolve(a.workdir)
-    from vkd_jax.cli import guarded
     with guarded([sys.executable, "-m", "vkd_jax.reproduce", *sys.argv[1:]]):
+        cfg = config_from_flag(flags.FLAGS["config"])  # a variant of the command line: the file built again
+        ablations = tuple(ablations_for(cfg)) if a.ablations else ()
         reproduce(cfg, workdir, methods, pipeline_seeds, ablations, relearn=a.relearn,
                   local_cache=a.local_cache, unlearn_seeds=unlearn_seeds)
     print(read_text(os.path.join(workdir, "comparison.md")))

@@ -8,6 +8,8 @@ import zlib
 
 import jax
 
+from vkd_jax.errors import ConfigError
+
 
 def prepare_data(cfg, shared: str, local_cache: str | None = None):
     """The configured benchmark (vkd_jax.benchmarks), its data generated or checked and its tokenizer."""
@@ -69,8 +71,8 @@ def stage_streams(name: str, bench, cfg, model_config, method=None) -> dict:
         wanted = method.streams
     unknown = [s for s in wanted if s not in specs]
     if unknown:
-        raise ValueError(f"stage {name!r} reads streams {unknown}, which benchmark {bench.name!r} does not have "
-                         f"(it has {sorted(specs)})")
+        raise ConfigError(f"stage {name!r} reads streams {unknown}, which benchmark {bench.name!r} does not have "
+                          f"(it has {sorted(specs)})")
     out = {}
     for s in wanted:
         spec = specs[s]() if callable(specs[s]) else specs[s]

@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from vkd_jax.digests import file_sha256
+from vkd_jax.errors import UserError
 
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped_models")
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ NOT_VANILLA = ("data.num_threads",)
 FINGERPRINT, METRICS = "fingerprint.json", "vanilla_metrics.json"
 
 
-class ShippedModelError(ValueError):
+class ShippedModelError(UserError):
     """config.vanilla_model='shipped' and no usable shipped model."""
 
 

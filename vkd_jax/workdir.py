@@ -9,6 +9,7 @@ import os
 
 import jax
 
+from vkd_jax.errors import ConfigError
 from vkd_jax.io_utils import atomic_write_text, read_json_if_exists
 
 
@@ -36,9 +37,9 @@ def check_shared(cfg, shared: str) -> None:
     diff = [f"{k}: {have.get(k)!r} (shared) vs {want.get(k)!r} (config)" for k in sorted(set(have) | set(want))
             if have.get(k) != want.get(k)]
     if diff:
-        raise ValueError(f"{path}: this shared folder's vanilla model was made by another config ("
-                         + "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
-                         + "); use another work directory or the config it was made with")
+        raise ConfigError(f"{path}: this shared folder's vanilla model was made by another config ("
+                          + "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+                          + "); use another work directory or the config it was made with")
 
 
 def split_dir(base: str, k: int) -> str:

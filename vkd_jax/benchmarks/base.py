@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from vkd_jax.errors import ConfigError
 from vkd_jax.io_utils import local_cache_dir
 
 
@@ -50,8 +51,8 @@ def check_world(path: str, world, seed: int) -> None:
     if int(stored.get("seed", seed)) != seed:
         diff.insert(0, f"world_seed: {stored.get('seed')} (stored) vs {seed} (config)")
     if diff:
-        raise ValueError(f"{path}: the work directory's embedded benchmark was generated from another world "
-                         f"config.data.world ({'; '.join(diff)}); use a fresh work directory")
+        raise ConfigError(f"{path}: the work directory's embedded benchmark was generated from another world "
+                          f"config.data.world ({'; '.join(diff)}); use a fresh work directory")
 
 
 class Benchmark:
@@ -115,9 +116,9 @@ class Benchmark:
     def with_split(self, k: int) -> Benchmark:
         """This benchmark with forget split k: another block of people unlearnt from the same vanilla model."""
         if not 0 <= k < self.num_splits():
-            raise ValueError(f"config.splits: forget split {k} does not exist: {self.name} "
-                             f"({'the embedded world' if self.embedded else 'a local download'}) has "
-                             f"{self.num_splits()} disjoint forget splits of {self.forget_pct}%")
+            raise ConfigError(f"config.splits: forget split {k} does not exist: {self.name} "
+                              f"({'the embedded world' if self.embedded else 'a local download'}) has "
+                              f"{self.num_splits()} disjoint forget splits of {self.forget_pct}%")
         if k == 0:
             return self
         b = copy.copy(self)
@@ -133,8 +134,8 @@ class Benchmark:
         from vkd_jax.data.tokenizer import load_tokenizer
 
         if not self.manual_dir or not os.path.isdir(self.manual_dir):
-            raise FileNotFoundError(f"config.data.manual_dir={self.manual_dir!r}: the downloaded {title} folder is "
-                                    "needed (nothing is downloaded at run time)")
+            raise ConfigError(f"config.data.manual_dir={self.manual_dir!r}: the downloaded {title} folder is "
+                              "needed (nothing is downloaded at run time)")
         if not self.cfg.hf_dir:
             raise ValueError(f"config.hf_dir: the HF LLaVA folder (weights + tokenizer) is needed for {title}")
         return load_tokenizer(self.cfg.hf_dir)
@@ -149,11 +150,11 @@ class Benchmark:
         if self.embedded:
             d = os.path.join(self.manual_dir, GENERIC_DIR)
             if not os.path.isdir(d):
-                raise FileNotFoundError(f"{d}: the embedded benchmark has no generic images; set the world's "
-                                        "num_generic > 0 (with a fresh work directory)")
+                raise ConfigError(f"{d}: the embedded benchmark has no generic images; set the world's "
+                                  "num_generic > 0 (with a fresh work directory)")
             return d
-        raise ValueError(f"config.vkd.b_g > 0 needs config.data.generic_images: a local folder of images outside "
-                         f"every {self.name} split")
+        raise ConfigError(f"config.vkd.b_g > 0 needs config.data.generic_images: a local folder of images outside "
+                          f"every {self.name} split")
 
     def stage_streams(self, stage: str) -> dict[str, StreamSpec]:
         raise NotImplementedError

@@ -31,6 +31,7 @@ import grain
 import numpy as np
 
 from vkd_jax.data import chat
+from vkd_jax.errors import ConfigError, DataError
 from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
 
 TYPES = ("Image_Textual", "Pure_Text")
@@ -78,8 +79,8 @@ class PipelineConfig:
         if self.cls_answer not in CLS_ANSWERS:
             raise ValueError(f"PipelineConfig.cls_answer must be one of {CLS_ANSWERS}, got {self.cls_answer!r}")
         if self.global_batch_size % self.process_count:
-            raise ValueError(f"PipelineConfig.global_batch_size={self.global_batch_size} is not divisible by "
-                             f"process_count={self.process_count}")
+            raise ConfigError(f"PipelineConfig.global_batch_size={self.global_batch_size} is not divisible by "
+                              f"process_count={self.process_count}")
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"PipelineConfig.process_index={self.process_index} not in [0, {self.process_count})")
 
@@ -116,8 +117,8 @@ class InputPipeline:
                 ex.update(row=row, input_ids=t.input_ids, loss_mask=t.loss_mask)
                 self.examples.append(ex)
         if not self.examples:
-            raise ValueError(f"no examples for tasks={cfg.tasks} types={cfg.types} ids={cfg.ids} "
-                             f"in a source of {len(source)} profiles")
+            raise ConfigError(f"no examples for tasks={cfg.tasks} types={cfg.types} ids={cfg.ids} "
+                              f"in a source of {len(source)} profiles")
         self._option_pool = {}
         if cfg.resample_options and cfg.train:
             for e in self.examples:
@@ -167,9 +168,9 @@ class InputPipeline:
             if need <= b:
                 return b
         worst = int(real[np.argmax(self.lengths[real])])
-        raise ValueError(f"example {self.examples[worst]['id']} ({self.examples[worst]['task']}, item "
-                         f"{self.examples[worst]['item']}) has {need} tokens, longer than the largest length "
-                         f"bucket {max(buckets)}; raise PipelineConfig.max_len / length_buckets")
+        raise ConfigError(f"example {self.examples[worst]['id']} ({self.examples[worst]['task']}, item "
+                          f"{self.examples[worst]['item']}) has {need} tokens, longer than the largest length "
+                          f"bucket {max(buckets)}; raise PipelineConfig.max_len / length_buckets")
 
     def _image(self, ex) -> np.ndarray:
         rec = self.source[ex["row"]]
@@ -182,8 +183,8 @@ class InputPipeline:
         try:
             return preprocess_one(bytes(data), self.cfg.image)
         except Exception as e:  # noqa: BLE001
-            raise ValueError(f"profile {ex['id']} (source row {ex['row']}): cannot decode its image "
-                             f"({type(e).__name__}: {e})") from None
+            raise DataError(None, None, None, f"profile {ex['id']} (source row {ex['row']}): cannot decode its image "
+                            f"({type(e).__name__}: {e})") from None
 
     def _resampled(self, ex: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """A multiple-choice training item with fresh distractors and order (same question, same true value)."""
@@ -268,7 +269,7 @@ class InputPipeline:
             mine = self.cfg.seed if k == "seed" else (
                 self.cfg.global_batch_size if k == "global_batch_size" else len(self.examples))
             if state.get(k) != mine:
-                raise ValueError(f"pipeline state has {k}={state.get(k)}, this pipeline {mine}: not the same run")
+                raise ConfigError(f"pipeline state has {k}={state.get(k)}, this pipeline {mine}: not the same run")
         if self._it is not None:
             self._it.set_state(state["grain"])
         else:

@@ -1,7 +1,7 @@
 """Reading a benchmark's parquet files into TFDS (ArrayRecord, no TensorFlow): what every benchmark reader shares.
 
-- `DataError`: a malformed file or row, named by file, row and column; `BadRowReport`: what `skip_bad_rows`
-  skipped; `iter_valid_rows`: the valid rows of parquet files under a validator;
+- `BadRowReport`: what `skip_bad_rows` skipped (vkd_jax.errors.DataError: a malformed file or row, named by file,
+  row and column); `iter_valid_rows`: the valid rows of parquet files under a validator;
 - `QuietBuilder`: the base of the benchmarks' local-files TFDS builders; `data_source`: one of them as a
   random-access `tfds.data_source`.
 """
@@ -14,17 +14,9 @@ import os
 
 import tensorflow_datasets as tfds
 
+from vkd_jax.errors import DataError
+
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A malformed benchmark file or row; the message names the file, row and column."""
-
-    def __init__(self, file: str, row: int | None, column: str | None, msg: str):
-        self.file, self.row, self.column = file, row, column
-        where = f"{file}: " + (f"row {row}, " if row is not None else "") + \
-            (f"column '{column}': " if column is not None else "")
-        super().__init__(where + msg)
 
 
 @dataclasses.dataclass

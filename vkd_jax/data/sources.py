@@ -15,6 +15,7 @@ import json
 
 from vkd_jax.data.chat import plain_prompt
 from vkd_jax.data.pipeline import as_str
+from vkd_jax.errors import DataError
 
 
 def pair_examples(rec: dict, tasks, types, cls_answer: str = "letter") -> list[dict]:
@@ -142,20 +143,21 @@ class ImageFolderSource:
 
         self.folder = as_path(folder)
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"generic images folder {folder!r} does not exist")
+            raise DataError(None, None, None, f"generic images folder {folder!r} does not exist")
         self.files = sorted(p for p in self.folder.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
         if not self.files:
-            raise ValueError(f"generic images folder {folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(None, None, None,
+                            f"generic images folder {folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         cap = self.folder / "captions.json"
         self.captions = None
         if cap.exists():
             try:
                 self.captions = {str(k): str(v) for k, v in json.loads(cap.read_text()).items()}
             except (ValueError, AttributeError) as e:
-                raise ValueError(f"{cap}: not a JSON object of file name -> caption ({e})") from e
+                raise DataError(str(cap), None, None, f"not a JSON object of file name -> caption ({e})") from e
             missing = [p.name for p in self.files if p.name not in self.captions]
             if missing:
-                raise ValueError(f"{cap}: no caption for {len(missing)} image(s), e.g. {missing[:3]}")
+                raise DataError(str(cap), None, None, f"no caption for {len(missing)} image(s), e.g. {missing[:3]}")
 
     def __len__(self) -> int:
         return len(self.files)

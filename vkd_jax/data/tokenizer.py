@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from vkd_jax.errors import CheckpointError
+
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 IMAGE_TOKEN = "<image>"
 
@@ -31,7 +33,7 @@ class TextTokenizer:
             t = special.get(name)
             i = self.tok.token_to_id(t) if t else None
             if i is None and required:
-                raise ValueError(f"{source}: special token {name}={t!r} is not in the vocabulary")
+                raise CheckpointError(f"{source}: special token {name}={t!r} is not in the vocabulary")
             return i
         self.bos_id, self.eos_id, self.unk_id = tid("bos_token"), tid("eos_token"), tid("unk_token", False)
         pad = tid("pad_token", False)
@@ -76,7 +78,7 @@ def _special_from_files(folder: str) -> dict[str, str]:
             with open(path) as f:
                 d = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         for k in SPECIAL_TOKENS:
             v = d.get(k)
             if isinstance(v, dict):
@@ -91,10 +93,10 @@ def load_tokenizer(folder: str | os.PathLike, image_token: str = IMAGE_TOKEN) ->
     folder = os.fspath(folder)
     path = os.path.join(folder, "tokenizer.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found (a LLaVA HF folder or the embedded tokenizer dir is needed)")
+        raise CheckpointError(f"{path} not found (a LLaVA HF folder or the embedded tokenizer dir is needed)")
     tok = TextTokenizer(Tokenizer.from_file(path), _special_from_files(folder), image_token, path)
     if tok.image_token_id is None:
-        raise ValueError(f"{path}: image token {image_token!r} is not in the vocabulary")
+        raise CheckpointError(f"{path}: image token {image_token!r} is not in the vocabulary")
     return tok
 
 

@@ -15,6 +15,7 @@ from flax import nnx
 
 from vkd_jax.data import chat
 from vkd_jax.data.pipeline import as_str, image_config
+from vkd_jax.errors import DataError
 from vkd_jax.eval.decode import continuation_logprobs, greedy_decode, strip_after_eos
 from vkd_jax.preprocess import ImageProcessorConfig, preprocess_one
 
@@ -89,8 +90,8 @@ def bucket(n: int, buckets: Sequence[int], what: str) -> int:
     for b in sorted(buckets):
         if n <= b:
             return b
-    raise ValueError(f"{what} has {n} prompt tokens, longer than the largest length bucket {max(buckets)}; "
-                     "raise EvalConfig.length_buckets")
+    raise DataError(None, None, None, f"{what} has {n} prompt tokens, longer than the largest length bucket "
+                    f"{max(buckets)}; raise EvalConfig.length_buckets")
 
 
 class Runner:
@@ -122,8 +123,8 @@ class Runner:
             try:
                 self._pixels[key] = preprocess_one(image_bytes(source, row, pose), self.image_cfg)
             except Exception as e:  # noqa: BLE001
-                raise ValueError(f"profile {as_str(source[row]['ID'])} (source row {row}): cannot decode its image "
-                                 f"({type(e).__name__}: {e})") from None
+                raise DataError(None, None, None, f"profile {as_str(source[row]['ID'])} (source row {row}): cannot "
+                                f"decode its image ({type(e).__name__}: {e})") from None
         return self._pixels[key]
 
     def forget_images(self) -> None:
@@ -148,9 +149,9 @@ class Runner:
             n_img = len(q0.images)
             bad = np.nonzero((ids == self.image_token).sum(1) != n_img * self.image_seq_length)[0]
             if len(bad):  # under jit the model cannot check this itself
-                raise ValueError(f"profile {queries[rows[bad[0]]].ex['id']}: prompt holds "
-                                 f"{int((ids[bad[0]] == self.image_token).sum())} image tokens (id "
-                                 f"{self.image_token}), expected {n_img} x {self.image_seq_length}")
+                raise DataError(None, None, None, f"profile {queries[rows[bad[0]]].ex['id']}: prompt holds "
+                                f"{int((ids[bad[0]] == self.image_token).sum())} image tokens (id "
+                                f"{self.image_token}), expected {n_img} x {self.image_seq_length}")
             px = np.stack([self.pixels(*im) for i in rows for im in queries[i].images]) if n_img else None
             yield idx, rows, ids, mask, px
 

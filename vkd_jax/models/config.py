@@ -13,15 +13,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from vkd_jax.errors import ConfigError
+
 _DTYPES = {
     "float32": jnp.float32, "fp32": jnp.float32, "f32": jnp.float32,
     "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
     "float16": jnp.float16, "fp16": jnp.float16, "f16": jnp.float16,
 }
-
-
-class ConfigError(ValueError):
-    """A config.json (or config field) that cannot describe a LLaVA-1.5-style model."""
 
 
 def canonical_dtype(name: str | Any) -> str:
@@ -312,7 +310,7 @@ def read_hf_config(hf_dir: str | os.PathLike, *, dtype: str = "float32",
                    param_dtype: str | None = None) -> LlavaConfig:
     path = os.path.join(os.fspath(hf_dir), "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no config.json in the HF folder {hf_dir}")
+        raise ConfigError(f"{path}: no config.json in the HF folder {hf_dir}")
     try:
         with open(path) as f:
             cfg = json.load(f)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vkd_jax.errors import CheckpointError
 from vkd_jax.io_utils import atomic_dir
 from vkd_jax.models.config import LlavaConfig, canonical_dtype, config_to_hf_dict, read_hf_config, to_jnp_dtype
 from vkd_jax.models.llava import Llava
@@ -45,10 +46,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "added_tokens.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
                     "chat_template.jinja", "generation_config.json")
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
-
-
-class CheckpointError(ValueError):
-    """A weights folder that does not match the model; the message lists every problem at once."""
 
 
 # ---- key map ------------------------------------------------------------------------------------------

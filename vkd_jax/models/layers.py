@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vkd_jax.errors import ConfigError
+
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
@@ -21,7 +23,7 @@ ACTIVATIONS = {
 
 def activation(name: str):
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r} is not supported; known: {sorted(ACTIVATIONS)}")
+        raise ConfigError(f"activation {name!r} is not supported; known: {sorted(ACTIVATIONS)}")  # config.json
     return ACTIVATIONS[name]
 
 

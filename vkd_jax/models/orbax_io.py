@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vkd_jax.digests import verify_digests, write_digests
+from vkd_jax.errors import CheckpointError
 from vkd_jax.io_utils import as_path, orbax_dir, resolve
 from vkd_jax.models.config import LlavaConfig, config_from_hf_dict, config_to_hf_dict
 from vkd_jax.models.hf_io import abstract_model, flat_params, model_from_flat_params
@@ -46,7 +47,7 @@ def save_params_orbax(params: dict, config: LlavaConfig, ckpt_dir, *, overwrite:
 def read_orbax_config(ckpt_dir, dtype: str | None = None, param_dtype: str | None = None) -> LlavaConfig:
     path = as_path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a vkd_jax params checkpoint (no {CONFIG_FILE})")
+        raise CheckpointError(f"{path}: not a vkd_jax params checkpoint (no {CONFIG_FILE})")
     cfg = json.loads(path.read_text())
     ours = cfg.pop("vkd_jax", {})
     config = config_from_hf_dict(cfg, dtype=dtype or ours.get("dtype", "float32"),

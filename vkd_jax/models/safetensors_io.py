@@ -16,14 +16,17 @@ from collections.abc import Iterable
 import ml_dtypes
 import numpy as np
 
+from vkd_jax.errors import UserError
+
 NP_TO_ST = {np.dtype(v).name: k for k, v in {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}.items()}
 ST_TO_NAME = {v: k for k, v in NP_TO_ST.items()}
 
 
-class SafetensorsError(ValueError):
-    pass
+class SafetensorsError(UserError):
+    """A safetensors file that cannot be read as one (truncated, a corrupt header, an unsupported dtype); the message
+    names the file and tensor."""
 
 
 class SafetensorsFile:
@@ -78,5 +81,6 @@ def write_safetensors(path: str, specs: list[tuple[str, tuple[int, ...], np.dtyp
         for (name, shape, dt), t in zip(specs, tensors, strict=True):
             t = np.ascontiguousarray(t)
             if tuple(t.shape) != tuple(shape) or t.dtype != np.dtype(dt):
-                raise SafetensorsError(f"{path}: tensor {name!r} is {t.shape} {t.dtype}, header says {shape} {dt}")
+                # the caller's own specs and tensors disagree: a bug in the writer, not in anyone's file
+                raise ValueError(f"{path}: tensor {name!r} is {t.shape} {t.dtype}, header says {shape} {dt}")
             f.write(memoryview(t.reshape(-1).view(np.uint8)))

@@ -18,10 +18,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from vkd_jax.digests import has_digests, verify_digests, write_digests
+from vkd_jax.errors import UserError
 from vkd_jax.io_utils import as_path
 
 
-class CheckpointWriteError(ValueError):
+class CheckpointWriteError(UserError):
     """Writing a training checkpoint failed (a full disk, a quota): the sealed checkpoints before it are intact."""
 
 

@@ -30,13 +30,14 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vkd_jax.errors import ConfigError, UserError
 from vkd_jax.models.config import to_jnp_dtype
 
 LORA_A, LORA_B = "lora_a", "lora_b"
 RULES = ("train", "frozen", "lora")
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError):
     """A param no rule covers, an unknown rule or preset, or a LoRA rule on a non-matrix."""
 
 
@@ -242,7 +243,7 @@ def make_mesh(mcfg=None, devices=None) -> Mesh:
         if v == -1:
             shape[k] = len(devices) // fixed
     if int(np.prod(list(shape.values()))) != len(devices):
-        raise ValueError(f"mesh {shape} does not use the {len(devices)} devices")
+        raise ConfigError(f"mesh {shape} does not use the {len(devices)} devices")
     # Auto axes: GSPMD propagates shardings from the pinned params, batch and activations (the explicit-sharding
     # mode, jax.make_mesh's default, would need every op's sharding spelled out)
     return jax.make_mesh(tuple(shape.values()), tuple(shape), axis_types=(AxisType.Auto,) * len(shape),

@@ -30,6 +30,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vkd_jax.errors import ConfigError
 from vkd_jax.models.hf_io import abstract_model
 from vkd_jax.models.layers import activation_sharding
 from vkd_jax.unlearn import masks as masks_lib
@@ -86,7 +87,7 @@ def _accumulate(loss_fn, trainable, batch, rng, accum: int):
 
     def split(x):
         if x.shape[0] % accum:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split into grad_accum={accum} microbatches")
+            raise ConfigError(f"batch of {x.shape[0]} rows does not split into grad_accum={accum} microbatches")
         return x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
     micro = jax.tree.map(split, batch)
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from vkd_jax.data.rows import BadRowReport, DataError, QuietBuilder, data_source, iter_valid_rows
+from vkd_jax.data.rows import BadRowReport, QuietBuilder, data_source, iter_valid_rows
+from vkd_jax.errors import DataError
 
 RATIOS = (1, 5, 10)
 CONFIGS = ("full", "full+tofu", *[f"forget{p:02d}{s}" for p in RATIOS for s in ("", "+tofu", "_perturbed")],
@@ -104,7 +105,7 @@ def parquet_files(manual_dir, config: str) -> list[str]:
     d = os.path.join(os.fspath(manual_dir), config)
     files = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".parquet")) if os.path.isdir(d) else []
     if not files:
-        raise FileNotFoundError(f"no parquet files in {d} (expected {config}/train-00000-of-0000N.parquet)")
+        raise DataError(None, None, None, f"no parquet files in {d} (expected {config}/train-00000-of-0000N.parquet)")
     return files
 
 

@@ -24,6 +24,7 @@ from absl import logging
 from vkd_jax.benchmarks.base import Benchmark, StreamSpec, check_world
 from vkd_jax.benchmarks.mllmu.prompts import TASKS, profile_examples
 from vkd_jax.data.sources import pair_examples
+from vkd_jax.errors import ConfigError
 
 VQA, QA = ("Image_Textual",), ("Pure_Text",)
 
@@ -179,7 +180,7 @@ class MLLMUBench(Benchmark):
             if "caption" in tuple(self.cfg.stages[stage].get("streams", ())):
                 cap = ImageFolderSource(self.generic_images_dir())
                 if cap.captions is None:
-                    raise ValueError(f"stages.{stage}.streams has 'caption': {cap.folder} needs a captions.json")
+                    raise ConfigError(f"stages.{stage}.streams has 'caption': {cap.folder} needs a captions.json")
                 out["caption"] = StreamSpec(cap, ("ft",), VQA, pair_examples, resample_options=resample)
             return out
         if stage in ("masks", "unlearn"):

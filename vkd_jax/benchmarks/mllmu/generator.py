@@ -39,6 +39,7 @@ from vkd_jax.benchmarks.worlds import (
     unique_words,
     write_split,
 )
+from vkd_jax.errors import ConfigError
 
 FACTS = ("birthplace", "occupation", "hobby", "pet", "favourite food", "instrument")
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
@@ -178,7 +179,7 @@ def _ft_pairs(name, facts) -> list[dict]:
 def build_world(cfg: WorldConfig, seed: int) -> dict:
     """All profiles (people + celebrities) with codes, names, facts and tasks; no images yet."""
     if cfg.num_facts > len(FACTS):
-        raise ValueError(f"num_facts={cfg.num_facts} > {len(FACTS)} known facts")
+        raise ConfigError(f"num_facts={cfg.num_facts} > {len(FACTS)} known facts")
     rng = np.random.default_rng(seed)
     taken: set[str] = set()
     facts_used = FACTS[:cfg.num_facts]

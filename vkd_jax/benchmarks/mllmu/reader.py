@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from vkd_jax.data.rows import BadRowReport, DataError, QuietBuilder, data_source, iter_valid_rows
+from vkd_jax.data.rows import BadRowReport, QuietBuilder, data_source, iter_valid_rows
+from vkd_jax.errors import DataError
 
 CONFIGS = ("Full_Set", "Test_Set", "Retain_Set", "ft_Data", "forget_5", "forget_10", "forget_15",
            "retain_95", "retain_90", "retain_85")
@@ -121,7 +122,7 @@ def parquet_files(manual_dir: str | os.PathLike, config: str) -> list[str]:
     d = os.path.join(os.fspath(manual_dir), config)
     files = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".parquet")) if os.path.isdir(d) else []
     if not files:
-        raise FileNotFoundError(f"no parquet files in {d} (expected {config}/train-00000-of-0000N.parquet)")
+        raise DataError(None, None, None, f"no parquet files in {d} (expected {config}/train-00000-of-0000N.parquet)")
     return files
 
 

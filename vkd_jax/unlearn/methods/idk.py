@@ -5,6 +5,7 @@ length, so the jitted step sees ordinary static-shape batches."""
 
 import numpy as np
 
+from vkd_jax.errors import ConfigError
 from vkd_jax.unlearn.methods.common import Method, MethodSpec, nll
 
 
@@ -26,8 +27,8 @@ def refusal_batch(b: dict, refusal_ids: list[int], eos_id: int, pad_id: int) -> 
         n_prompt = int(on[0])
         n = n_prompt + len(ans)
         if n > T:
-            raise ValueError(f"IDK: prompt ({n_prompt}) + refusal ({len(ans)}) tokens exceed the padded length {T}; "
-                             f"raise the pipeline's max_len")
+            raise ConfigError(f"IDK: prompt ({n_prompt}) + refusal ({len(ans)}) tokens exceed the padded length {T}; "
+                              f"raise the pipeline's max_len")
         new_ids[r, :n] = np.concatenate([ids[r, :n_prompt], ans])
         labels[r, n_prompt:n], loss_mask[r, n_prompt:n] = ans, 1
         att[r, :n], pos[r, :n] = 1, np.arange(n)
