@@ -41,6 +41,15 @@ def split_size(num_people: int, pct: int) -> int:
     return max(1, round(num_people * pct / 100))
 
 
+def prompt_texts() -> list[str]:
+    """What the embedded worlds' tokenizers learn besides their own text: MLLMU-Bench's prompt words (the shipped
+    vanilla models' tokenizers, CLEAR's included, were trained with them), so that template words are single
+    tokens."""
+    from vkd_jax.benchmarks.mllmu.prompts import TOKENIZER_TEXTS
+
+    return list(TOKENIZER_TEXTS)
+
+
 def write_split(tmp: str, name: str, rows: list[dict]) -> None:
     """One split as the downloads lay it out: `tmp/<name>/train-00000-of-00001.parquet`."""
     import pyarrow as pa

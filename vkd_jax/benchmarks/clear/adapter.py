@@ -64,7 +64,7 @@ class ClearBench(Benchmark):
 
     def prepare(self):
         from vkd_jax.benchmarks.clear import generator as clear_synthetic
-        from vkd_jax.benchmarks.mllmu.prompts import TOKENIZER_TEXTS
+        from vkd_jax.benchmarks.worlds import prompt_texts
         from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
 
         if self.embedded:
@@ -77,9 +77,7 @@ class ClearBench(Benchmark):
             tok_dir = os.path.join(self.dir, "tokenizer")
             if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
                 extra = list(CAPTION_QUESTIONS) + [NAME_QUESTION, "USER: ASSISTANT: A. B. C. D."]
-                # MLLMU-Bench's prompt words too: the shipped CLEAR vanilla model's tokenizer was trained with them
-                train_tokenizer(clear_synthetic.benchmark_texts(self.manual_dir) + extra + list(TOKENIZER_TEXTS),
-                                tok_dir)
+                train_tokenizer(clear_synthetic.benchmark_texts(self.manual_dir) + extra + prompt_texts(), tok_dir)
             return load_tokenizer(tok_dir)
         return self.local_tokenizer("CLEAR")
 

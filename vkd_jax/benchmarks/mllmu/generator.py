@@ -288,9 +288,9 @@ def benchmark_texts(out: str | os.PathLike) -> list[str]:
 
 def tokenizer_texts(out: str | os.PathLike) -> list[str]:
     """What the embedded world's tokenizer trains on: its texts, then MLLMU-Bench's prompt words."""
-    from vkd_jax.benchmarks.mllmu.prompts import TOKENIZER_TEXTS
+    from vkd_jax.benchmarks.worlds import prompt_texts
 
-    return benchmark_texts(out) + list(TOKENIZER_TEXTS)
+    return benchmark_texts(out) + prompt_texts()
 
 
 def identity_nn_accuracy(world: dict, poses: int = 2, size: int = 16) -> float:
