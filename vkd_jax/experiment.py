@@ -26,7 +26,6 @@ import numpy as np
 from vkd_jax.attacks import relearn_attack
 from vkd_jax.io_utils import atomic_write_text, local_staging_dir, makedirs, read_json_if_exists
 from vkd_jax.run_eval import (
-    add_forget_quality,
     eval_config,
     evaluate_cached,
     identity_free_floor_values,
@@ -107,8 +106,7 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     vanilla = host_params(vanilla_params(cfg, data, shared, model_config))
     method = make_method(cfg.method, cfg[cfg.method], data.tokenizer)
     reference = None
-    official_clear = data.name == "clear" and cfg.eval.clear_reading == "official"
-    if uses_reference(cfg, method, data.name):
+    if uses_reference(cfg, method):
         reference = host_params(train_stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
                                        stage_streams("reference", data, cfg, model_config), model_config,
                                        data.tokenizer).params)
@@ -122,8 +120,9 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
         "protocol": eval_config(cfg).protocol(),
         **pool_splits(data, splits),
     }
-    if official_clear:
-        add_forget_quality(results, evaluate_cached("reference", reference, cfg, data, model_config, shared))
+    if data.needs_reference_model(cfg):
+        data.add_reference_comparison(results, evaluate_cached("reference", reference, cfg, data, model_config,
+                                                               shared))
     n_train, n_total = count_params(cfg.method_partition[cfg.method], cfg, model_config)
     seconds = [s["unlearn_seconds"] for s in splits]
     results["efficiency"] = {"unlearn_seconds": float(np.mean(seconds)), "unlearn_seconds_total": float(sum(seconds)),

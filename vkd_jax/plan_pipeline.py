@@ -92,7 +92,7 @@ def pipeline_stages(cfg) -> list[Stage]:
     for name in (["pretrain"] if cfg.data.source == "embedded" else []) + ["vanilla"]:
         if int(cfg.stages[name].num_steps) > 0:
             out.append(Stage(name, "train", name, int(cfg.stages[name].num_steps), resident=1))
-    ref = int(run_models.uses_reference(cfg, method, cfg.data.benchmark))
+    ref = int(run_models.uses_reference(cfg, method))
     if ref:
         out.append(Stage("reference", "train", "reference", int(cfg.stages.reference.num_steps), resident=2))
     k = num_splits(cfg)

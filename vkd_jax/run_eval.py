@@ -102,20 +102,6 @@ def probe_cached(name: str, params: dict, cfg, data, model_config, out_dir: str)
     return res
 
 
-def add_forget_quality(results: dict, reference_eval: dict) -> None:
-    """CLEAR's Forget Quality of the vanilla and the unlearned model: the KS test of their forget truth ratios
-    against the retain-only reference model's (vkd_jax.benchmarks.clear.protocol.forget_quality), into each model's
-    official.eval_log_forget."""
-    from vkd_jax.benchmarks.clear.protocol import forget_quality
-
-    ref = reference_eval.get("official", {}).get("eval_log_forget", {}).get("truth_ratios")
-    results["reference"] = reference_eval
-    for model in ("vanilla", "unlearned"):
-        m = results[model].get("official", {}).get("eval_log_forget")
-        if m is not None and ref:
-            m["forget_quality"] = forget_quality(np.asarray(m["truth_ratios"]), np.asarray(ref))
-
-
 def read_eval_values(data, out_dir: str, name: str) -> dict:
     """{set: {metric: [(person, value), ...]}} of a cached evaluation, from its predictions file."""
     from vkd_jax.io_utils import read_text

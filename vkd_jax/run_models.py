@@ -110,8 +110,10 @@ def uses_masks(cfg, method) -> bool:
     return bool(method.needs_masks or cfg.stages.unlearn.use_masks)
 
 
-def uses_reference(cfg, method, benchmark: str) -> bool:
-    """Whether the run trains the reference model: NPO's retain-only reference, and CLEAR's official reading
-    (Forget Quality: the KS test against a model that never saw the forget set)."""
-    official_clear = benchmark == "clear" and cfg.eval.clear_reading == "official"
-    return bool((method.needs_reference and cfg.npo.reference == "retain") or official_clear)
+def uses_reference(cfg, method) -> bool:
+    """Whether the run trains the reference model (retain only): NPO's, and the benchmark's evaluation's when it
+    asks for one (CLEAR's official reading: Forget Quality)."""
+    from vkd_jax.benchmarks import benchmark_class
+
+    return bool((method.needs_reference and cfg.npo.reference == "retain")
+                or benchmark_class(cfg.data.benchmark).needs_reference_model(cfg))

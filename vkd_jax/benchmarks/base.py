@@ -104,6 +104,16 @@ class Benchmark:
         return self._eval_sets
 
     @classmethod
+    def needs_reference_model(cls, cfg) -> bool:
+        """Whether this benchmark's evaluation under `cfg` compares with a model trained on the retain set only
+        (CLEAR's official reading: Forget Quality)."""
+        return False
+
+    def add_reference_comparison(self, results: dict, reference_eval: dict) -> None:
+        """Into `results`, what the evaluation compares with the retain-only reference model's (`reference_eval`),
+        when `needs_reference_model`."""
+
+    @classmethod
     def world_sizes(cls, cfg) -> tuple[int, int]:
         """(people who can be forgotten, others evaluated beside them) of the embedded world `cfg` generates:
         what the pipeline plan counts without generating it."""

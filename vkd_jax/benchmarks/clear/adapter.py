@@ -102,6 +102,22 @@ class ClearBench(Benchmark):
             return [p["name"] for p in json.load(f)["people"] if not p["celebrity"]]
 
     @classmethod
+    def needs_reference_model(cls, cfg) -> bool:
+        return cfg.eval.clear_reading == "official"
+
+    def add_reference_comparison(self, results: dict, reference_eval: dict) -> None:
+        """Forget Quality of the vanilla and the unlearned model: the KS test of their forget truth ratios against
+        the retain-only reference model's (protocol.forget_quality), into each model's official.eval_log_forget."""
+        from vkd_jax.benchmarks.clear.protocol import forget_quality
+
+        ref = reference_eval.get("official", {}).get("eval_log_forget", {}).get("truth_ratios")
+        results["reference"] = reference_eval
+        for model in ("vanilla", "unlearned"):
+            m = results[model].get("official", {}).get("eval_log_forget")
+            if m is not None and ref:
+                m["forget_quality"] = forget_quality(np.asarray(m["truth_ratios"]), np.asarray(ref))
+
+    @classmethod
     def world_sizes(cls, cfg) -> tuple[int, int]:
         from vkd_jax.benchmarks.clear.generator import ClearWorldConfig
 
@@ -234,7 +250,7 @@ class ClearBench(Benchmark):
         out = {name: ev.followup_metrics(r, intervals=True) for name, r in recs.items()}
         for name, r in recs.items():
             records.setdefault(name, []).extend(r)
-        if str(self.cfg.eval.get("clear_reading", "followup")) == "official":
+        if self.needs_reference_model(self.cfg):
             ccfg = ev.ClearEvalConfig(base=ecfg, reading="official",
                                       official_rows=int(self.cfg.eval.clear_official_rows),
                                       official_max_new_tokens=int(self.cfg.eval.clear_official_max_new_tokens))
