@@ -44,6 +44,10 @@ CANDIDATES = {
     "distill-100-200": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 200},
     "distill-100-400": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 400},
     "distill-150-400": {"vkd.b_r": 150.0, "vkd.b_g": 150.0, "stages.unlearn.num_steps": 400},
+    # a stopping rule instead of a step count: stop at the identity-free floor on a held-out pose (at most the steps)
+    "stop-floor": {"stages.unlearn.stop_rule": "floor", "stages.unlearn.num_steps": 300},
+    "distill-100-stop": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.stop_rule": "floor",
+                         "stages.unlearn.num_steps": 400},
 }
 
 

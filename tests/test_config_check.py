@@ -97,3 +97,20 @@ def test_benchmark_rules_come_from_the_registry():
     assert f"clear has forget ratios {benchmark_class('clear').ratios}" in str(e.value)
     assert "['cloze'] are not clear tasks" in str(e.value)
     assert set(BENCHMARKS) == {"mllmu", "clear"}
+
+
+def test_stopping_rules_are_the_benchmarks_own():
+    """stop_rule=floor needs a benchmark that scores held-out forget images (MLLMU-Bench); CLEAR has none yet."""
+    c = _config("tiny")
+    c.stages.unlearn.stop_rule = "floor"
+    validate(c)
+    c.stages.unlearn.stop_every = 0
+    with pytest.raises(ConfigError, match="stop_every=0: must be >= 1"):
+        validate(c)
+    c = _config("tiny", "benchmark=clear")
+    c.stages.unlearn.stop_rule = "floor"
+    with pytest.raises(ConfigError, match=r"stop_rule='floor': clear has stopping rules \('none',\)"):
+        validate(c)
+    c.stages.unlearn.stop_rule = "soon"
+    with pytest.raises(ConfigError, match=r"stop_rule='soon': use one of \('none', 'floor'\)"):
+        validate(c)

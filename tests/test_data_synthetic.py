@@ -198,3 +198,39 @@ def test_forget_splits_are_disjoint_blocks_and_split_0_is_forget_x(tmp_path, loa
     assert ids(bench.with_split(0).load("forget_10")) == ids(bench.load("forget_10"))
     with pytest.raises(ValueError, match="config.splits: forget split 10 does not exist"):
         bench.with_split(10)
+
+
+def test_the_stopping_rule_scores_a_held_out_pose_that_unlearning_never_sees(tmp_path, load_cfg):
+    """stop_rule=floor: each forget person's last ft_Data pose is held out of the forget stream (masks and unlearn)
+    and is what `stop_score` evaluates; without a rule every pose trains."""
+    import dataclasses
+
+    from vkd_jax.benchmarks import make_benchmark
+    from vkd_jax.data.pipeline import as_str
+    from vkd_jax.eval.runner import EvalConfig
+    from vkd_jax.models.hf_io import model_from_flat_params
+    from vkd_jax.run_models import build_model_config, initial_params
+
+    cfg = load_cfg("tiny")
+    cfg.data.world.update(dict(num_people=20, num_celebrities=4, num_generic=0, ft_poses=3))
+    bench = make_benchmark(cfg, str(tmp_path))
+    poses = bench.forget_poses()
+    held, rest = poses.last_pose(held_out=True), poses.last_pose(held_out=False)
+    forget = {as_str(r["ID"]) for r in (bench.load("forget_10")[i] for i in range(2))}
+    assert len(poses) == 6 and len(held) == 2 and len(rest) == 4
+    assert {as_str(held[i]["ID"]) for i in range(2)} == forget
+    held_images = {bytes(held[i]["image"]["bytes"]) for i in range(2)}
+    assert not held_images & {bytes(rest[i]["image"]["bytes"]) for i in range(4)}
+    assert len(bench.stage_streams("unlearn")["forget"].source) == 6  # no rule: every pose
+    cfg.stages.unlearn.stop_rule = "floor"
+    ruled = make_benchmark(cfg, str(tmp_path))
+    for stage in ("masks", "unlearn"):
+        src = ruled.stage_streams(stage)["forget"].source
+        assert len(src) == 4 and not held_images & {bytes(src[i]["image"]["bytes"]) for i in range(4)}
+    mc = build_model_config(cfg, ruled.tokenizer)
+    from vkd_jax.models.hf_io import abstract_model
+
+    model = model_from_flat_params(abstract_model(mc)[0], initial_params(cfg, ruled, str(tmp_path), mc))
+    score = ruled.stop_score(model, dataclasses.replace(EvalConfig(), batch_size=4, max_new_tokens=2,
+                                                        cls_scoring="likelihood"))
+    assert 0.0 <= score <= 100.0

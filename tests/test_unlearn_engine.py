@@ -244,6 +244,42 @@ def test_kill_and_resume_is_bitwise_and_restores_onto_another_mesh(tmp_path, uki
         np.testing.assert_array_equal(np.asarray(v), a[x], err_msg=x)
 
 
+def test_a_stopping_rule_ends_the_stage_where_it_says_and_a_resume_agrees(tmp_path, ukit):
+    """`check` (every 2 steps) stops an 8-step unlearn stage at step 4: the saved params are the step-4 params of
+    an uninterrupted run, done.json says so, and a run killed after step 4 (its step-4 checkpoint written) asks the
+    rule again on resuming and stops there too."""
+    from vkd_jax.unlearn.stages import run_stage
+    cfg, params = ukit.tiny_params()
+    c = _stage_cfg(ukit, tmp_path, steps=8)
+    one = pt.make_mesh(None, jax.devices()[:1])
+    streams = lambda: {"forget": ukit.Stream(1), "retain": ukit.Stream(2), "generic": ukit.Stream(3)}  # noqa: E731
+    asked = []
+
+    def rule(step, p):
+        asked.append(step)
+        return step >= 4
+
+    four = run_stage("unlearn", c, str(tmp_path / "a"), params, streams(), model_config=cfg, mesh=one,
+                     num_steps=4, progress=False)
+    stopped = run_stage("unlearn", c, str(tmp_path / "b"), params, streams(), model_config=cfg, mesh=one,
+                        progress=False, check=(2, rule))
+    assert asked == [2, 4]
+    done = json.loads((tmp_path / "b" / "unlearn" / "done.json").read_text())
+    assert (done["steps"], done["of"], done["stopped_by_rule"]) == (4, 8, True)
+    for x, v in _s(four.params).items():
+        np.testing.assert_array_equal(v, _s(stopped.params)[x], err_msg=x)
+    # killed after the rule stopped it at 4 (checkpoint 4 sealed) but before the stage was saved: a rerun asks the
+    # rule at step 4 again instead of training on to 8
+    run_stage("unlearn", c, str(tmp_path / "k"), params, streams(), model_config=cfg, mesh=one, stop_after=5,
+              progress=False)  # the last checkpoint: step 4
+    asked.clear()
+    resumed = run_stage("unlearn", c, str(tmp_path / "k"), params, streams(), model_config=cfg, mesh=one,
+                        progress=False, check=(2, rule))
+    assert asked == [4]
+    for x, v in _s(four.params).items():
+        np.testing.assert_array_equal(v, _s(resumed.params)[x], err_msg=x)
+
+
 def test_nan_guard_skips_counts_and_aborts(ukit):
     cfg, params = ukit.tiny_params()
     tr = Trainer(cfg, params, make_method("ga"), partition_cfg=ukit.pcfg("projector"),

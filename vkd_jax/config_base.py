@@ -24,10 +24,11 @@ Every field has one meaning and one place:
   partition.*              trainable-set details shared by all stages (vit_last_k, LoRA, dtypes, rules)
   mesh.*, optim.*          the device mesh; the optimiser fields every stage shares (Adam, clip, decay, accum)
   stages.<stage>           each of TRAIN_STAGES: num_steps, its learning rate and schedule (`optim`), and for the
-                           fine-tuning stages method, streams (the fields of ft) and partition; unlearn
-                           adds use_masks; relearn fractions and cross_fit_from (fractions >= it attack
-                           ceil(1/(1-p)) times from evenly spaced windows of the forget questions, so every question
-                           is held out at least once; > 1: one attack per fraction)
+                           fine-tuning stages method, streams (the fields of ft) and partition; unlearn adds
+                           use_masks and its stopping rule (stop_rule, stop_every, stop_margin: vkd_jax.stopping);
+                           relearn fractions and cross_fit_from (fractions >= it attack ceil(1/(1-p)) times from
+                           evenly spaced windows of the forget questions, so every question is held out at least
+                           once; > 1: one attack per fraction)
   mask.*, checkpoint.*     saliency masks; checkpoint cadence
   <method>.*               each unlearning method's own fields; they, their allowed values and the method's default
                            `method_partition` are declared beside its loss (vkd_jax.unlearn.methods) and read here
@@ -113,7 +114,9 @@ def base() -> ml_collections.ConfigDict:
     sections = dict(
         pretrain=dict(ft, optim=optim("linear")), vanilla=dict(ft, optim=optim("linear")),
         reference=dict(ft, optim=optim("linear")),
-        unlearn=dict(num_steps=100, use_masks=False, optim=optim("constant")),
+        # stop_rule: none | floor (vkd_jax.stopping): checked every stop_every steps, floor + stop_margin points
+        unlearn=dict(num_steps=100, use_masks=False, stop_rule="none", stop_every=25, stop_margin=0.0,
+                     optim=optim("constant")),
         relearn=dict(ft, streams=("forget",), num_steps=50, fractions=(0.1, 0.25, 0.5), cross_fit_from=0.5,
                      optim=optim("constant")))
     c.stages = ml_collections.ConfigDict({s: sections[s] for s in TRAIN_STAGES})

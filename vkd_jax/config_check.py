@@ -17,6 +17,7 @@ import os
 from vkd_jax.config_base import STAGE_STREAMS, TRAIN_STAGES, base
 from vkd_jax.errors import ConfigError
 from vkd_jax.models.config import canonical_dtype
+from vkd_jax.stopping import STOP_RULES
 from vkd_jax.unlearn.methods import METHODS, UNLEARN_METHODS, config_errors
 from vkd_jax.unlearn.partition import PRESETS
 from vkd_jax.unlearn.step import SCHEDULES
@@ -174,6 +175,13 @@ def validate(cfg) -> None:
             errs.append(f"config.stages.relearn.fractions: {f!r} is not in (0, 1)")
     if not float(_get(cfg, "stages.relearn.cross_fit_from", 1.0)) > 0:
         errs.append("config.stages.relearn.cross_fit_from: must be > 0 (> 1: one attack per fraction)")
+    rule = _get(cfg, "stages.unlearn.stop_rule", "none")
+    if rule not in STOP_RULES:
+        errs.append(f"config.stages.unlearn.stop_rule={rule!r}: use one of {STOP_RULES}")
+    elif bench_cls is not None and rule not in bench_cls.stop_rules:
+        errs.append(f"config.stages.unlearn.stop_rule={rule!r}: {bench} has stopping rules {bench_cls.stop_rules}")
+    if int(_get(cfg, "stages.unlearn.stop_every", 1)) < 1:
+        errs.append(f"config.stages.unlearn.stop_every={_get(cfg, 'stages.unlearn.stop_every')!r}: must be >= 1")
     _check_optim(cfg.get("optim"), "optim", errs)
     # methods: each section against its method's declaration (fields, choices, limits); the taps against the model
     for m in UNLEARN_METHODS:

@@ -44,6 +44,7 @@ from vkd_jax.run_models import (
     vanilla_params,
 )
 from vkd_jax.run_streams import prepare_data, stage_streams
+from vkd_jax.stopping import unlearn_check
 from vkd_jax.workdir import check_shared, split_dir
 
 
@@ -60,13 +61,16 @@ def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir
     timing_path = os.path.join(run_dir, "unlearn", "timing.json")
     t = time.time()
     streams = stage_streams("unlearn", data, cfg, model_config, method)
+    check = unlearn_check(cfg, data, vanilla, model_config, shared_dir, run_dir)
     unlearned = host_params(train_stage("unlearn", cfg, run_dir, vanilla, streams, model_config, data.tokenizer,
-                                        reference=reference, masks=masks).params)
+                                        reference=reference, masks=masks, check=check).params)
     timing = read_json_if_exists(timing_path)
     if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
         timing = {"unlearn_seconds": time.time() - t}
         atomic_write_text(timing_path, json.dumps(timing))
+    done = read_json_if_exists(os.path.join(run_dir, "unlearn", "done.json")) or {}
     out = {"split": data.split, "unlearn_seconds": timing["unlearn_seconds"], "unlearned_params": unlearned,
+           "unlearn_steps": int(done.get("steps", cfg.stages.unlearn.num_steps)),
            "vanilla": evaluate_cached("vanilla", vanilla, cfg, data, model_config, shared_dir),
            "unlearned": evaluate_cached("unlearned", unlearned, cfg, data, model_config, run_dir)}
     out["values"] = {m: read_eval_values(data, d, m) for m, d in (("vanilla", shared_dir), ("unlearned", run_dir))}
@@ -128,6 +132,10 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     results["efficiency"] = {"unlearn_seconds": float(np.mean(seconds)), "unlearn_seconds_total": float(sum(seconds)),
                              "steps": int(cfg.stages.unlearn.num_steps), "trainable_params": n_train,
                              "total_params": n_total}
+    if cfg.stages.unlearn.stop_rule != "none":  # where the rule stopped each split
+        steps = [s["unlearn_steps"] for s in splits]
+        results["efficiency"].update(steps=float(np.mean(steps)), steps_per_split=steps,
+                                     stop_rule=str(cfg.stages.unlearn.stop_rule))
     if "masks" in splits[0]:
         results["masks"] = splits[0]["masks"]
     results["seconds_total"] = time.time() - t_start

@@ -172,8 +172,8 @@ def pool_splits(data, splits: list[dict]) -> dict:
         res["relearn"] = rl
     if all("probe" in s for s in splits):
         res["probe"] = {m: pool_probe([s["probe"][m] for s in splits]) for m in ("vanilla", "unlearned")}
-    res["splits"] = [{k: v for k, v in s.items() if k not in ("values", "floor_values", "unlearned_params")}
-                     for s in splits]
+    internal = ("values", "floor_values", "unlearned_params", "unlearn_steps")  # pooled above, or in efficiency
+    res["splits"] = [{k: v for k, v in s.items() if k not in internal} for s in splits]
     for s in res["splits"]:
         if "relearn" in s:
             s["relearn"] = {k: v for k, v in s["relearn"].items() if k != "ag_values"}

@@ -60,6 +60,7 @@ class Benchmark:
     sets: ClassVar[tuple[str, ...]] = ()
     ratios: ClassVar[tuple[int, ...]] = ()
     train_tasks: ClassVar[tuple[str, ...]] = ()     # what config.data.train_tasks may name
+    stop_rules: ClassVar[tuple[str, ...]] = ("none",)  # what config.stages.unlearn.stop_rule may name (stop_score)
     # (set, metric, label, direction) of the report's headline table; direction down | keep | up
     headline: ClassVar[tuple[tuple[str, str, str, str], ...]] = ()
     all_metrics: ClassVar[tuple[str, ...]] = ()       # the report's per-set table
@@ -108,6 +109,11 @@ class Benchmark:
         """Whether this benchmark's evaluation under `cfg` compares with a model trained on the retain set only
         (CLEAR's official reading: Forget Quality)."""
         return False
+
+    def stop_score(self, model, ecfg) -> float:
+        """The forget-set score a stopping rule compares with the identity-free floor, on forget images no stage
+        trains on (vkd_jax.stopping)."""
+        raise NotImplementedError(f"{self.name}: no stopping rule")
 
     def add_reference_comparison(self, results: dict, reference_eval: dict) -> None:
         """Into `results`, what the evaluation compares with the retain-only reference model's (`reference_eval`),

@@ -72,6 +72,17 @@ class PoseJoinedSource:
     def ids(self) -> tuple[str, ...]:
         return tuple(sorted({as_str(self.profiles[k]["ID"]) for _, k in self.rows}))
 
+    def last_pose(self, held_out: bool) -> PoseJoinedSource:
+        """The last ft_Data row of each person (`held_out`: a pose a stopping rule scores and nothing trains on;
+        the embedded world writes its poses in order), or every other row."""
+        last: dict[int, int] = {}
+        for j, k in self.rows:
+            last[k] = max(last.get(k, -1), j)
+        view = PoseJoinedSource.__new__(PoseJoinedSource)
+        view.ft, view.profiles = self.ft, self.profiles
+        view.rows = [(j, k) for j, k in self.rows if (last[k] == j) == held_out]
+        return view
+
 
 class RowsWithIds:
     """The rows of `source` whose profile ID is (or, with `exclude`, is not) in `ids`, in source order: a forget

@@ -115,7 +115,10 @@ def compute_masks(cfg, params, streams, model_config, preset: str, workdir: str 
 
 def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, model_config=None,
               reference: dict | None = None, masks: dict | None = None, tokenizer=None, mesh=None,
-              num_steps: int | None = None, stop_after: int | None = None, progress: bool = True) -> StageResult:
+              num_steps: int | None = None, stop_after: int | None = None, progress: bool = True,
+              check=None) -> StageResult:
+    """One stage (module docstring). `check`: (every, fn(step, params) -> stop), a training stage's stopping rule
+    (vkd_jax.stopping): the stage ends at the first step it says so, saved as if it were the last."""
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
     model_config = model_config or model_config_of(cfg)
@@ -135,7 +138,7 @@ def run_stage(name: str, cfg, workdir: str, params: dict, streams: dict, *, mode
         if is_complete_dir(final):
             return StageResult(flat_params(load_model_orbax(final)))
         return _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, reference, masks,
-                            tokenizer, mesh, num_steps, stop_after, progress)
+                            tokenizer, mesh, num_steps, stop_after, progress, check)
 
 
 def stage_training(cfg, name: str, model_config, tokenizer=None):
@@ -152,7 +155,7 @@ def stage_training(cfg, name: str, model_config, tokenizer=None):
 
 
 def _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, reference, masks, tokenizer, mesh,
-                 num_steps, stop_after, progress) -> StageResult:
+                 num_steps, stop_after, progress, check=None) -> StageResult:
     method_name = stage_method(cfg, name)
     method, pcfg, ocfg, axis_rules = stage_training(cfg, name, model_config, tokenizer)
     missing = [s for s in method.streams if s not in streams]
@@ -174,13 +177,16 @@ def _train_stage(name, cfg, sdir, final, scfg, params, streams, model_config, re
         logger.event({"mask_kept_fraction": masks_lib.kept_fraction(use_masks)})
     try:
         last = trainer.fit({s: streams[s] for s in method.streams}, workdir=sdir, ckpt_cfg=cfg.checkpoint,
-                           log_every=int(cfg.checkpoint.log_every), logger=logger, stop_after=stop_after)
+                           log_every=int(cfg.checkpoint.log_every), logger=logger, stop_after=stop_after,
+                           check=check)
     finally:
         logger.close()
     if stop_after is not None and int(trainer.state.step) < steps:
         return StageResult(trainer.params(), None, last)
     out = trainer.params()
     save_params_orbax(out, model_config, final, overwrite=True)
-    atomic_write_text(os.path.join(sdir, "done.json"), json.dumps({"steps": steps, "last": {
-        k: float(np.asarray(v)) for k, v in (last or {}).items()}}))
+    atomic_write_text(os.path.join(sdir, "done.json"), json.dumps({"steps": int(trainer.state.step), "of": steps,
+                                                                   "stopped_by_rule": trainer.stopped_at is not None,
+                                                                   "last": {k: float(np.asarray(v))
+                                                                            for k, v in (last or {}).items()}}))
     return StageResult(out, None, last)

@@ -119,12 +119,14 @@ class Trainer:
 
     # ---- checkpointed loop --------------------------------------------------------------------------------
     def fit(self, streams: dict[str, Iterable], *, log_every: int, workdir: str | None = None, ckpt_cfg=None,
-            logger=None, stop_after: int | None = None) -> dict:
+            logger=None, stop_after: int | None = None, check=None) -> dict:
         """Run to `num_steps`, resuming from the newest checkpoint under workdir/ckpt (written as the config's
         `checkpoint` section `ckpt_cfg` says; both or neither). `streams` must not run out (use num_epochs=None)
         and must have get_state()/set_state(). `stop_after`: stop (as if killed) after that many steps of this
-        call, without a final checkpoint (tests)."""
+        call, without a final checkpoint (tests). `check`: (every, fn): after every `every` steps (not the last),
+        `fn(step, params)` -> True ends training there (`self.stopped_at`), as if it were the last step."""
         from vkd_jax.unlearn.checkpoint import StageCheckpointer
+        self.stopped_at = None
         ckpt = StageCheckpointer(os.path.join(workdir, "ckpt"), ckpt_cfg) if workdir else None
         every = int(ckpt_cfg["every_steps"]) if ckpt is not None else None
         if ckpt is not None and ckpt.latest_step() is not None:
@@ -135,6 +137,10 @@ class Trainer:
         start = int(self.state.step)
         if logger is not None:
             logger.resume_at(start)  # throughput counts this call's steps only
+        if check is not None and 0 < start < self.num_steps and start % check[0] == 0 and check[1](start,
+                                                                                                  self.params()):
+            self.stopped_at = start  # killed after the rule stopped it, before the stage was saved
+            return None
         iters = {s: iter(streams[s]) for s in self.method.streams}
         last, done_now = {}, 0
         with preemption.deferred():  # SIGTERM: answered at the next step boundary, below
@@ -157,7 +163,10 @@ class Trainer:
                         logger.log(n, last)
                 if ckpt is not None:
                     ckpt.poll()  # seal the previous checkpoint once orbax has finished it
-                saved = ckpt is not None and (n % every == 0 or n == self.num_steps)
+                stop = check is not None and n % check[0] == 0 and n < self.num_steps and check[1](n, self.params())
+                if stop:
+                    self.stopped_at = n
+                saved = ckpt is not None and (n % every == 0 or n == self.num_steps or stop)
                 if saved:
                     self.check_skipped()
                     ckpt.save(n, self.state, {s: streams[s].get_state() for s in self.method.streams})
@@ -170,6 +179,8 @@ class Trainer:
                     ckpt.wait()  # written and sealed by every process before any exits
                     raise preemption.Preempted(f"preempted (SIGTERM) at step {n} of {self.num_steps}: saved in "
                                                f"{os.path.join(workdir, 'ckpt', str(n))}")
+                if stop:
+                    break
         if ckpt is not None:
             ckpt.wait()
         return last

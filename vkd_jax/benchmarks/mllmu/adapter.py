@@ -34,6 +34,7 @@ class MLLMUBench(Benchmark):
     sets = ("forget", "test", "retain", "celebrity")
     ratios = (5, 10, 15)
     train_tasks = TASKS
+    stop_rules = ("none", "floor")
     headline = (("forget", "vqa_cls_acc", "Forget VQA", "down"), ("forget", "qa_cls_acc", "Forget QA", "keep"),
                 ("test", "vqa_cls_acc", "Test VQA", "down"), ("retain", "vqa_cls_acc", "Retain VQA", "up"),
                 ("retain", "qa_cls_acc", "Retain QA", "up"), ("celebrity", "vqa_cls_acc", "Celeb VQA", "up"),
@@ -185,9 +186,10 @@ class MLLMUBench(Benchmark):
             return out
         if stage in ("masks", "unlearn"):
             ft = self.load("ft_Data")
-            out = {"forget": StreamSpec(PoseJoinedSource(ft, self.load(f"forget_{self.forget_pct}")), ("ft",), VQA,
-                                        profile_examples,
-                                        resample_options=resample),
+            forget = self.forget_poses()
+            if self.cfg.stages.unlearn.stop_rule != "none":  # the held-out pose: what the rule scores
+                forget = forget.last_pose(held_out=False)
+            out = {"forget": StreamSpec(forget, ("ft",), VQA, profile_examples, resample_options=resample),
                    "retain": StreamSpec(PoseJoinedSource(ft, self.load(retain)), ("ft",), VQA, profile_examples,
                                         resample_options=resample)}
             if stage == "unlearn":
@@ -220,6 +222,20 @@ class MLLMUBench(Benchmark):
                         demo_source=self.load("Full_Set") if ecfg.few_shot else None)
 
     # ---- relearning attack and floor ---------------------------------------------------------------------
+    def forget_poses(self):
+        """The forget people's ft_Data rows (each pose with its person's questions)."""
+        from vkd_jax.data.sources import PoseJoinedSource
+
+        return PoseJoinedSource(self.load("ft_Data"), self.load(f"forget_{self.forget_pct}"))
+
+    def stop_score(self, model, ecfg) -> float:
+        """Forget VQA accuracy (multiple choice) on each forget person's held-out pose, which unlearning does not
+        train on under a stopping rule (vkd_jax.stopping)."""
+        from vkd_jax.benchmarks.mllmu.protocol import evaluate_questions
+
+        return evaluate_questions(model, self.tokenizer, self.forget_poses().last_pose(held_out=True), ecfg,
+                                  set_name="forget_held_out")["vqa_cls_acc"]
+
     def relearn_keys(self) -> list:
         from vkd_jax.benchmarks.mllmu.protocol import question_keys
 
