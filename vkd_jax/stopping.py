@@ -1,4 +1,4 @@
-"""When unlearning stops (config.stages.unlearn.stop_rule):
+"""When unlearning stops (config.stages.unlearn.stop_rule, its choices in vkd_jax.config_check.CHOICES):
 
   none   after `num_steps` (the default)
   floor  at the first multiple of `stop_every` steps where the forget score on images no stage trains on (each
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-
-STOP_RULES = ("none", "floor")
 
 
 def unlearn_check(cfg, data, vanilla: dict, model_config, shared_dir: str, run_dir: str):
