@@ -26,7 +26,7 @@ def relearn_windows(n_keys: int, frac: float, cross_fit_from: float) -> list[lis
     return [[(j * (n_keys - n) + i) % n_keys for i in range(n)] for j in range(k)]
 
 
-def relearn_attack(cfg, data, params: dict, model_config, run_dir: str) -> dict:
+def relearn_attack(cfg, data, params: dict, model_config, run_dir: str, mesh=None) -> dict:
     """Fine-tune the unlearned model on a fraction p of the forget VQA questions (all params, as an attacker
     would), then score forget VQA on the questions NOT used; AG = after - before (points), over every attack of
     the fraction (relearn_windows: several when cross-fitted, their held-out questions pooled)."""
@@ -55,7 +55,8 @@ def relearn_attack(cfg, data, params: dict, model_config, run_dir: str) -> dict:
                 name = f"forget@{frac:g}" + (f"/w{j}" if j else "")  # window 0: the seed of a single attack
                 stream = build_pipeline(data, cfg, data.relearn_stream(used), stream_seed(cfg, "relearn", name),
                                         model_config)
-                res = train_stage("relearn", cfg, rdir, params, {"forget": stream}, model_config, data.tokenizer)
+                res = train_stage("relearn", cfg, rdir, params, {"forget": stream}, model_config, data.tokenizer,
+                                  mesh=mesh)
                 after_recs: list[dict] = []
                 after = data.relearn_score(model_from_flat_params(graphdef, res.params), ecfg, used, after_recs)
                 write_predictions(os.path.join(rdir, "predictions.jsonl"),

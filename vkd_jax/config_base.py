@@ -47,6 +47,7 @@ import zlib
 import ml_collections
 
 from vkd_jax.errors import ConfigError
+from vkd_jax.eval.runner import EvalConfig
 from vkd_jax.unlearn.methods import METHODS
 from vkd_jax.unlearn.partition import DEFAULT_AXIS_RULES
 
@@ -86,9 +87,11 @@ def base() -> ml_collections.ConfigDict:
         manual_dir="", tfds_dir="", world_seed=0, world=dict(), clear_world=dict(), generic_images="",
         batch_size=32, num_threads=2, max_len=0, length_buckets=(64, 128, 256, 512, 1024), resample_options=False,
         cls_answer="letter", celebrity_repeat=1, train_tasks=("ft", "classification", "generation", "cloze")))
+    ev = EvalConfig()  # the evaluator's defaults; max_questions 0: every question
     c.eval = ml_collections.ConfigDict(dict(
-        max_new_tokens=50, batch_size=8, max_questions=0, few_shot=False, few_shot_cls=1, few_shot_cloze=2,
-        retain_max_profiles=0, cls_scoring="generate", cls_parse="official", test_pose="mean",
+        max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, max_questions=0, few_shot=ev.few_shot,
+        few_shot_cls=ev.few_shot_cls, few_shot_cloze=ev.few_shot_cloze, retain_max_profiles=0,
+        cls_scoring=ev.cls_scoring, cls_parse=ev.cls_parse, test_pose=ev.test_pose,
         clear_reading="followup",  # CLEAR: followup (MMUnlearner's, the paper's) | official (the benchmark's own)
         clear_official_rows=300, clear_official_max_new_tokens=300,  # the official reading's ds_size, generation
         probe=True))               # the representation probe attack (vkd_jax.eval.probe)

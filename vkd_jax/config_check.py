@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 
 from vkd_jax.config_base import STAGE_STREAMS, TRAIN_STAGES, base
+from vkd_jax.data.pipeline import CLS_ANSWERS
 from vkd_jax.errors import ConfigError
+from vkd_jax.eval.runner import CLS_PARSE, CLS_SCORING, TEST_POSES
 from vkd_jax.models.config import canonical_dtype
+from vkd_jax.models.layers import REMAT_POLICIES
 from vkd_jax.unlearn.methods import METHODS, UNLEARN_METHODS, config_errors
 from vkd_jax.unlearn.partition import PRESETS
 from vkd_jax.unlearn.step import SCHEDULES
@@ -28,11 +31,11 @@ CHOICES = {
     "vanilla_model": ("auto", "shipped", "train"),
     "data.source": ("embedded", "local"),
     "eval.clear_reading": ("followup", "official"),
-    "data.cls_answer": ("letter", "option"),
-    "eval.cls_scoring": ("generate", "likelihood"),
-    "eval.cls_parse": ("official", "lenient"),
-    "eval.test_pose": ("mean", "random"),
-    "remat": ("none", "full", "dots"),
+    "data.cls_answer": CLS_ANSWERS,
+    "eval.cls_scoring": CLS_SCORING,
+    "eval.cls_parse": CLS_PARSE,
+    "eval.test_pose": TEST_POSES,
+    "remat": tuple(REMAT_POLICIES),
     "optim.schedule": SCHEDULES,
     "stages.unlearn.stop_rule": ("none", "floor"),  # vkd_jax.stopping
 }

@@ -45,11 +45,12 @@ from vkd_jax.run_models import (
 )
 from vkd_jax.run_streams import prepare_data, stage_streams
 from vkd_jax.stopping import unlearn_check
+from vkd_jax.unlearn.partition import make_mesh
 from vkd_jax.workdir import check_shared, split_dir
 
 
 def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir: str, shared: str, *,
-              relearn: bool) -> dict:
+              relearn: bool, mesh=None) -> dict:
     """One forget split from the vanilla model: masks, unlearning, the evaluations, the relearning attack, the
     probe and the identity-free floor; its results and the per-question values the pooled results are made of."""
     run_dir, shared_dir = split_dir(workdir, data.split), split_dir(shared, data.split)
@@ -57,13 +58,13 @@ def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir
     masks = None
     if uses_masks(cfg, method):
         masks = train_stage("masks", cfg, run_dir, vanilla, stage_streams("masks", data, cfg, model_config),
-                       model_config, data.tokenizer).masks
+                            model_config, data.tokenizer, mesh=mesh).masks
     timing_path = os.path.join(run_dir, "unlearn", "timing.json")
     t = time.time()
     streams = stage_streams("unlearn", data, cfg, model_config, method)
     check = unlearn_check(cfg, data, vanilla, model_config, shared_dir, run_dir)
     unlearned = host_params(train_stage("unlearn", cfg, run_dir, vanilla, streams, model_config, data.tokenizer,
-                                        reference=reference, masks=masks, check=check).params)
+                                        reference=reference, masks=masks, check=check, mesh=mesh).params)
     timing = read_json_if_exists(timing_path)
     if timing is None:  # first (uninterrupted or resumed) completion: record its wall time
         timing = {"unlearn_seconds": time.time() - t}
@@ -79,7 +80,7 @@ def run_split(cfg, data, vanilla: dict, reference, method, model_config, workdir
 
         out["masks"] = {"kept_fraction": kept_fraction(masks)}
     if relearn and cfg.stages.relearn.fractions:
-        out["relearn"] = relearn_attack(cfg, data, unlearned, model_config, run_dir)
+        out["relearn"] = relearn_attack(cfg, data, unlearned, model_config, run_dir, mesh)
     if bool(cfg.eval.probe):
         out["probe"] = {"vanilla": probe_cached("vanilla", vanilla, cfg, data, model_config, shared_dir),
                         "unlearned": probe_cached("unlearned", unlearned, cfg, data, model_config, run_dir)}
@@ -107,15 +108,16 @@ def run(cfg, workdir: str, shared: str | None = None, *, relearn: bool = True,
     num_splits = int(cfg.splits) or data.num_splits()  # 0: every person of the world forgotten once
     split_data = [data.with_split(k) for k in range(num_splits)]  # a split too many: an error now
     model_config = build_model_config(cfg, data.tokenizer)
-    vanilla = host_params(vanilla_params(cfg, data, shared, model_config))
+    mesh = make_mesh(cfg.mesh)  # every training stage's
+    vanilla = host_params(vanilla_params(cfg, data, shared, model_config, mesh))
     method = make_method(cfg.method, cfg[cfg.method], data.tokenizer)
     reference = None
     if uses_reference(cfg, method):
         reference = host_params(train_stage("reference", cfg, shared, initial_params(cfg, data, shared, model_config),
-                                       stage_streams("reference", data, cfg, model_config), model_config,
-                                       data.tokenizer).params)
-    splits = [run_split(cfg, d, vanilla, reference, method, model_config, workdir, shared, relearn=relearn)
-              for d in split_data]
+                                            stage_streams("reference", data, cfg, model_config), model_config,
+                                            data.tokenizer, mesh=mesh).params)
+    splits = [run_split(cfg, d, vanilla, reference, method, model_config, workdir, shared, relearn=relearn,
+                        mesh=mesh) for d in split_data]
     unlearned = splits[0]["unlearned_params"]  # the benchmark's own forget split: what hf_export holds
     results = {
         "benchmark": data.name,

@@ -85,7 +85,7 @@ def count_params(part_preset: str, cfg, model_config) -> tuple[int, int]:
     return n_train, total
 
 
-def vanilla_params(cfg, data, shared: str, model_config) -> dict:
+def vanilla_params(cfg, data, shared: str, model_config, mesh=None) -> dict:
     """The shipped vanilla model whose fingerprint equals this config's (vkd_jax.shipped; `config.vanilla_model`),
     else init -> pretrain (embedded world only) -> vanilla fine-tune on all profiles, cached in `shared`."""
     from vkd_jax.shipped import vanilla_from_shipped
@@ -101,7 +101,7 @@ def vanilla_params(cfg, data, shared: str, model_config) -> dict:
     for name in names:
         if int(cfg.stages[name].num_steps) > 0:
             params = host_params(train_stage(name, cfg, shared, params, stage_streams(name, data, cfg, model_config),
-                                        model_config, data.tokenizer).params)
+                                                 model_config, data.tokenizer, mesh=mesh).params)
     return params
 
 
