@@ -216,8 +216,10 @@ def test_eval_cache_written_and_reused_on_gs(gs, monkeypatch):
             return {"forget": {"vqa_cls_acc": 50.0, "qa_gen_rougeL": math.nan}}
     monkeypatch.setattr(hf_io, "abstract_model", lambda mc: (None, {}))
     monkeypatch.setattr(hf_io, "model_from_flat_params", lambda g, p: None)
-    cfg = ml_collections.ConfigDict(dict(seed=0, eval=dict(max_new_tokens=2, batch_size=1, few_shot=False,
-                                                           max_questions=0)))
+    from vkd_jax.config_base import base
+
+    cfg = base()
+    cfg.eval.update(dict(max_new_tokens=2, batch_size=1))
     w, data = f"{gs}/run", Bench()
     first = run_eval.evaluate_cached("unlearned", {}, cfg, data, None, w)
     again = run_eval.evaluate_cached("unlearned", {}, cfg, data, None, w)

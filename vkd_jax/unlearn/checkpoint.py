@@ -27,9 +27,10 @@ class CheckpointWriteError(UserError):
 
 
 def _reason(e: Exception) -> str:
-    """The first line of a tensorstore/OS error, without the store spec it appends."""
+    """The first line of a tensorstore/OS error, without the store spec it appends; a long one keeps its start and
+    its end (where the OS's reason is, after the file's path)."""
     text = str(e).split(" [tensorstore_spec=")[0].splitlines()[0] if str(e) else type(e).__name__
-    return text[:400]
+    return text if len(text) <= 400 else f"{text[:200]} ... {text[-200:]}"
 
 
 class StageCheckpointer:
