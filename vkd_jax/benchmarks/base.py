@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from absl import logging
+
 from vkd_jax.errors import ConfigError
 from vkd_jax.io_utils import local_cache_dir
 
@@ -92,17 +94,21 @@ class Benchmark:
         self.tfds_dir = cfg.data.tfds_dir or os.path.join(self.dir, "tfds")
         self.tokenizer = self.prepare()
         self.split = 0  # which forget split (with_split): 0 is the benchmark's own forget set
-        self._eval_sets: dict | None = None
+        self._built: dict = {}  # what this benchmark and split build once (`once`)
 
     def build_eval_sets(self) -> dict:
         """{set name: rows} this benchmark evaluates on (for the current split)."""
         raise NotImplementedError
 
+    def once(self, key: str, build: Callable):
+        """`build()`, built once per benchmark and split (the evaluation sets, a stopping rule's held-out rows)."""
+        if key not in self._built:
+            self._built[key] = build()
+        return self._built[key]
+
     def eval_sets(self) -> dict:
-        """The evaluation sets, built once per benchmark and split: every evaluation, attack and floor reads them."""
-        if self._eval_sets is None:
-            self._eval_sets = self.build_eval_sets()
-        return self._eval_sets
+        """The evaluation sets: every evaluation, attack and floor reads them."""
+        return self.once("eval_sets", self.build_eval_sets)
 
     @classmethod
     def needs_reference_model(cls, cfg) -> bool:
@@ -138,12 +144,29 @@ class Benchmark:
         if k == 0:
             return self
         b = copy.copy(self)
-        b.split, b._eval_sets = k, None  # the split's own sets
+        b.split, b._built = k, {}  # the split's own sets and rows
         return b
 
     def prepare(self):
         """Generate (embedded) or check (local) the data; return the tokenizer."""
         raise NotImplementedError
+
+    def embedded_tokenizer(self, world, generate, tokenizer_texts):
+        """The embedded world (data.source="embedded"): generated into manual_dir from `world` (its generator's
+        config) once, a folder of another world refused; its tokenizer trained once on `tokenizer_texts(manual_dir)`
+        and loaded."""
+        from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+
+        seed = int(self.cfg.data.world_seed)
+        if not os.path.isfile(os.path.join(self.manual_dir, "world.json")):
+            logging.info("generating the embedded %s in %s", self.name, self.manual_dir)
+            generate(self.manual_dir, seed=seed, cfg=world)
+        else:
+            check_world(os.path.join(self.manual_dir, "world.json"), world, seed)
+        tok_dir = os.path.join(self.dir, "tokenizer")
+        if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+            train_tokenizer(tokenizer_texts(self.manual_dir), tok_dir)
+        return load_tokenizer(tok_dir)
 
     def local_tokenizer(self, title: str):
         """A local download (data.source="local"): its folder must exist; the tokenizer is hf_dir's."""

@@ -32,9 +32,18 @@ class BadRowReport:
         return len(self.skipped)
 
 
-def iter_valid_rows(manual_dir, config: str, files, columns, validate, skip_bad_rows: bool = False,
+def parquet_files(manual_dir, config: str) -> list[str]:
+    """The parquet files of one config as the downloads lay them out: `<manual_dir>/<config>/*.parquet`."""
+    d = os.path.join(os.fspath(manual_dir), config)
+    files = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".parquet")) if os.path.isdir(d) else []
+    if not files:
+        raise DataError(None, None, None, f"no parquet files in {d} (expected {config}/train-00000-of-0000N.parquet)")
+    return files
+
+
+def iter_valid_rows(manual_dir, config: str, columns, validate, skip_bad_rows: bool = False,
                     report: BadRowReport | None = None):
-    """Yields ("<file>:<row>", example) for every valid row of `files` (parquet paths under manual_dir): each file
+    """Yields ("<file>:<row>", example) for every valid row of `config`'s parquet files (`parquet_files`): each file
     must read and hold `columns`, each row passes `validate(file, row, record, config)`.
 
     File-level problems (empty / truncated parquet, missing column) raise DataError; with `skip_bad_rows` the
@@ -43,7 +52,7 @@ def iter_valid_rows(manual_dir, config: str, files, columns, validate, skip_bad_
     import pyarrow.parquet as pq
     report = report if report is not None else BadRowReport()
     n_ok = 0
-    for path in files:
+    for path in parquet_files(manual_dir, config):
         name = os.path.relpath(path, os.fspath(manual_dir))
         try:
             try:

@@ -52,11 +52,14 @@ class ConcatSource:
 
 
 class PoseJoinedSource:
-    def __init__(self, ft_data, profiles):
+    def __init__(self, ft_data, profiles, rows: list[tuple[int, int]] | None = None):
+        """rows: (ft_Data row, profile row) pairs to keep (a view of this join); default every joined pair."""
         self.ft, self.profiles = ft_data, profiles
-        by_id = {as_str(profiles[i]["ID"]): i for i in range(len(profiles))}
-        ft_ids = [as_str(ft_data[j]["ID"]) for j in range(len(ft_data))]
-        self.rows = [(j, by_id[i]) for j, i in enumerate(ft_ids) if i in by_id]
+        if rows is None:
+            by_id = {as_str(profiles[i]["ID"]): i for i in range(len(profiles))}
+            ft_ids = [as_str(ft_data[j]["ID"]) for j in range(len(ft_data))]
+            rows = [(j, by_id[i]) for j, i in enumerate(ft_ids) if i in by_id]
+        self.rows = rows
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -78,10 +81,7 @@ class PoseJoinedSource:
         last: dict[int, int] = {}
         for j, k in self.rows:
             last[k] = max(last.get(k, -1), j)
-        view = PoseJoinedSource.__new__(PoseJoinedSource)
-        view.ft, view.profiles = self.ft, self.profiles
-        view.rows = [(j, k) for j, k in self.rows if (last[k] == j) == held_out]
-        return view
+        return PoseJoinedSource(self.ft, self.profiles, [(j, k) for j, k in self.rows if (last[k] == j) == held_out])
 
 
 class RowsWithIds:

@@ -21,9 +21,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import logging
 
-from vkd_jax.benchmarks.base import Benchmark, StreamSpec, check_world
+from vkd_jax.benchmarks.base import Benchmark, StreamSpec
 from vkd_jax.benchmarks.clear.prompts import CAPTION_QUESTIONS, NAME_QUESTION, TRAIN_TASKS, clear_examples
 from vkd_jax.data.sources import pair_examples
 
@@ -63,22 +62,16 @@ class ClearBench(Benchmark):
         return followup_values(records)
 
     def prepare(self):
-        from vkd_jax.benchmarks.clear import generator as clear_synthetic
+        from vkd_jax.benchmarks.clear import generator
         from vkd_jax.benchmarks.worlds import prompt_texts
-        from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+
+        def texts(manual_dir):  # its own text, its prompts' words, and MLLMU-Bench's (as the shipped model's tokenizer)
+            return (generator.benchmark_texts(manual_dir) + list(CAPTION_QUESTIONS)
+                    + [NAME_QUESTION, "USER: ASSISTANT: A. B. C. D."] + prompt_texts())
 
         if self.embedded:
-            world = clear_synthetic.ClearWorldConfig(**self.cfg.data.clear_world.to_dict())
-            if not os.path.isfile(os.path.join(self.manual_dir, "world.json")):
-                logging.info("generating the embedded CLEAR in %s", self.manual_dir)
-                clear_synthetic.generate(self.manual_dir, seed=int(self.cfg.data.world_seed), cfg=world)
-            else:
-                check_world(os.path.join(self.manual_dir, "world.json"), world, int(self.cfg.data.world_seed))
-            tok_dir = os.path.join(self.dir, "tokenizer")
-            if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-                extra = list(CAPTION_QUESTIONS) + [NAME_QUESTION, "USER: ASSISTANT: A. B. C. D."]
-                train_tokenizer(clear_synthetic.benchmark_texts(self.manual_dir) + extra + prompt_texts(), tok_dir)
-            return load_tokenizer(tok_dir)
+            return self.embedded_tokenizer(generator.ClearWorldConfig(**self.cfg.data.clear_world.to_dict()),
+                                           generator.generate, texts)
         return self.local_tokenizer("CLEAR")
 
     @property

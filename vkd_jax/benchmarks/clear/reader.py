@@ -101,17 +101,9 @@ def validate_row(file: str, row: int, rec: dict, config: str) -> dict:
     return out
 
 
-def parquet_files(manual_dir, config: str) -> list[str]:
-    d = os.path.join(os.fspath(manual_dir), config)
-    files = sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".parquet")) if os.path.isdir(d) else []
-    if not files:
-        raise DataError(None, None, None, f"no parquet files in {d} (expected {config}/train-00000-of-0000N.parquet)")
-    return files
-
-
 def iter_rows(manual_dir, config: str, skip_bad_rows: bool = False, report: BadRowReport | None = None):
     """Yields (key, example) for every valid row of `config` (iter_valid_rows with CLEAR's rules)."""
-    return iter_valid_rows(manual_dir, config, parquet_files(manual_dir, config), required_columns(config),
+    return iter_valid_rows(manual_dir, config, required_columns(config),
                            validate_row, skip_bad_rows, report)
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import logging
 
-from vkd_jax.benchmarks.base import Benchmark, StreamSpec, check_world
+from vkd_jax.benchmarks.base import Benchmark, StreamSpec
 from vkd_jax.benchmarks.mllmu.prompts import TASKS, profile_examples
 from vkd_jax.data.sources import pair_examples
 from vkd_jax.errors import ConfigError
@@ -97,20 +96,11 @@ class MLLMUBench(Benchmark):
         return out
 
     def prepare(self):
-        from vkd_jax.benchmarks.mllmu import generator as synthetic
-        from vkd_jax.data.tokenizer import load_tokenizer, train_tokenizer
+        from vkd_jax.benchmarks.mllmu import generator
 
         if self.embedded:
-            world = synthetic.WorldConfig(**self.cfg.data.world.to_dict())
-            if not os.path.isfile(os.path.join(self.manual_dir, "world.json")):
-                logging.info("generating the embedded benchmark in %s", self.manual_dir)
-                synthetic.generate(self.manual_dir, seed=int(self.cfg.data.world_seed), cfg=world)
-            else:
-                check_world(os.path.join(self.manual_dir, "world.json"), world, int(self.cfg.data.world_seed))
-            tok_dir = os.path.join(self.dir, "tokenizer")
-            if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-                train_tokenizer(synthetic.tokenizer_texts(self.manual_dir), tok_dir)
-            return load_tokenizer(tok_dir)
+            return self.embedded_tokenizer(generator.WorldConfig(**self.cfg.data.world.to_dict()), generator.generate,
+                                           generator.tokenizer_texts)
         return self.local_tokenizer("MLLMU-Bench")
 
     @property
@@ -185,8 +175,8 @@ class MLLMUBench(Benchmark):
                 out["caption"] = StreamSpec(cap, ("ft",), VQA, pair_examples, resample_options=resample)
             return out
         if stage in ("masks", "unlearn"):
-            ft = self.load("ft_Data")
             forget = self.forget_poses()
+            ft = forget.ft
             if self.cfg.stages.unlearn.stop_rule != "none":  # the held-out pose: what the rule scores
                 forget = forget.last_pose(held_out=False)
             out = {"forget": StreamSpec(forget, ("ft",), VQA, profile_examples, resample_options=resample),
@@ -233,8 +223,8 @@ class MLLMUBench(Benchmark):
         train on under a stopping rule (vkd_jax.stopping)."""
         from vkd_jax.benchmarks.mllmu.protocol import evaluate_questions
 
-        return evaluate_questions(model, self.tokenizer, self.forget_poses().last_pose(held_out=True), ecfg,
-                                  set_name="forget_held_out")["vqa_cls_acc"]
+        held_out = self.once("held_out_poses", lambda: self.forget_poses().last_pose(held_out=True))
+        return evaluate_questions(model, self.tokenizer, held_out, ecfg, set_name="forget_held_out")["vqa_cls_acc"]
 
     def relearn_keys(self) -> list:
         from vkd_jax.benchmarks.mllmu.protocol import question_keys
