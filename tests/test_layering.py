@@ -11,7 +11,8 @@ pytestmark = pytest.mark.unit
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vkd_jax")
 RUN = ("vkd_jax.experiment", "vkd_jax.run_models", "vkd_jax.run_streams", "vkd_jax.run_eval", "vkd_jax.attacks",
-       "vkd_jax.workdir", "vkd_jax.stopping", "vkd_jax.reproduce", "vkd_jax.comparison", "vkd_jax.main")
+       "vkd_jax.workdir", "vkd_jax.stopping", "vkd_jax.reproduce", "vkd_jax.comparison", "vkd_jax.tradeoff",
+       "vkd_jax.main")
 
 
 def _imports() -> dict[str, set[str]]:

@@ -110,28 +110,3 @@ def test_ablation_overrides_and_tables():
     assert s["vkd"]["Forget VQA"] == (30.0, 0.0) and s["vkd"]["AG@0.5"] == (12.0, 0.0)
     md = comparison.comparison_markdown({"Forget VQA": (99.0, 0.0)}, s, (0, 1), ("vkd",), (), HEADLINE, chance=25.0)
     assert "| vkd | 30.0 ± 0.0 [30.0, 30.0] |" in md and "AG@0.5" in md  # two equal runs: a point interval
-
-
-def test_tradeoff_lines_compare_means_with_chance_floor_and_ties():
-    labels = [h[2] for h in HEADLINE]
-
-    def row(**kw):
-        r = {lab: (50.0, 0.0) for lab in labels}
-        r.update(seconds=(1.0, 0.0), trainable=(7, 0.0))
-        r.update({k.replace("_", " "): v for k, v in kw.items()})
-        return r
-    vanilla = {"Forget QA": (100.0, 0.0)}
-    s = {"vkd": row(**{"Forget_VQA": (30.0, 0.0), "Forget_QA": (100.0, 0.0), "Retain_VQA": (95.0, 2.0)}),
-         "ga": row(**{"Forget_VQA": (5.0, 0.0), "Forget_QA": (40.0, 0.0), "Retain_VQA": (20.0, 0.0)}),
-         "idk": row(**{"Forget_VQA": (40.0, 0.0), "Forget_QA": (90.0, 0.0), "Retain_VQA": (93.5, 0.5)}),
-         "npo": row(**{"Forget_VQA": (27.0, 0.0), "Forget_QA": (100.0, 0.0), "Retain_VQA": (95.0, 0.0)})}
-    ga = comparison.tradeoff_line(vanilla, s, "ga", HEADLINE, chance=25.0)
-    assert ga.startswith("- VKD does not beat ga's trade-off: worse on Forget VQA 30.0 vs 5.0;")
-    assert "better on Forget QA 100.0 vs 40.0; Retain VQA 95.0 vs 20.0" in ga and "below chance" in ga
-    # Retain VQA 95 +- 2 vs 93.5: a tie, not a win
-    idk = comparison.tradeoff_line(vanilla, s, "idk", HEADLINE, chance=25.0)
-    assert idk == "- VKD beats idk's trade-off (better on Forget VQA 30.0 vs 40.0; Forget QA 100.0 vs 90.0)."
-    npo = comparison.tradeoff_line(vanilla, s, "npo", HEADLINE, chance=25.0)  # 27 vs 30: above chance, a loss by 3
-    assert npo == "- VKD does not beat npo's trade-off: worse on Forget VQA 30.0 vs 27.0."
-    md = comparison.comparison_markdown(vanilla, s, (0,), ("vkd", "ga", "idk"), (), HEADLINE, chance=25.0)
-    assert "## Trade-off against VKD" in md and ga in md and idk in md

@@ -1,7 +1,7 @@
 """The comparison of methods over pipeline seeds (vkd_jax.reproduce): mean ± std per column over pipeline seeds
 (each the mean over its unlearning seeds), 95% intervals by a bootstrap over (pipeline seed x split) units, the
-targets judged per pipeline seed, the trade-off against VKD, and the plots. Chance and the headline columns are
-the benchmark's (`Benchmark.chance`, `Benchmark.headline`).
+targets judged per pipeline seed, and the plots (the paired trade-off against VKD: vkd_jax.tradeoff). Chance
+and the headline columns are the benchmark's (`Benchmark.chance`, `Benchmark.headline`).
 """
 
 from __future__ import annotations
@@ -185,15 +185,6 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations,
         lines += ["", "## VKD ablations", "", "| variant | " + " | ".join(labels) + " | unlearn s | trainable params |",
                   "|---|" + "---|" * (len(labels) + 2)]
         lines += [row(a) for a in ablations if a in summary]
-    if "vkd" in summary:
-        verdicts = [tradeoff_line(vanilla, summary, m, headline, chance) for m in methods
-                    if m != "vkd" and m in summary]
-        if verdicts:
-            lines += ["", "## Trade-off against VKD", "",
-                      "Per headline column, by the means; a difference within the larger std (or 1 point) is a "
-                      "tie. Forget QA: closer to vanilla is better; Forget/Test VQA: lower is better down to chance "
-                      f"({chance:g}), below it counts as chance. Where VKD loses, the ablations above show which of "
-                      "its choices moves that column.", ""] + verdicts
     names = [n for n in list(methods) + list(ablations) if n in summary]
     ag_cols = sorted({k for r in summary.values() for k in r if k.startswith("AG@")}, key=lambda k: float(k[3:]))
     if ag_cols:
@@ -217,37 +208,6 @@ def comparison_markdown(vanilla: dict, summary: dict, seeds, methods, ablations,
     if runs:
         lines += _targets_table(runs, names)
     return "\n".join(lines) + "\n"
-
-
-def tradeoff_line(vanilla: dict, summary: dict, method: str, headline, chance: float) -> str:
-    """One line: where VKD's means beat, tie with or lose to `method`'s, and whether VKD's trade-off beats it."""
-    v, b = summary["vkd"], summary[method]
-    wins, losses = [], []
-    for _, _, label, direction in headline:
-        (a, sa), (c, sc) = v[label], b[label]
-        if a is None or c is None:
-            continue
-        if direction == "keep":
-            ref = (vanilla.get(label) or (None, None))[0]
-            if ref is None:
-                continue
-            a, c = -abs(a - ref), -abs(c - ref)
-        elif direction == "down":  # forgetting aims at chance: below it is no better (it leaks the answer)
-            a, c = -max(a, chance), -max(c, chance)
-        if abs(a - c) <= max(sa or 0.0, sc or 0.0, 1.0):
-            continue
-        shown = f"{label} {fmt(v[label][0])} vs {fmt(b[label][0])}"
-        (wins if a > c else losses).append(shown)
-    if not losses:
-        verdict = f"VKD beats {method}'s trade-off" + (f" (better on {'; '.join(wins)})" if wins else " (all ties)")
-    else:
-        verdict = (f"VKD does not beat {method}'s trade-off: worse on {'; '.join(losses)}"
-                   + (f"; better on {'; '.join(wins)}" if wins else ""))
-    fv = b["Forget VQA"][0]
-    if fv is not None and fv < chance - 5:
-        verdict += (f". {method}'s Forget VQA is below chance ({chance:g}): it avoids the true option, which gives "
-                    "the answer away")
-    return f"- {verdict}."
 
 
 def plot_methods(summary: dict, vanilla: dict, path: str, headline, runs: dict | None = None,

@@ -25,7 +25,10 @@ from ml_collections import config_flags
 from vkd_jax.comparison import comparison_markdown, plot_methods, plot_relearn, summarise, summarise_vanilla
 from vkd_jax.io_utils import atomic_write_text, makedirs, read_json_if_exists, read_text, resolve
 from vkd_jax.report import benchmark_of
+from vkd_jax.tradeoff import paired_against, paired_markdown
 from vkd_jax.unlearn.methods import UNLEARN_METHODS
+
+PAIRED_REFERENCE = "vkd"  # every other run is compared with it question by question (vkd_jax.tradeoff)
 
 
 def ablations_for(cfg) -> dict:
@@ -128,14 +131,19 @@ def reproduce(cfg, workdir: str, methods, pipeline_seeds, ablations, relearn: bo
     vanilla = summarise_vanilla(runs)
     bench = benchmark_of(next(iter(runs.values()))[0])
     headline = bench.headline
+    label = (lambda p, u: str(p)) if unlearn_seeds is None else (lambda p, u: f"{p}/u{u}")
+    paired = paired_against(bench, PAIRED_REFERENCE, [
+        (label(p, u), {item[0]: run_dir_of(workdir, item[0], p, u) for item in plan},
+         os.path.join(workdir, f"p{p}", "shared")) for p, u in units])
     if jax.process_index() == 0:
         makedirs(os.path.join(workdir, "plots"))
         atomic_write_text(os.path.join(workdir, "comparison.json"), json.dumps(
             {"pipeline_seeds": list(pipeline_seeds), "unlearn_seeds": list(unlearn_seeds or ()),
-             "vanilla": vanilla, "summary": summary}, indent=2))
+             "vanilla": vanilla, "summary": summary, "paired": {"reference": PAIRED_REFERENCE, "runs": paired}},
+            indent=2))
         atomic_write_text(os.path.join(workdir, "comparison.md"), comparison_markdown(
             vanilla, summary, pipeline_seeds, methods, ablations, headline, runs=runs, unlearn_seeds=unlearn_seeds,
-            chance=bench.chance))
+            chance=bench.chance) + "\n".join(paired_markdown(paired, PAIRED_REFERENCE) + [""]))
         plot_methods(summary, vanilla, os.path.join(workdir, "plots", "methods.png"), headline, runs=runs,
                      chance=bench.chance)
         plot_relearn(runs, os.path.join(workdir, "plots", "relearn_methods.png"), chance=bench.chance)
