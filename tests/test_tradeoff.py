@@ -81,7 +81,7 @@ def test_reproduce_writes_the_paired_section_from_the_runs_predictions(tmp_path)
         retain = [f"r{i}" for i in range(6)]
         sub = "" if k == 0 else f"/split{k}"
 
-        def evaluation(f_vqa, f_qa, r_vqa):
+        def evaluation(f_vqa, f_qa, r_vqa, forget=forget, retain=retain):
             return jsonl(_records("forget", "VQA", forget, f_vqa) + _records("forget", "QA", forget, f_qa)
                          + _records("retain", "VQA", retain, r_vqa))
         _write(f"{shared}{sub}/eval/vanilla.predictions.jsonl",
@@ -110,3 +110,13 @@ def test_reproduce_writes_the_paired_section_from_the_runs_predictions(tmp_path)
     # the headline labels are the benchmark's own
     assert [c["label"] for c in paired["runs"]["ga"]["0"]["columns"]] == ["Forget VQA", "Forget QA", "Retain VQA"]
     assert all(lab in [h[2] for h in MLLMUBench.headline] for lab in ("Forget VQA", "Forget QA", "Retain VQA"))
+    # bench/claims.py reads the same folder: VKD's text records are the vanilla model's, GA's are not
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("claims", os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "bench", "claims.py"))
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    text = claims.claims_markdown(w, "vkd")
+    assert "| vkd | 24 / 24 |" in text and "| ga | 0 / 24 |" in text
+    assert "- ga: seed 0: better." in text and "on every seed): holds here" in text
