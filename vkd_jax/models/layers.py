@@ -8,6 +8,7 @@ import contextvars
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from vkd_jax.errors import ConfigError
 
@@ -78,18 +79,33 @@ def remat_call(module: nnx.Module, policy: str, *args):
     def pure(st, *a):
         return nnx.merge(graphdef, st)(*a)
     fn = jax.checkpoint(pure, policy=getattr(jax.checkpoint_policies, name) if name else None)
+    # which inputs the caller differentiates (symbolic zeros): the backward computes cotangents for those only, so a
+    # frozen block (VKD's LLM) costs no weight-gradient matmuls; set by fwd, read by the bwd of the same call
+    seen: dict = {}
 
     @jax.custom_vjp
     def call(st, *a):
         return fn(*jax.lax.optimization_barrier((st, *a)))
 
     def fwd(st, *a):
-        return jax.vjp(fn, *jax.lax.optimization_barrier((st, *a)))
+        primals, tree = jax.tree.flatten((st, a), is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
+        values = list(jax.lax.optimization_barrier(tuple(p.value for p in primals)))
+        seen.update(tree=tree, perturbed=[p.perturbed for p in primals])
+
+        def differentiated(*diff):
+            it = iter(diff)
+            s, args = jax.tree.unflatten(tree, [next(it) if on else v for v, on in zip(values, seen["perturbed"])])
+            return fn(s, *args)
+        return jax.vjp(differentiated, *[v for v, on in zip(values, seen["perturbed"]) if on])
 
     def bwd(vjp_fn, g):
+        g = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype) if isinstance(t, SymbolicZero) else t, g,
+                         is_leaf=lambda t: isinstance(t, SymbolicZero))
         vjp_fn, g = jax.lax.optimization_barrier((vjp_fn, g))
-        return vjp_fn(g)
-    call.defvjp(fwd, bwd)
+        cts = iter(vjp_fn(g))
+        st_ct, args_ct = jax.tree.unflatten(seen["tree"], [next(cts) if on else None for on in seen["perturbed"]])
+        return (st_ct, *args_ct)
+    call.defvjp(fwd, bwd, symbolic_zeros=True)
     return call(state, *args)
 
 
