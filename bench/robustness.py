@@ -51,6 +51,49 @@ CANDIDATES = {
 }
 
 
+KEEP_WITHIN = 3.0  # points: the rule's bound on each kept column's change from vanilla
+
+
+def rule_pick(runs: dict[str, list[dict]]) -> tuple[str | None, list[str]]:
+    """The stated rule for the default: among the runs whose kept columns (the benchmark's VQA columns to raise:
+    retain, celebrity / real faces, real world) are not excluded from `KEEP_WITHIN` points of vanilla by their
+    interval on any pipeline seed (met or undecided), and whose forget VQA is not below chance - 5 on any seed, the
+    one whose forget VQA is nearest the identity-free floor (mean over seeds of |forget - floor|).
+    Returns (the pick or None, the markdown lines of the judgement)."""
+    from vkd_jax.eval.intervals import judge
+    from vkd_jax.report import benchmark_of
+
+    lines = ["", "## The stated rule's pick", "",
+             f"Eligible: every kept VQA column's change within {KEEP_WITHIN:g} points of vanilla not excluded by its "
+             "interval (met or undecided) on every pipeline seed, and forget VQA not below chance - 5 on any seed. "
+             "Pick: the eligible run whose forget VQA is nearest the identity-free floor (mean over seeds of "
+             "|forget - floor|).", "",
+             "| run | seeds | kept columns not met (seed: column) | mean abs(forget - floor) | eligible |",
+             "|---|---|---|---|---|"]
+    best, best_gap = None, None
+    for name, rs in runs.items():
+        bench = benchmark_of(rs[0])
+        metric = bench.relearn_metric
+        kept = [s for s, m, _, d in bench.headline if d == "up" and m == metric]
+        misses, gaps, below = [], [], False
+        for r in rs:
+            seed = int((r.get("config") or {}).get("seed", 0))
+            for s in kept:
+                if judge((r["change"].get(s) or {}).get(f"{metric}_ci95"), low=-KEEP_WITHIN) == "not met":
+                    misses.append(f"{seed}: {s}")
+            forget = r["unlearned"]["forget"][metric]
+            gaps.append(abs(forget - r["floors"]["identity_free_forget_vqa_cls_acc"]))
+            below |= forget < bench.chance - 5
+        gap = sum(gaps) / len(gaps)
+        ok = not misses and not below
+        if ok and (best_gap is None or gap < best_gap):
+            best, best_gap = name, gap
+        lines.append(f"| {name} | {len(rs)} | {', '.join(misses) or '-'} | {gap:.1f} | "
+                     f"{'yes' if ok else 'no (below chance - 5)' if below and not misses else 'no'} |")
+    lines += ["", f"Pick: {best or 'none (no run is eligible)'}."]
+    return best, lines
+
+
 def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:variant])", lock_config=True)
     flags.DEFINE_string("workdir", None, "work directory (reproduce's layout)")
@@ -77,9 +120,15 @@ def main(argv):
 
     reproduce.reproduce(config_from_flag(flags.FLAGS["config"]), a.workdir, ("vkd",) if a.default else (), seeds, (),
                         relearn=a.relearn, variants=variants)
-    from vkd_jax.io_utils import read_text
+    from vkd_jax.io_utils import atomic_write_text, read_json_if_exists, read_text
 
-    sys.stdout.write(read_text(f"{a.workdir}/comparison.md"))
+    names = (["vkd"] if a.default else []) + list(variants)
+    runs = {n: [read_json_if_exists(reproduce.run_dir_of(a.workdir, n, p, None) + "/results.json") for p in seeds]
+            for n in names}
+    _, lines = rule_pick(runs)
+    md = read_text(f"{a.workdir}/comparison.md") + "\n".join(lines) + "\n"
+    atomic_write_text(f"{a.workdir}/comparison.md", md)
+    sys.stdout.write(md)
 
 
 if __name__ == "__main__":
