@@ -120,3 +120,19 @@ def test_reproduce_writes_the_paired_section_from_the_runs_predictions(tmp_path)
     text = claims.claims_markdown(w, "vkd")
     assert "| vkd | 24 / 24 |" in text and "| ga | 0 / 24 |" in text
     assert "- ga: seed 0: better." in text and "on every seed): holds here" in text
+
+
+def test_clear_columns_use_its_headline_rouge_kept_and_faces_raised():
+    from vkd_jax.benchmarks.clear.adapter import ClearBench
+
+    people = [f"p{i}" for i in range(5)]
+
+    def vals(forget, rouge, faces):
+        return {"forget": {"vqa_acc": [(p, forget) for p in people], "qa_rougeL": [(p, rouge) for p in people]},
+                "real_faces": {"vqa_acc": [(p, faces) for p in people]}}
+    vanilla = vals(100.0, 1.0, 100.0)
+    cols = {c["label"]: c for c in tradeoff.paired_columns(ClearBench, vals(30.0, 1.0, 100.0), vals(0.0, 0.2, 40.0),
+                                                           vanilla, [], "clear")}
+    assert set(cols) == {"Forget VQA", "Forget QA ROUGE-L", "Real faces"}  # columns without values are left out
+    assert cols["Forget VQA"]["diff"] == pytest.approx(-5.0)  # no floor: -max(30, 25) + max(0, 25)
+    assert cols["Forget QA ROUGE-L"]["diff"] == pytest.approx(0.8) and cols["Real faces"]["diff"] == 60.0
