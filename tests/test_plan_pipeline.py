@@ -81,6 +81,22 @@ def test_plan_pipeline_cli_tiny(tmp_path):
     assert row["gpu1x80", "unlearn"]["flops"] > row["gpu1x80", "relearn@0.1"]["flops"] / 2 > 0
 
 
+def test_plan_cli_refuses_a_bad_config_in_one_line_and_needs_no_files(tmp_path):
+    """The 7B config plans without its weights or data (nothing of hf_dir / manual_dir is read), but a bad field
+    is one `error:` line and exit 1, before any planning; a variant field on the command line rebuilds the file."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    llava7b = os.path.join(ROOT, "configs", "llava7b.py")
+    r = subprocess.run([sys.executable, "-m", "vkd_jax.plan", "--config", llava7b, "--pipeline", "--platforms",
+                        "gpu1x80", "--config.stages.unlearn.num_steps=-2", "--config.data.benchmark=nope",
+                        "--out", str(tmp_path / "p.json")], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=600)
+    assert r.returncode == 1, r.stderr[-2000:]
+    err = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith(("I", "W"))]
+    assert err[0].startswith("error: config has 2 bad fields") and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "config.stages.unlearn.num_steps=-2" in r.stderr and "config.data.benchmark='nope'" in r.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_layer_slopes_equal_the_whole_model_trace():
     """The plan traces 2-3 layer proxies and extrapolates: on a 6 + 5 layer model the extrapolated saved
     activations and matmul FLOPs of VKD's and relearning's steps equal the whole model's, exactly."""

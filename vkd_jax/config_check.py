@@ -50,12 +50,14 @@ def _get(cfg, dotted: str, default=None):
     return default if node is None else node
 
 
-def _model_layers(cfg, errs) -> tuple[int, int] | None:
-    """(vision layers, text layers) of the model the run will use, or None when they cannot be read."""
+def _model_layers(cfg, errs, files: bool = True) -> tuple[int, int] | None:
+    """(vision layers, text layers) of the model the run will use, or None when they cannot be read (without
+    `files`, an hf_dir that is not on this machine: `cfg.model`, as the planner plans it)."""
     from vkd_jax.models.config import config_from_model_dict, read_hf_config
 
+    hf_dir = cfg.get("hf_dir") or ""
     try:
-        if cfg.get("hf_dir"):
+        if hf_dir and (files or os.path.isfile(os.path.join(hf_dir, "config.json"))):
             mc = read_hf_config(cfg.hf_dir)
         else:
             mc = config_from_model_dict(cfg.model.to_dict())
@@ -95,7 +97,9 @@ def _check_optim(o, field: str, errs) -> None:
         errs.append(f"config.{field}.grad_accum={o['grad_accum']!r}: must be >= 1")
 
 
-def validate(cfg) -> None:
+def validate(cfg, files: bool = True) -> None:
+    """Every bad field at once, as one ConfigError. files=False leaves out the files and folders the config names
+    (hf_dir, data.manual_dir, data.generic_images): for the planner, which reads none of them."""
     errs: list[str] = []
 
     def choice(field):
@@ -137,7 +141,7 @@ def validate(cfg) -> None:
             except ConfigError:
                 errs.append(f"config.{field}={v!r}: use float32, bfloat16 or float16" +
                             ("" if field == "dtype" else ", or '' (as stored)"))
-    layers = _model_layers(cfg, errs)
+    layers = _model_layers(cfg, errs, files)
     # partitions
     method_partition = cfg.get("method_partition") or {}
     if method in UNLEARN_METHODS and method not in method_partition:
@@ -203,6 +207,18 @@ def validate(cfg) -> None:
         if int(_get(cfg, field, 1)) < 1:
             errs.append(f"config.{field}={_get(cfg, field)!r}: must be >= 1")
     hf_dir = cfg.get("hf_dir") or ""
+    if files:
+        _check_files(cfg, bench, method, hf_dir, errs)
+    for axis in ("data", "fsdp", "tensor"):
+        v = int(_get(cfg, f"mesh.{axis}", 1))
+        if v == 0 or v < -1:
+            errs.append(f"config.mesh.{axis}={v}: a size >= 1, or -1 (the remaining devices)")
+    if errs:
+        raise ConfigError(f"config has {len(errs)} bad field{'s' if len(errs) > 1 else ''}:\n  " + "\n  ".join(errs))
+
+
+def _check_files(cfg, bench: str, method, hf_dir: str, errs: list[str]) -> None:
+    """The files and folders the config names exist (nothing is downloaded at run time)."""
     if hf_dir and not os.path.isfile(os.path.join(hf_dir, "config.json")):
         errs.append(f"config.hf_dir={hf_dir!r}: no config.json there (a local HF LLaVA folder, or the repo id of "
                     "one in the local Hugging Face cache, is needed; nothing is downloaded)")
@@ -220,9 +236,3 @@ def validate(cfg) -> None:
     gen = _get(cfg, "data.generic_images", "")
     if gen and not os.path.isdir(gen):
         errs.append(f"config.data.generic_images={gen!r}: not a folder")
-    for axis in ("data", "fsdp", "tensor"):
-        v = int(_get(cfg, f"mesh.{axis}", 1))
-        if v == 0 or v < -1:
-            errs.append(f"config.mesh.{axis}={v}: a size >= 1, or -1 (the remaining devices)")
-    if errs:
-        raise ConfigError(f"config has {len(errs)} bad field{'s' if len(errs) > 1 else ''}:\n  " + "\n  ".join(errs))

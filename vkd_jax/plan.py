@@ -344,6 +344,22 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config"])
 
 
+def _plan(cfg, a, platforms, variants) -> dict:
+    if a.pipeline:
+        from vkd_jax.plan_pipeline import plan_pipeline
+        if a.layers:
+            cfg.model.text_config.num_hidden_layers, cfg.model.vision_config.num_hidden_layers = (
+                int(x) for x in a.layers.split(","))
+        out = plan_pipeline(cfg, platforms, text_len=a.text_len if a["text_len"].present else 128)
+        from vkd_jax.plan_pipeline import markdown
+        print(markdown(out))
+    else:
+        out = run_plan(cfg, platforms, [int(b) for b in a.batches.split(",")], variants,
+                       text_len=a.text_len, param_dtype=a.param_dtype, compile=not a.no_compile,
+                       layers=tuple(int(x) for x in a.layers.split(",")) if a.layers else None)
+    return out
+
+
 def main(argv) -> int:
     del argv
     a = flags.FLAGS
@@ -366,19 +382,14 @@ def main(argv) -> int:
         xla = [f for f in xla if "host_platform_device_count" not in f]
         os.environ["XLA_FLAGS"] = " ".join(xla + [f"--xla_force_host_platform_device_count={need}"])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if a.pipeline:
-        from vkd_jax.plan_pipeline import plan_pipeline
-        cfg = a.config
-        if a.layers:
-            cfg.model.text_config.num_hidden_layers, cfg.model.vision_config.num_hidden_layers = (
-                int(x) for x in a.layers.split(","))
-        out = plan_pipeline(cfg, platforms, text_len=a.text_len if a["text_len"].present else 128)
-        from vkd_jax.plan_pipeline import markdown
-        print(markdown(out))
-    else:
-        out = run_plan(a.config, platforms, [int(b) for b in a.batches.split(",")], variants,
-                       text_len=a.text_len, param_dtype=a.param_dtype, compile=not a.no_compile,
-                       layers=tuple(int(x) for x in a.layers.split(",")) if a.layers else None)
+    from vkd_jax.cli import user_errors
+    from vkd_jax.config_base import config_from_flag
+    from vkd_jax.config_check import validate
+
+    with user_errors():  # a bad config: one line naming each bad field, exit 1, before any planning
+        cfg = config_from_flag(a["config"])  # a variant field on the command line: the file built again
+        validate(cfg, files=False)  # the planner reads no weights and no data
+        out = _plan(cfg, a, platforms, variants)
     out["config"] = a["config"].config_filename
     if a.out:
         from vkd_jax.io_utils import atomic_write_text
