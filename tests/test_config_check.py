@@ -47,6 +47,7 @@ def test_every_bad_field_is_named_at_once():
     c.mask.top_p = 1.0
     c.data.generic_images = "/no/such/folder"
     c.unlearn_seed = -2
+    c.stages.relearn.optim.grad_accum = 3  # 32 rows do not split into 3 microbatches
     with pytest.raises(ConfigError) as e:
         validate(c)
     msg = str(e.value)
@@ -57,9 +58,9 @@ def test_every_bad_field_is_named_at_once():
                    "config.stages.unlearn.optim.lr=0.0", "config.stages.unlearn.optim.schedule='cyclic'",
                    "config.dtype='float8'", "config.method_partition.gd='visul'", "config.eval.cls_parse='fuzzy'",
                    "config.eval.test_pose='all'", "config.mask.top_p=1.0", "config.data.generic_images=",
-                   "config.unlearn_seed=-2"):
+                   "config.unlearn_seed=-2", "config.stages.relearn.optim.grad_accum=3"):
         assert needle in msg, (needle, msg)
-    assert msg.startswith("config has 20 bad fields"), msg.splitlines()[0]
+    assert msg.startswith("config has 21 bad fields"), msg.splitlines()[0]
 
 
 def test_real_benchmark_paths_are_checked(tmp_path):

@@ -189,6 +189,15 @@ def validate(cfg, files: bool = True) -> None:
     if int(_get(cfg, "stages.unlearn.stop_every", 1)) < 1:
         errs.append(f"config.stages.unlearn.stop_every={_get(cfg, 'stages.unlearn.stop_every')!r}: must be >= 1")
     _check_optim(cfg.get("optim"), "optim", errs)
+    batch = int(_get(cfg, "data.batch_size", 1))
+    accums = {"optim": int(_get(cfg, "optim.grad_accum", 1))}  # each stage's: the base's unless it overrides it
+    for name, s in (cfg.get("stages") or {}).items():
+        if "grad_accum" in ((s or {}).get("optim") or {}):
+            accums[f"stages.{name}.optim"] = int(s.optim.grad_accum)
+    for field, accum in accums.items():
+        if accum >= 1 and batch >= 1 and batch % accum:
+            errs.append(f"config.{field}.grad_accum={accum}: config.data.batch_size={batch} does not split into "
+                        f"{accum} microbatches")
     # methods: each section against its method's declaration (fields, choices, limits); the taps against the model
     for m in UNLEARN_METHODS:
         errs += config_errors(m, cfg.get(m))
