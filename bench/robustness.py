@@ -44,6 +44,12 @@ CANDIDATES = {
     "distill-100-200": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 200},
     "distill-100-400": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 400},
     "distill-150-400": {"vkd.b_r": 150.0, "vkd.b_g": 150.0, "stages.unlearn.num_steps": 400},
+    # the 400-step pick with what might carry the forgetting to unseen poses and into the features: fresh affine
+    # augmentations of the forget images, or identity-free feature targets on the forget side beside the ascent
+    "distill-100-400-augment": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 400,
+                                "vkd.augment": "affine"},
+    "distill-100-400-target": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.num_steps": 400,
+                               "vkd.forget_kd": "target", "vkd.b_f": 30.0},
     # a stopping rule instead of a step count: stop at the identity-free floor on a held-out pose (at most the steps)
     "stop-floor": {"stages.unlearn.stop_rule": "floor", "stages.unlearn.num_steps": 300},
     "distill-100-stop": {"vkd.b_r": 100.0, "vkd.b_g": 100.0, "stages.unlearn.stop_rule": "floor",
