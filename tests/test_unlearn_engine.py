@@ -475,3 +475,26 @@ def test_throughput_after_a_resume_counts_only_the_steps_run(monkeypatch):
     log.resume_at(40)
     vals = log.log(50, {"loss": 1.0})
     assert vals["steps_per_s"] == 10.0 and vals["examples_per_s"] == 80.0  # 10 steps in 1 s, not 50
+
+
+def test_idk_refusal_longer_than_the_bucket_grows_the_batch():
+    from vkd_jax.unlearn.methods.idk import refusal_batch
+
+    T = 8  # row 0: 5 prompt tokens + a 1-token answer; row 1: 3 + 2; row 2 padding (an invalid row)
+    ids = np.zeros((3, T), np.int32)
+    lm = np.zeros((3, T), np.float32)
+    ids[0, :6], lm[0, 5] = [10, 11, 12, 13, 14, 40], 1
+    ids[1, :5], lm[1, 3:5] = [20, 21, 22, 41, 42], 1
+    att = (ids > 0).astype(np.int32)
+    b = {"input_ids": ids, "loss_mask": lm, "attention_mask": att, "labels": ids.copy(),
+         "positions": np.tile(np.arange(T, dtype=np.int32), (3, 1)), "valid": np.array([True, True, False]),
+         "pixel_values": np.ones((3, 3, 4, 4), np.float32)}
+    out = refusal_batch(b, [7, 8, 9], eos_id=2, pad_id=0)  # row 0 needs 5 + 4 = 9 > 8 tokens: next power of two
+    assert out["input_ids"].shape == (3, 16) and out["loss_mask"].shape == (3, 16)
+    assert list(out["input_ids"][0, :9]) == [10, 11, 12, 13, 14, 7, 8, 9, 2]
+    assert list(out["input_ids"][1, :7]) == [20, 21, 22, 7, 8, 9, 2] and out["attention_mask"][1].sum() == 7
+    assert list(out["labels"][0][out["loss_mask"][0] > 0]) == [7, 8, 9, 2]
+    assert out["attention_mask"][2].sum() == 0 and out["loss_mask"][2].sum() == 0
+    assert list(out["positions"][0, :9]) == list(range(9)) and out["pixel_values"] is b["pixel_values"]
+    same = refusal_batch(b, [7], eos_id=2, pad_id=0)  # fits: the bucket stays
+    assert same["input_ids"].shape == (3, T)

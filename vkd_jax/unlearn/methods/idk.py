@@ -1,8 +1,12 @@
 """IDK: NLL of a refusal ("I don't know.") on the forget questions + ℓ(D_r).
 
 The refusal replaces each forget answer on the host (`host_transform`), keeping the prompt tokens and the padded
-length, so the jitted step sees ordinary static-shape batches."""
+length, so the jitted step sees ordinary static-shape batches. A refusal longer than the answer it replaces can
+overflow the batch's length bucket; in a one-process run that batch then grows to the next power of two (a few more
+shapes to compile). Processes of a multi-process run must agree on every batch's shape without seeing each other's
+rows, so there it stays an error naming the fix."""
 
+import jax
 import numpy as np
 
 from vkd_jax.errors import ConfigError
@@ -12,23 +16,25 @@ from vkd_jax.unlearn.methods.common import Method, MethodSpec, nll
 def refusal_batch(b: dict, refusal_ids: list[int], eos_id: int, pad_id: int) -> dict:
     b = dict(b)
     ids, lm = b["input_ids"].copy(), b["loss_mask"]
-    T = ids.shape[1]
-    new_ids = np.full_like(ids, pad_id)
-    labels, loss_mask = np.full_like(ids, pad_id), np.zeros_like(lm)
-    att, pos = np.zeros_like(b["attention_mask"]), np.zeros_like(b["positions"])
     ans = list(refusal_ids) + [eos_id]
-    for r in range(ids.shape[0]):
+    rows = [r for r in range(ids.shape[0]) if (lm[r] > 0).any() and (b["attention_mask"][r] > 0).any()]
+    need = max((int(np.nonzero(lm[r] > 0)[0][0]) + len(ans) for r in rows), default=0)
+    T = ids.shape[1]
+    if need > T:
+        if jax.process_count() > 1:
+            raise ConfigError(f"IDK: prompt + refusal ({len(ans)} tokens) need {need} tokens, more than the batch's "
+                              f"padded length {T}; raise config.data.max_len or the length buckets")
+        T = 1 << (need - 1).bit_length()
+    new_ids = np.full((ids.shape[0], T), pad_id, ids.dtype)
+    labels, loss_mask = np.full_like(new_ids, pad_id), np.zeros((ids.shape[0], T), lm.dtype)
+    att = np.zeros((ids.shape[0], T), b["attention_mask"].dtype)
+    pos = np.zeros((ids.shape[0], T), b["positions"].dtype)
+    for r in rows:
         on = np.nonzero(lm[r] > 0)[0]
-        real = np.nonzero(b["attention_mask"][r] > 0)[0]
-        if not len(on) or not len(real):
-            continue
-        if real[0] != 0:
+        if b["attention_mask"][r, 0] == 0:
             raise ValueError("IDK needs right-padded training batches (PipelineConfig.padding_side='right')")
         n_prompt = int(on[0])
         n = n_prompt + len(ans)
-        if n > T:
-            raise ConfigError(f"IDK: prompt ({n_prompt}) + refusal ({len(ans)}) tokens exceed the padded length {T}; "
-                              f"raise the pipeline's max_len")
         new_ids[r, :n] = np.concatenate([ids[r, :n_prompt], ans])
         labels[r, n_prompt:n], loss_mask[r, n_prompt:n] = ans, 1
         att[r, :n], pos[r, :n] = 1, np.arange(n)
