@@ -124,8 +124,10 @@ def main(argv):
     variants = {f"vkd-{n}": ("vkd", CANDIDATES[n]) for n in names}
     from vkd_jax.config_base import config_from_flag
 
+    # paired by question against the default, or (without it) against the first candidate
     reproduce.reproduce(config_from_flag(flags.FLAGS["config"]), a.workdir, ("vkd",) if a.default else (), seeds, (),
-                        relearn=a.relearn, variants=variants)
+                        relearn=a.relearn, variants=variants,
+                        paired_reference="vkd" if a.default else f"vkd-{names[0]}")
     from vkd_jax.io_utils import atomic_write_text, read_json_if_exists, read_text
 
     names = (["vkd"] if a.default else []) + list(variants)

@@ -28,7 +28,7 @@ from vkd_jax.report import benchmark_of
 from vkd_jax.tradeoff import paired_against, paired_markdown
 from vkd_jax.unlearn.methods import UNLEARN_METHODS
 
-PAIRED_REFERENCE = "vkd"  # every other run is compared with it question by question (vkd_jax.tradeoff)
+PAIRED_REFERENCE = "vkd"  # by default every other run is compared with it question by question (vkd_jax.tradeoff)
 
 
 def ablations_for(cfg) -> dict:
@@ -88,9 +88,11 @@ def run_dir_of(workdir: str, name: str, pipeline_seed: int, unlearn_seed: int | 
 
 
 def reproduce(cfg, workdir: str, methods, pipeline_seeds, ablations, relearn: bool = True,
-              local_cache: str | None = None, unlearn_seeds=None, variants: dict | None = None) -> dict:
+              local_cache: str | None = None, unlearn_seeds=None, variants: dict | None = None,
+              paired_reference: str = PAIRED_REFERENCE) -> dict:
     """Every (pipeline seed, unlearning seed, run) of the plan, then the comparison (see the module doc).
-    `variants`: more named runs {name: (method, config overrides)}, listed with the ablations."""
+    `variants`: more named runs {name: (method, config overrides)}, listed with the ablations; `paired_reference`:
+    the run every other is compared with question by question."""
     import jax
 
     from vkd_jax import experiment
@@ -132,18 +134,18 @@ def reproduce(cfg, workdir: str, methods, pipeline_seeds, ablations, relearn: bo
     bench = benchmark_of(next(iter(runs.values()))[0])
     headline = bench.headline
     label = (lambda p, u: str(p)) if unlearn_seeds is None else (lambda p, u: f"{p}/u{u}")
-    paired = paired_against(bench, PAIRED_REFERENCE, [
+    paired = paired_against(bench, paired_reference, [
         (label(p, u), {item[0]: run_dir_of(workdir, item[0], p, u) for item in plan},
          os.path.join(workdir, f"p{p}", "shared")) for p, u in units])
     if jax.process_index() == 0:
         makedirs(os.path.join(workdir, "plots"))
         atomic_write_text(os.path.join(workdir, "comparison.json"), json.dumps(
             {"pipeline_seeds": list(pipeline_seeds), "unlearn_seeds": list(unlearn_seeds or ()),
-             "vanilla": vanilla, "summary": summary, "paired": {"reference": PAIRED_REFERENCE, "runs": paired}},
+             "vanilla": vanilla, "summary": summary, "paired": {"reference": paired_reference, "runs": paired}},
             indent=2))
         atomic_write_text(os.path.join(workdir, "comparison.md"), comparison_markdown(
             vanilla, summary, pipeline_seeds, methods, ablations, headline, runs=runs, unlearn_seeds=unlearn_seeds,
-            chance=bench.chance) + "\n".join(paired_markdown(paired, PAIRED_REFERENCE) + [""]))
+            chance=bench.chance) + "\n".join(paired_markdown(paired, paired_reference) + [""]))
         plot_methods(summary, vanilla, os.path.join(workdir, "plots", "methods.png"), headline, runs=runs,
                      chance=bench.chance)
         plot_relearn(runs, os.path.join(workdir, "plots", "relearn_methods.png"), chance=bench.chance)
