@@ -64,23 +64,31 @@ def test_pipeline_seeds_train_their_own_vanilla_and_nest_unlearning_seeds(tmp_pa
     assert os.path.getmtime(tmp_path / "p0" / "runs" / "ga_u0" / "results.json") == stamp
 
 
-def test_targets_hold_per_run():
-    def res(forget, test, retain, celeb, qa, ag, floor=22.5):
-        return {"benchmark": "mllmu", "floors": {"identity_free_forget_vqa_cls_acc": floor},
-                "vanilla": {"forget": {"vqa_cls_acc": 100.0, "qa_cls_acc": 100.0}, "retain": {"vqa_cls_acc": 100.0},
-                            "celebrity": {"vqa_cls_acc": 95.0}},
-                "unlearned": {"forget": {"vqa_cls_acc": forget, "qa_cls_acc": qa}, "test": {"vqa_cls_acc": test},
-                              "retain": {"vqa_cls_acc": retain}, "celebrity": {"vqa_cls_acc": celeb}},
-                "relearn": {"ag": ag}}
-    ok = MLLMUBench.targets(res(25.0, 30.0, 97.0, 92.0, 100.0, [5.0, 0.0]))
-    assert [t[2] for t in ok] == [True] * 6 and [t[1] for t in ok] == [2.5, 30.0, 3.0, 3.0, 0.0, 5.0]
-    bad = MLLMUBench.targets(res(12.5, 30.1, 96.9, 91.9, 97.5, [5.1, 0.0]))  # below chance - 5, etc.
-    assert [t[2] for t in bad] == [False] * 6
-    assert not MLLMUBench.targets(res(28.0, 20.0, 100.0, 95.0, 100.0, [0.0], floor=22.0))[0][2]  # 6 above floor
-    runs = {"vkd": [{**res(25.0, 30.0, 97.0, 92.0, 100.0, [0.0]), "config": {"seed": 0}},
-                    {**res(25.0, 40.0, 97.0, 92.0, 100.0, [0.0]), "config": {"seed": 1}}]}
+def test_targets_are_judged_by_their_intervals_per_seed():
+    def ci(x, w=1.0):
+        return {"vqa_cls_acc": x, "vqa_cls_acc_ci95": [x - w, x + w]}
+
+    def res(seed, forget, test, retain, celeb, qa, ags, probe_forget=35.0, floor=22.5):
+        return {"benchmark": "mllmu", "config": {"seed": seed}, "floors": {"identity_free_forget_vqa_cls_acc": floor},
+                "unlearned": {"forget": ci(forget), "test": ci(test)},
+                "change": {"retain": ci(retain), "celebrity": ci(celeb),
+                           "forget": {"qa_cls_acc": qa, "qa_cls_acc_ci95": [qa, qa]}},
+                "relearn": {"fractions": [0.1, 0.5], "ag": ags, "ag_ci95": [[a - 1, a + 1] for a in ags]},
+                "probe": {"vanilla": {"forget_acc": 82.0, "retain_acc": 80.0, "chance": 2.0},
+                          "unlearned": {"forget_acc": probe_forget, "forget_acc_ci95": [probe_forget - 3,
+                                                                                         probe_forget + 3],
+                                        "retain_acc": 79.0, "retain_acc_ci95": [76.0, 82.0]}}}
+    good = MLLMUBench.judged_targets(res(0, 25.0, 28.0, -1.0, -1.5, 0.0, [3.0, 0.0]))
+    assert [t[3] for t in good] == ["met"] * 9, good  # forget, test, retain, celeb, QA, 2 AGs, 2 probe
+    assert good[7][0] == "probe forget people <= halfway from vanilla to chance (42.0)"
+    bad = MLLMUBench.judged_targets(res(1, 10.0, 40.0, -6.0, -2.5, -2.5, [7.0, 5.5], probe_forget=44.0))
+    assert [t[3] for t in bad] == ["not met", "not met", "not met", "undecided", "not met", "not met",
+                                   "undecided", "undecided", "met"], bad
+    runs = {"vkd": [res(1, 10.0, 40.0, -6.0, -2.5, -2.5, [7.0, 5.5], 44.0),
+                    res(0, 25.0, 28.0, -1.0, -1.5, 0.0, [3.0, 0.0])]}
     lines = comparison._targets_table(runs, ["vkd"])
-    assert "| vkd | 2/2 (2.5) | 1/2 (40.0) | 2/2 (3.0) | 2/2 (3.0) | 2/2 (0.0) | 2/2 (0.0) |" in lines
+    assert any("| probe forget people <= halfway from vanilla to chance |" in line for line in lines)
+    assert "| vkd | MN | MN | MN | MU | MN | MN | MU | MU | MM |" in lines  # seed 0 first
 
 
 def test_ablation_overrides_and_tables():

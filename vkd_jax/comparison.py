@@ -125,29 +125,26 @@ def _directions(headline) -> str:
 
 
 def _targets_table(runs: dict[str, list[dict]], names) -> list[str]:
-    """Per run name and target: on how many pipeline seeds the target holds, and the worst value."""
+    """Per run name and target: its verdict by interval on each pipeline seed (the benchmark's judged targets)."""
+    import re
+
     first = next(iter(runs.values()))[0]
     bench = benchmark_of(first)
-    heads = [t[0] for t in bench.targets(first)]
+    heads = [re.sub(r" \(-?[0-9.]+\)", "", t[0]) for t in bench.judged_targets(first)]
     if not heads:
         return []
-    lines = ["", "## Targets on every pipeline seed", "",
-             "Each cell: the pipeline seeds (of each seed's runs, the mean) on which the target holds / all, and "
-             "the worst (largest) value. " + bench.targets_legend, "",
+    letter = {"met": "M", "not met": "N", "undecided": "U"}
+    lines = ["", "## Targets on every pipeline seed, judged by the interval", "",
+             "Each cell: the verdict on each pipeline seed in seed order (of each seed's runs in order): M met (the "
+             "95% interval inside the target), N not met (outside), U undecided (it straddles the bound), - not "
+             "measured. " + bench.targets_legend, "",
              "| run | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for name in names:
         if name not in runs:
             continue
-        per_seed: dict[int, list] = {}
-        for r in runs[name]:
-            per_seed.setdefault(pipeline_seed_of(r), []).append(bench.targets(r))
-        cells = []
-        for i, _ in enumerate(heads):
-            vals = [[t[i] for t in ts] for ts in per_seed.values()]
-            ok = sum(all(t[2] for t in v) for v in vals)
-            worst = [t[1] for v in vals for t in v if t[1] is not None]
-            worst_v = max(worst) if worst else None
-            cells.append(f"{ok}/{len(vals)} ({fmt(worst_v)})")
+        rs = sorted(runs[name], key=pipeline_seed_of)
+        judged = [{re.sub(r" \(-?[0-9.]+\)", "", t[0]): t[3] for t in bench.judged_targets(r)} for r in rs]
+        cells = ["".join(letter.get(j.get(h), "-") for j in judged) for h in heads]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

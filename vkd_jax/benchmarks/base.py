@@ -69,13 +69,7 @@ class Benchmark:
     plot_panels: ClassVar[tuple[tuple[str, str, float], ...]] = ()  # (metric, title, y max) per plotted panel
     chance: ClassVar[float] = 25.0                    # multiple-choice chance level (4 options), %
     relearn_metric: ClassVar[str] = ""                # the forget-set metric relearning and the floor score
-    targets_legend: ClassVar[str] = ""                # what `targets` checks, for the comparison table
-
-    @classmethod
-    def targets(cls, r: dict) -> list[tuple[str, float | None, bool]]:
-        """(name, value, holds) of each of the benchmark's targets for one run's results.json (none here); the
-        larger a value, the worse."""
-        return []
+    targets_legend: ClassVar[str] = ""                # what `judged_targets` checks, for the comparison
 
     @classmethod
     def judged_targets(cls, r: dict) -> list[tuple[str, float | None, list | None, str]]:
